@@ -1,0 +1,182 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Data Event Handler of a JUNGFRAU 1M's ZeroMQ streams (slsReceiver).
+
+The collecting rank subscribes once to the module streams and assembles complete frames
+(:mod:`om.data_retrieval_layer.jungfrau_frame_assembler`); each processing rank connects a PULL
+socket to the assembler and receives whole frames, each frame going to one rank only. An
+event is one frame: ``{"metadata": {...}, "images": [buffer per stream]}``.
+"""
+
+import threading
+from typing import Any, ClassVar, Generator, Literal
+
+import zmq
+
+from om.data_retrieval_layer.jungfrau_frame_assembler import JungfrauFrameAssembler
+from om.lib.exceptions import OmConfigurationError, OmDataExtractionError, OmInvalidDataError
+from om.lib.parameters import MonitorParameters, Parameter, ParameterGroup
+from om.lib.problems import problems
+from om.lib.serialization import unpack
+from om.protocols.data_retrieval_layer import OmDataSourceProtocol
+
+_GROUP = "data_retrieval_layer"
+_ROWS_PER_FRAME = 1024
+
+
+class Jungfrau1MZmqDataEventHandler:
+    """Events from a JUNGFRAU 1M's module streams.
+
+    Args:
+        source: the module stream URLs, comma-separated in module order, as slsReceiver
+            publishes them, e.g. ``tcp://127.0.0.1:30001,tcp://127.0.0.1:30002`` (2 streams,
+            or 4 for two interfaces per module).
+        data_sources: the Data Sources to extract, by name.
+        parameters: the monitor's configuration.
+
+    Raises:
+        OmConfigurationError: when the source does not name 2 or 4 ``tcp://``/``ipc://`` URLs.
+    """
+
+    parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = (
+        ParameterGroup(_GROUP, (
+            Parameter("frame_assembly_timeout", float, default=0.5,
+                      description="wait for the missing modules of a frame, s"),
+            Parameter("frame_distribution_host", str, default="127.0.0.1",
+                      description="interface the collecting rank deals frames on"),
+            Parameter("frame_queue_size", int, default=2,
+                      description="frames queued per processing rank before frames are dropped"),
+        )),
+    )
+
+    def __init__(self, *, source: str, data_sources: dict[str, OmDataSourceProtocol],
+                 parameters: MonitorParameters) -> None:
+        self._urls = [url.strip() for url in source.split(",") if url.strip()]
+        if len(self._urls) not in (2, 4):
+            raise OmConfigurationError(
+                f"source {source!r}: a JUNGFRAU 1M needs 2 module stream URLs (or 4 half-module "
+                f"ones), comma-separated, got {len(self._urls)}"
+            )
+        for url in self._urls:
+            if not url.startswith(("tcp://", "ipc://", "inproc://")):
+                raise OmConfigurationError(f"source URL {url!r} is not a ZeroMQ tcp:// or ipc:// URL")
+        self._data_sources = data_sources
+        self._parameters = parameters
+        self._assembler: JungfrauFrameAssembler | None = None
+        self._endpoint: str | None = None
+        self._stop = threading.Event()
+
+    def designated_collector_rank(self) -> Literal["first", "last"]:
+        """The collecting rank is rank 0."""
+        return "first"
+
+    def skip_rank_finalization(self) -> bool:
+        """A detector stream never ends by itself: ranks end on a stop request."""
+        return True
+
+    def initialize_event_handling_on_collecting_node(
+        self, *, node_rank: int, node_pool_size: int
+    ) -> dict[str, Any]:
+        """Starts the frame assembler; returns ``{"frame_endpoint": URL}`` for processing ranks.
+
+        Raises:
+            OmConfigurationError: when a stream URL is malformed or the PUSH socket cannot bind.
+        """
+        self._assembler = JungfrauFrameAssembler(
+            stream_urls=self._urls,
+            distribution_host=self._parameters.get(_GROUP, "frame_distribution_host"),
+            rows_per_stream=_ROWS_PER_FRAME // len(self._urls),
+            assembly_timeout=self._parameters.get(_GROUP, "frame_assembly_timeout"),
+            queue_size=self._parameters.get(_GROUP, "frame_queue_size"),
+        )
+        self._assembler.start()
+        return {"frame_endpoint": self._assembler.endpoint}
+
+    def initialize_event_handling_on_processing_node(
+        self, *, node_rank: int, node_pool_size: int,
+        collecting_node_info: dict[str, Any] | None = None,
+    ) -> None:
+        """Initializes the Data Sources (reads calibration files) and notes the frame endpoint.
+
+        Raises:
+            OmConfigurationError: when a Data Source cannot initialize.
+        """
+        if not collecting_node_info or "frame_endpoint" not in collecting_node_info:
+            raise OmConfigurationError("the collecting rank gave no frame endpoint")
+        self._endpoint = collecting_node_info["frame_endpoint"]
+        for source in self._data_sources.values():
+            source.initialize_data_source()
+
+    def event_generator(
+        self, *, node_rank: int, node_pool_size: int
+    ) -> Generator[dict[str, Any], None, None]:
+        """Yields frames dealt to this rank until :meth:`stop` is called."""
+        socket = zmq.Context.instance().socket(zmq.PULL)
+        socket.setsockopt(zmq.RCVHWM, self._parameters.get(_GROUP, "frame_queue_size"))
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(self._endpoint)
+        try:
+            while not self._stop.is_set():
+                if not socket.poll(100):
+                    continue
+                parts = socket.recv_multipart(copy=False)
+                try:
+                    metadata = unpack(parts[0].buffer)
+                except OmInvalidDataError as error:
+                    problems.report("bad_message", f"frame metadata from the assembler: {error}")
+                    continue
+                yield {"metadata": metadata, "images": [part.buffer for part in parts[1:]]}
+        finally:
+            socket.close(0)
+
+    def stop(self) -> None:
+        """Makes :meth:`event_generator` return within 0.1 s; stops the assembler."""
+        self._stop.set()
+        if self._assembler is not None:
+            self._assembler.stop()
+
+    def open_event(self, *, event: dict[str, Any]) -> None:
+        """Nothing to open: the event holds its buffers."""
+
+    def close_event(self, *, event: dict[str, Any]) -> None:
+        """Drops the event's buffers."""
+        event["images"] = []
+
+    def extract_data(self, *, event: dict[str, Any]) -> dict[str, Any]:
+        """Returns ``{source name: data}`` for every Data Source.
+
+        Raises:
+            OmDataExtractionError: naming the source and frame when a source fails.
+        """
+        data: dict[str, Any] = {}
+        for name, source in self._data_sources.items():
+            try:
+                data[name] = source.get_data(event=event)
+            except OmDataExtractionError:
+                raise
+            except (OmInvalidDataError, KeyError, ValueError, TypeError) as error:
+                frame = event.get("metadata", {}).get("frame_number")
+                raise OmDataExtractionError(f"frame {frame}: data source {name!r}: {error}")
+        return data
+
+    def initialize_event_data_retrieval(self) -> None:
+        """Streams cannot go back to an event.
+
+        Raises:
+            NotImplementedError: always.
+        """
+        raise NotImplementedError("a JUNGFRAU ZeroMQ stream cannot retrieve single events")
+
+    def retrieve_event_data(self, event_id: str) -> dict[str, Any]:
+        """Streams cannot go back to an event.
+
+        Raises:
+            NotImplementedError: always.
+        """
+        raise NotImplementedError("a JUNGFRAU ZeroMQ stream cannot retrieve single events")
+
+    def counters(self) -> dict[str, int]:
+        """Frames forwarded and acquisitions ended, as seen by the assembler (collecting rank)."""
+        if self._assembler is None:
+            return {}
+        return {"frames_assembled": self._assembler.frames_forwarded,
+                "acquisitions_ended": self._assembler.acquisitions_ended}

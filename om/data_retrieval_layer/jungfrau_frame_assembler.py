@@ -1,0 +1,243 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Assembly of JUNGFRAU frames from the per-module ZeroMQ streams of slsReceiver.
+
+Wire format (slsDetectorPackage, ``zmqjsonheaderformat``; see the project's reference notes):
+every stream is a PUB socket that sends two-part messages, a JSON header and the raw
+little-endian uint16 image of one module (or half module), and a single-part JSON message with
+``"data": 0`` at the end of an acquisition. Streams lose and reorder frames independently, so
+the assembler matches the module messages of one frame by ``frameNumber``, waits a bounded time
+for the missing ones, and never mixes modules of different frames.
+
+The assembler runs once, as a thread on the collecting rank, and deals every complete frame to
+exactly one processing rank through a PUSH socket (ZeroMQ deals to the PULL sockets that have
+room), forwarding the image parts without copying them. Each forwarded message has the parts
+``[msgpack metadata, module 0 image, module 1 image, ...]``.
+"""
+
+import dataclasses
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from om.lib.problems import problems
+from om.lib.serialization import pack
+
+logger = logging.getLogger("om")
+
+MODULE_FS = 1024
+BYTES_PER_PIXEL = 2
+DETECTOR_CLOCK_HZ = 1.0e7  # the JUNGFRAU timestamp counts 100 ns ticks
+_REANCHOR_TOLERANCE_S = 10.0
+
+
+@dataclasses.dataclass
+class _PendingFrame:
+    first_seen: float
+    headers: list[Any]
+    images: list[Any]
+
+
+class DetectorClock:
+    """Turns detector clock ticks into seconds since the epoch.
+
+    The clock is anchored to the wall time when the first frame arrives and re-anchored when
+    it drifts from the wall clock by more than 10 s (a detector restart resets its clock).
+    """
+
+    def __init__(self) -> None:
+        self._anchor_wall: float | None = None
+        self._anchor_ticks = 0
+
+    def to_epoch(self, ticks: int) -> float:
+        """Returns the epoch time (s, float) of a detector timestamp in 100 ns ticks."""
+        now = time.time()
+        if self._anchor_wall is not None:
+            seconds = self._anchor_wall + (ticks - self._anchor_ticks) / DETECTOR_CLOCK_HZ
+            if abs(seconds - now) < _REANCHOR_TOLERANCE_S:
+                return seconds
+            logger.info("detector clock re-anchored to the wall clock (jump of %.1f s)",
+                        seconds - now)
+        self._anchor_wall, self._anchor_ticks = now, ticks
+        return now
+
+
+class JungfrauFrameAssembler:
+    """Subscribes to the module streams, assembles frames and deals them to processing ranks.
+
+    Args:
+        stream_urls: the ZeroMQ URLs of the module streams in module order (module 0 first);
+            two streams for a JUNGFRAU 1M with one interface per module, four with two.
+        distribution_host: the interface the PUSH socket binds to (a random free port).
+        rows_per_stream: the rows (slow-scan) of each stream's image (512 for a module).
+        assembly_timeout: how long (s) to wait for the missing modules of a frame.
+        queue_size: frames queued per processing rank before the assembler drops frames.
+
+    Raises:
+        OmConfigurationError: when a URL is malformed or the PUSH socket cannot bind.
+    """
+
+    def __init__(self, *, stream_urls: list[str], distribution_host: str, rows_per_stream: int,
+                 assembly_timeout: float, queue_size: int) -> None:
+        from om.lib.exceptions import OmConfigurationError
+
+        self._urls = stream_urls
+        self._image_bytes = rows_per_stream * MODULE_FS * BYTES_PER_PIXEL
+        self._rows = rows_per_stream
+        self._timeout = assembly_timeout
+        self._max_pending = 64
+        self._context = zmq.Context.instance()
+        self._subscribers: list[zmq.Socket] = []
+        for url in stream_urls:
+            socket = self._context.socket(zmq.SUB)
+            socket.setsockopt(zmq.SUBSCRIBE, b"")
+            socket.setsockopt(zmq.LINGER, 0)
+            try:
+                socket.connect(url)
+            except zmq.ZMQError as error:
+                socket.close()
+                self.close()
+                raise OmConfigurationError(f"cannot connect to the detector stream {url!r}: {error}")
+            self._subscribers.append(socket)
+        self._push = self._context.socket(zmq.PUSH)
+        self._push.setsockopt(zmq.SNDHWM, queue_size)
+        self._push.setsockopt(zmq.LINGER, 0)
+        try:
+            self._push.bind(f"tcp://{distribution_host}:*")
+        except zmq.ZMQError as error:
+            self.close()
+            raise OmConfigurationError(
+                f"cannot bind the frame distribution socket on {distribution_host!r}: {error}"
+            )
+        self.endpoint: str = self._push.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._pending: dict[int, _PendingFrame] = {}
+        self._clock = DetectorClock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.frames_forwarded = 0
+        self.acquisitions_ended = 0
+
+    def start(self) -> None:
+        """Starts the assembly thread."""
+        self._thread = threading.Thread(target=self._run, name="om-frame-assembler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stops the assembly thread and closes the sockets."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.close()
+
+    def close(self) -> None:
+        """Closes every socket (idempotent)."""
+        for socket in self._subscribers:
+            socket.close(0)
+        self._subscribers = []
+        if getattr(self, "_push", None) is not None:
+            self._push.close(0)
+            self._push = None
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        for socket in self._subscribers:
+            poller.register(socket, zmq.POLLIN)
+        index_of = {socket: index for index, socket in enumerate(self._subscribers)}
+        while not self._stop.is_set():
+            ready = dict(poller.poll(50))
+            for socket, index in index_of.items():
+                if socket not in ready:
+                    continue
+                # Drain what is there, so one busy stream cannot starve the others.
+                for _ in range(16):
+                    try:
+                        parts = socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._on_message(index, parts)
+            self._expire(time.monotonic())
+
+    def _on_message(self, index: int, parts: list[zmq.Frame]) -> None:
+        url = self._urls[index]
+        try:
+            header = json.loads(bytes(parts[0].buffer))
+        except (UnicodeDecodeError, ValueError) as error:
+            problems.report("bad_header", f"stream {url}: header is not JSON ({error})")
+            return
+        if not isinstance(header, dict):
+            problems.report("bad_header", f"stream {url}: header is not a JSON object")
+            return
+        if len(parts) == 1:
+            if header.get("data") == 0:
+                self.acquisitions_ended += 1
+                logger.info("stream %s: end of acquisition", url)
+            else:
+                problems.report("bad_message", f"stream {url}: single-part message with data")
+            return
+        if len(parts) != 2:
+            problems.report("bad_message", f"stream {url}: {len(parts)} message parts, expected 2")
+            return
+        frame_number = header.get("frameNumber")
+        if not isinstance(frame_number, int) or isinstance(frame_number, bool):
+            problems.report("bad_header", f"stream {url}: no integer frameNumber in the header")
+            return
+        size = len(parts[1].buffer)
+        if size != self._image_bytes or header.get("bitmode", 16) != 16:
+            problems.report(
+                "wrong_size",
+                f"stream {url}: frame {frame_number} has {size} bytes at "
+                f"{header.get('bitmode')} bits, expected {self._image_bytes} "
+                f"({self._rows}x{MODULE_FS} uint16)",
+            )
+            return
+        if header.get("completeImage", 1) == 0:
+            problems.report("missing_packets",
+                            f"stream {url}: frame {frame_number} lost packets (pixels ignored)")
+        pending = self._pending.get(frame_number)
+        if pending is None:
+            if len(self._pending) >= self._max_pending:
+                self._drop_oldest()
+            pending = _PendingFrame(time.monotonic(), [None] * len(self._urls),
+                                    [None] * len(self._urls))
+            self._pending[frame_number] = pending
+        if pending.images[index] is not None:
+            problems.report("duplicate_frame", f"stream {url}: frame {frame_number} sent twice")
+            return
+        pending.headers[index] = header
+        pending.images[index] = parts[1]
+        if all(image is not None for image in pending.images):
+            del self._pending[frame_number]
+            self._forward(frame_number, pending)
+
+    def _forward(self, frame_number: int, pending: _PendingFrame) -> None:
+        ticks = pending.headers[0].get("timestamp", 0)
+        metadata = {
+            "frame_number": frame_number,
+            "timestamp": self._clock.to_epoch(int(ticks) if isinstance(ticks, int) else 0),
+            "headers": pending.headers,
+        }
+        try:
+            self._push.send_multipart([pack(metadata), *pending.images], copy=False,
+                                      flags=zmq.NOBLOCK)
+            self.frames_forwarded += 1
+        except zmq.Again:
+            problems.report("frame_dropped_ranks_busy",
+                            f"frame {frame_number} dropped: every processing rank is busy")
+
+    def _incomplete(self, frame_number: int, pending: _PendingFrame) -> None:
+        missing = [url for url, image in zip(self._urls, pending.images) if image is None]
+        problems.report("incomplete_frame",
+                        f"frame {frame_number} dropped: nothing from {', '.join(missing)}")
+
+    def _drop_oldest(self) -> None:
+        frame_number = min(self._pending, key=lambda number: self._pending[number].first_seen)
+        self._incomplete(frame_number, self._pending.pop(frame_number))
+
+    def _expire(self, now: float) -> None:
+        expired = [number for number, pending in self._pending.items()
+                   if now - pending.first_seen > self._timeout]
+        for frame_number in expired:
+            self._incomplete(frame_number, self._pending.pop(frame_number))

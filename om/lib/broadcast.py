@@ -1,0 +1,46 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The collecting rank's ZeroMQ PUB socket: ``[tag, msgpack payload]`` messages.
+
+A PUB socket drops messages for a subscriber whose queue is full, so a slow or frozen
+subscriber never slows the monitor; the send high-water mark is small to bound memory.
+"""
+
+import zmq
+
+from om.lib.exceptions import OmConfigurationError
+from om.lib.serialization import pack
+
+
+class DataBroadcaster:
+    """Binds a PUB socket and sends tagged msgpack messages without ever blocking.
+
+    Args:
+        url: the ZeroMQ URL to bind, e.g. ``tcp://127.0.0.1:12321``.
+        send_queue: messages queued per subscriber before the oldest are dropped.
+
+    Raises:
+        OmConfigurationError: when the URL is malformed or cannot be bound.
+    """
+
+    def __init__(self, *, url: str, send_queue: int = 8) -> None:
+        self._socket = zmq.Context.instance().socket(zmq.PUB)
+        self._socket.setsockopt(zmq.SNDHWM, send_queue)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        try:
+            self._socket.bind(url)
+        except zmq.ZMQError as error:
+            self._socket.close(0)
+            raise OmConfigurationError(f"cannot bind the data broadcast socket at {url!r}: {error}")
+        self.url = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def send(self, tag: str, payload: dict) -> None:
+        """Sends ``[tag, msgpack(payload)]``; drops it for subscribers that are behind."""
+        try:
+            self._socket.send_multipart([tag.encode(), pack(payload)], flags=zmq.NOBLOCK,
+                                        copy=False)
+        except zmq.Again:
+            pass
+
+    def close(self) -> None:
+        """Closes the socket."""
+        self._socket.close(0)

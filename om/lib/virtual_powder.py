@@ -1,0 +1,23 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The virtual powder pattern: Bragg peak intensities summed in the assembled image."""
+
+import numpy as np
+
+
+class VirtualPowderPattern:
+    """Sum of peak intensities at the peaks' pixels of the geometry-assembled image.
+
+    Args:
+        shape: (rows, columns) of the assembled image.
+    """
+
+    def __init__(self, shape: tuple[int, int]) -> None:
+        self.image = np.zeros(shape, dtype=np.float32)
+
+    def reset(self) -> None:
+        """Clears the pattern."""
+        self.image[:] = 0
+
+    def add(self, rows: np.ndarray, cols: np.ndarray, intensity: np.ndarray) -> None:
+        """Adds peaks: integer pixel indices (n,) in the assembled image and intensities (n,)."""
+        np.add.at(self.image, (rows, cols), intensity.astype(np.float32))

@@ -1,0 +1,95 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""``om_monitor.py SOURCE [-c monitor.yaml]``: the monitor, run as ``mpiexec -n N om_monitor.py``.
+
+Rank 0 collects, the other N-1 ranks process. Configuration errors stop every rank before any
+work, with one message naming the key and the file, and a non-zero exit code. SIGINT or
+SIGTERM stops every rank within a few seconds with a final summary.
+"""
+
+import argparse
+import logging
+import signal
+import sys
+from typing import Any
+
+from om.lib.components import resolve_class
+from om.lib.exceptions import OmConfigurationError, OmException
+from om.lib.parameters import MonitorParameters, Parameter, ParameterGroup
+
+OM_GROUP = ParameterGroup("om", (
+    Parameter("parallelization_layer", str, required=True,
+              description="class of the parallelization layer (MpiParallelization)"),
+    Parameter("data_retrieval_layer", str, required=True,
+              description="class of the data retrieval layer (e.g. Jungfrau1MZmqDataRetrieval)"),
+    Parameter("processing_layer", str, required=True,
+              description="class of the processing layer (e.g. CrystallographyProcessing)"),
+))
+
+
+def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="om_monitor.py",
+        description="Real-time serial crystallography monitor. Run as: "
+                    "mpiexec -n N om_monitor.py SOURCE [-c monitor.yaml] (N >= 2).",
+    )
+    parser.add_argument("source", help="the data source, e.g. the JUNGFRAU module stream URLs "
+                        "tcp://127.0.0.1:30001,tcp://127.0.0.1:30002")
+    parser.add_argument("-c", "--config", default="monitor.yaml",
+                        help="configuration file (default: monitor.yaml)")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    return parser.parse_args(argv)
+
+
+def build_monitor(source: str, config: str) -> Any:
+    """Reads and checks the configuration, then builds the three layers.
+
+    Returns:
+        The parallelization layer, ready for ``initialize()``.
+
+    Raises:
+        OmConfigurationError: naming the key and the file on any configuration error.
+    """
+    parameters = MonitorParameters(config)
+    parameters.validate([OM_GROUP])  # first the class names alone
+    classes = {
+        key: resolve_class(parameters.get("om", key), key=key, filename=parameters.filename)
+        for key in ("parallelization_layer", "data_retrieval_layer", "processing_layer")
+    }
+    parameters.validate([
+        OM_GROUP, *(group for cls in classes.values() for group in cls.parameter_groups)
+    ])
+    data_retrieval = classes["data_retrieval_layer"](parameters=parameters, source=source)
+    processing = classes["processing_layer"](parameters=parameters)
+    return classes["parallelization_layer"](
+        data_retrieval_layer=data_retrieval, processing_layer=processing, parameters=parameters
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``om_monitor.py``; returns the exit code."""
+    arguments = _parse_arguments(argv)
+    from mpi4py import MPI  # here, so that --help works without starting MPI
+
+    rank = MPI.COMM_WORLD.Get_rank()
+    logging.basicConfig(level=arguments.log_level,
+                        format=f"om[{rank}] %(levelname)s: %(message)s", stream=sys.stderr)
+    try:
+        monitor = build_monitor(arguments.source, arguments.config)
+        monitor.initialize()
+    except OmException as error:
+        if rank == 0:
+            print(f"om_monitor.py: error: {error}", file=sys.stderr, flush=True)
+        return 1
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        monitor.request_stop()
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    monitor.start()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""MPI parallelization: one collecting rank, every other rank a processing rank.
+
+Every message between ranks is a msgpack byte buffer sent with mpi4py's buffer interface
+(``Send``/``Recv`` of ``MPI.BYTE``), never mpi4py's pickle-based lower-case calls. The
+collecting rank polls for results with ``Iprobe`` and, when none is waiting, hands the time to
+the processing layer's ``wait_for_data`` (which sleeps on its own sockets), so it never spins.
+
+Stopping: SIGINT/SIGTERM (``mpiexec`` forwards them to every rank) or a STOP message from the
+collecting rank make each processing rank leave its event loop and send a DONE message with
+its last counts; the collecting rank waits (at most ``_FINAL_WAIT`` s) for every DONE, then
+prints the final summary.
+"""
+
+import logging
+import threading
+import time
+import traceback
+from typing import Any, ClassVar
+
+import numpy as np
+from mpi4py import MPI
+
+from om.lib.exceptions import OmConfigurationError, OmDataExtractionError, OmException
+from om.lib.parameters import MonitorParameters, ParameterGroup
+from om.lib.problems import problems
+from om.lib.serialization import pack, unpack
+from om.protocols.data_retrieval_layer import OmDataRetrievalProtocol
+from om.protocols.processing_layer import OmProcessingProtocol
+
+logger = logging.getLogger("om")
+
+_TAG_DATA = 1
+_TAG_DONE = 2
+_TAG_STOP = 3
+_FINAL_WAIT = 10.0
+
+
+def _bcast_msgpack(comm: MPI.Comm, obj: Any, root: int) -> Any:
+    """Broadcasts a msgpack-encodable object from ``root`` as bytes."""
+    payload = pack(obj) if comm.Get_rank() == root else b""
+    length = np.array([len(payload)], dtype=np.int64)
+    comm.Bcast(length, root=root)
+    buffer = bytearray(payload) if comm.Get_rank() == root else bytearray(int(length[0]))
+    comm.Bcast([buffer, MPI.BYTE], root=root)
+    return unpack(bytes(buffer))
+
+
+def _allgather_msgpack(comm: MPI.Comm, obj: Any) -> list[Any]:
+    """Gathers one msgpack-encodable object from every rank, on every rank."""
+    payload = pack(obj)
+    lengths = np.zeros(comm.Get_size(), dtype=np.int64)
+    comm.Allgather(np.array([len(payload)], dtype=np.int64), lengths)
+    offsets = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    gathered = bytearray(int(lengths.sum()))
+    comm.Allgatherv([payload, MPI.BYTE], [gathered, lengths, offsets, MPI.BYTE])
+    return [unpack(bytes(gathered[o:o + n])) for o, n in zip(offsets, lengths)]
+
+
+class MpiParallelization:
+    """Runs the data retrieval and processing layers over the ranks of ``MPI.COMM_WORLD``.
+
+    Args:
+        data_retrieval_layer: the configured Data Retrieval.
+        processing_layer: the configured processing layer.
+        parameters: the monitor's configuration.
+
+    Raises:
+        OmConfigurationError: when fewer than 2 ranks run.
+    """
+
+    parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = ()
+
+    def __init__(self, *, data_retrieval_layer: OmDataRetrievalProtocol,
+                 processing_layer: OmProcessingProtocol, parameters: MonitorParameters) -> None:
+        self._comm = MPI.COMM_WORLD
+        self._rank = self._comm.Get_rank()
+        self._size = self._comm.Get_size()
+        if self._size < 2:
+            raise OmConfigurationError(
+                "the monitor needs at least 2 MPI ranks (1 collecting, 1 or more processing): "
+                "run it as 'mpiexec -n N om_monitor.py ...' with N >= 2"
+            )
+        self._handler = data_retrieval_layer.get_data_event_handler()
+        self._processing = processing_layer
+        self._collector = 0 if self._handler.designated_collector_rank() == "first" else self._size - 1
+        self._stop_requested = threading.Event()
+
+    @property
+    def is_collecting_rank(self) -> bool:
+        """Whether this rank is the collecting rank."""
+        return self._rank == self._collector
+
+    def request_stop(self) -> None:
+        """Asks this rank to stop soon; safe in a signal handler."""
+        self._stop_requested.set()
+        if not self.is_collecting_rank:
+            self._handler.stop()
+
+    def initialize(self) -> None:
+        """Initializes every layer on every rank; every rank fails if one does.
+
+        Raises:
+            OmConfigurationError: the first rank's error message, on every rank.
+        """
+        error: str | None = None
+        info: dict[str, Any] | None = None
+        kwargs = {"node_rank": self._rank, "node_pool_size": self._size}
+        if self.is_collecting_rank:
+            try:
+                info = self._handler.initialize_event_handling_on_collecting_node(**kwargs)
+                self._processing.initialize_collecting_node(**kwargs)
+            except OmException as exception:
+                error = str(exception)
+            except Exception as exception:  # a bug must still stop every rank cleanly
+                error = f"{type(exception).__name__}: {exception}"
+                traceback.print_exc()
+        collector_state = _bcast_msgpack(self._comm, {"info": info, "error": error},
+                                         self._collector)
+        if collector_state["error"] is None and not self.is_collecting_rank:
+            try:
+                self._handler.initialize_event_handling_on_processing_node(
+                    collecting_node_info=collector_state["info"], **kwargs)
+                self._processing.initialize_processing_node(**kwargs)
+            except OmException as exception:
+                error = str(exception)
+            except Exception as exception:
+                error = f"{type(exception).__name__}: {exception}"
+                traceback.print_exc()
+        errors = [e for e in _allgather_msgpack(self._comm, error) if e is not None]
+        if collector_state["error"] is not None:
+            errors.insert(0, collector_state["error"])
+        if errors:
+            if self.is_collecting_rank:
+                self._handler.stop()
+            raise OmConfigurationError(errors[0])
+
+    def start(self) -> None:
+        """Runs this rank's part until the stop, then finalizes it."""
+        if self.is_collecting_rank:
+            self._run_collecting_rank()
+        else:
+            self._run_processing_rank()
+
+    # Processing ranks ---------------------------------------------------------------------
+
+    def _watch_for_stop_message(self) -> None:
+        flag = bytearray(1)
+        request = self._comm.Irecv([flag, MPI.BYTE], source=self._collector, tag=_TAG_STOP)
+        while not self._stop_requested.is_set():
+            if request.Test():
+                self.request_stop()
+                return
+            time.sleep(0.1)
+        request.Cancel()
+
+    def _send(self, tag: int, result: dict[str, Any] | None) -> None:
+        payload = pack({"result": result, "problems": problems.take_unsent()})
+        self._comm.Send([payload, MPI.BYTE], dest=self._collector, tag=tag)
+
+    def _run_processing_rank(self) -> None:
+        kwargs = {"node_rank": self._rank, "node_pool_size": self._size}
+        watcher = threading.Thread(target=self._watch_for_stop_message, daemon=True)
+        watcher.start()
+        for event in self._handler.event_generator(**kwargs):
+            self._handler.open_event(event=event)
+            try:
+                data = self._handler.extract_data(event=event)
+                result, _ = self._processing.process_data(data=data, **kwargs)
+            except OmDataExtractionError as error:
+                problems.report("extraction_error", str(error))
+                continue
+            except Exception as error:  # bad input must never kill a rank
+                problems.report("processing_error", f"{type(error).__name__}: {error}")
+                logger.debug("processing error", exc_info=True)
+                continue
+            finally:
+                self._handler.close_event(event=event)
+            self._send(_TAG_DATA, result)
+            if self._stop_requested.is_set():
+                break
+        self._stop_requested.set()
+        final = self._processing.end_processing_on_processing_node(**kwargs)
+        self._send(_TAG_DONE, final)
+        watcher.join(1.0)
+
+    # Collecting rank ----------------------------------------------------------------------
+
+    def _run_collecting_rank(self) -> None:
+        kwargs = {"node_rank": self._rank, "node_pool_size": self._size}
+        processing_ranks = {rank for rank in range(self._size) if rank != self._collector}
+        done: set[int] = set()
+        status = MPI.Status()
+        deadline: float | None = None
+        while done != processing_ranks:
+            if self._comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status):
+                source, tag = status.Get_source(), status.Get_tag()
+                buffer = bytearray(status.Get_count(MPI.BYTE))
+                self._comm.Recv([buffer, MPI.BYTE], source=source, tag=tag)
+                self._on_message(source, tag, buffer, done, kwargs)
+                continue
+            if self._stop_requested.is_set():
+                if deadline is None:
+                    deadline = time.monotonic() + _FINAL_WAIT
+                    for rank in processing_ranks:
+                        self._comm.Send([b"\x01", MPI.BYTE], dest=rank, tag=_TAG_STOP)
+                elif time.monotonic() > deadline:
+                    logger.warning("processing ranks %s did not finish within %.0f s",
+                                   sorted(processing_ranks - done), _FINAL_WAIT)
+                    break
+            self._processing.wait_for_data(**kwargs)
+        self._handler.stop()
+        self._processing.end_processing_on_collecting_node(**kwargs)
+
+    def _on_message(self, source: int, tag: int, buffer: bytearray, done: set[int],
+                    kwargs: dict[str, int]) -> None:
+        try:
+            message = unpack(bytes(buffer))
+            problems.merge(message.get("problems") or {})
+            result = message.get("result")
+        except (OmException, AttributeError) as error:
+            problems.report("bad_rank_message", f"from rank {source}: {error}")
+            return
+        if tag == _TAG_DONE:
+            done.add(source)
+        if result is not None:
+            self._processing.collect_data(processed_data=(result, source), **kwargs)

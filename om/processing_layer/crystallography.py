@@ -1,0 +1,352 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Serial crystallography: peakfinder8 and hit finding on the processing ranks; hit rate,
+virtual powder pattern, peakogram and broadcast on the collecting rank.
+
+A frame is a hit when ``min_num_peaks_for_hit < n_peaks < max_num_peaks_for_hit`` (OM's
+rule). Parameter groups and keys are OM's (``crystallography``, ``peakfinder8_peak_detection``).
+The broadcast messages (tags ``omdata`` and ``omframedata``) are documented in
+``docs/broadcast.md``.
+"""
+
+import logging
+import time
+from typing import Any, ClassVar
+
+import numpy as np
+
+from om.lib.broadcast import DataBroadcaster
+from om.lib.event_rate import EventRateMeter
+from om.lib.geometry import DetectorGeometry, assemble, load_bad_pixel_map, load_geometry
+from om.lib.hit_rate import HitRateHistory
+from om.lib.parameters import MonitorParameters, Parameter, ParameterGroup
+from om.lib.peakogram import Peakogram
+from om.lib.problems import problems
+from om.lib.responding_socket import RespondingSocket
+from om.lib.virtual_powder import VirtualPowderPattern
+from om.processing_layer.peakfinder8 import Peakfinder8PeakDetection
+
+logger = logging.getLogger("om")
+
+_CRYSTALLOGRAPHY = "crystallography"
+_PEAKFINDER8 = "peakfinder8_peak_detection"
+_MIN_BROADCAST_PERIOD = 1.0  # s: at low event rates, broadcast at least once a second
+
+
+class CrystallographyProcessing:
+    """The crystallography monitor (OM's ``CrystallographyProcessing``).
+
+    Args:
+        parameters: the monitor's configuration.
+    """
+
+    parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = (
+        ParameterGroup(_CRYSTALLOGRAPHY, (
+            Parameter("geometry_file", str, required=True,
+                      description="CrystFEL geometry file of the detector"),
+            Parameter("min_num_peaks_for_hit", int, default=10,
+                      description="a hit has more peaks than this"),
+            Parameter("max_num_peaks_for_hit", int, default=5000,
+                      description="a hit has fewer peaks than this"),
+            Parameter("running_average_window_size", int, default=200,
+                      description="events in the running-average hit rate"),
+            Parameter("hit_rate_history_length", int, default=10000,
+                      description="points of hit rate history broadcast"),
+            Parameter("data_broadcast_url", str, required=True,
+                      description="ZeroMQ URL the PUB socket binds to"),
+            Parameter("data_broadcast_interval", int, default=10,
+                      description="events between two broadcasts (and at least one a second)"),
+            Parameter("responding_url", str, default=None, nullable=True,
+                      description="ZeroMQ URL of the responding (ROUTER) socket, or null"),
+            Parameter("hit_frame_sending_interval", int, default=1,
+                      description="send every Nth hit frame of each rank (0: none)"),
+            Parameter("non_hit_frame_sending_interval", int, default=0,
+                      description="send every Nth non-hit frame of each rank (0: none)"),
+            Parameter("speed_report_interval", int, default=100,
+                      description="events between two speed reports on the console"),
+            Parameter("peakogram_radius_bin_size", float, default=2.0,
+                      description="peakogram radius bin, pixels"),
+            Parameter("peakogram_intensity_bin_size", float, default=10.0,
+                      description="peakogram intensity bin, frame units (photons)"),
+        )),
+        ParameterGroup(_PEAKFINDER8, (
+            Parameter("adc_threshold", float, required=True,
+                      description="minimum pixel value above the background, frame units"),
+            Parameter("minimum_snr", float, required=True, description="minimum peak SNR"),
+            Parameter("min_pixel_count", int, required=True, description="minimum peak size, px"),
+            Parameter("max_pixel_count", int, required=True, description="maximum peak size, px"),
+            Parameter("local_bg_radius", int, required=True,
+                      description="radius of the local background ring, px"),
+            Parameter("min_res", float, required=True,
+                      description="smallest radius searched, px from the beam"),
+            Parameter("max_res", float, required=True,
+                      description="largest radius searched, px from the beam"),
+            Parameter("max_num_peaks", int, required=True, description="peaks kept per frame"),
+            Parameter("bad_pixel_map_filename", str, default=None, nullable=True,
+                      description="HDF5 file of the bad pixel map (1 good, 0 bad), or null"),
+            Parameter("bad_pixel_map_hdf5_path", str, default=None, nullable=True,
+                      description="dataset of the bad pixel map in that file"),
+        )),
+    )
+
+    def __init__(self, *, parameters: MonitorParameters) -> None:
+        self._parameters = parameters
+        self._geometry: DetectorGeometry | None = None
+
+    def _get(self, key: str, group: str = _CRYSTALLOGRAPHY) -> Any:
+        return self._parameters.get(group, key)
+
+    def _load_geometry(self) -> DetectorGeometry:
+        return load_geometry(self._parameters.resolve_path(self._get("geometry_file")))
+
+    # Processing ranks ---------------------------------------------------------------------
+
+    def initialize_processing_node(self, *, node_rank: int, node_pool_size: int) -> None:
+        """Loads the geometry and bad pixel map and prepares peakfinder8.
+
+        Raises:
+            OmConfigurationError: when the geometry or bad pixel map cannot be read.
+        """
+        self._geometry = self._load_geometry()
+        bad_pixel_map = None
+        filename = self._get("bad_pixel_map_filename", _PEAKFINDER8)
+        if filename is not None:
+            bad_pixel_map = load_bad_pixel_map(
+                self._parameters.resolve_path(filename),
+                self._get("bad_pixel_map_hdf5_path", _PEAKFINDER8) or "/data/data",
+                self._geometry.slab_shape,
+            )
+        self._peakfinder = Peakfinder8PeakDetection(
+            radius_map=self._geometry.radius,
+            panels=[(p.min_fs, p.max_fs, p.min_ss, p.max_ss) for p in self._geometry.panels],
+            adc_threshold=self._get("adc_threshold", _PEAKFINDER8),
+            minimum_snr=self._get("minimum_snr", _PEAKFINDER8),
+            min_pixel_count=self._get("min_pixel_count", _PEAKFINDER8),
+            max_pixel_count=self._get("max_pixel_count", _PEAKFINDER8),
+            local_bg_radius=self._get("local_bg_radius", _PEAKFINDER8),
+            min_res=self._get("min_res", _PEAKFINDER8),
+            max_res=self._get("max_res", _PEAKFINDER8),
+            max_num_peaks=self._get("max_num_peaks", _PEAKFINDER8),
+            bad_pixel_map=bad_pixel_map,
+        )
+        self._min_peaks = self._get("min_num_peaks_for_hit")
+        self._max_peaks = self._get("max_num_peaks_for_hit")
+        self._hit_interval = self._get("hit_frame_sending_interval")
+        self._non_hit_interval = self._get("non_hit_frame_sending_interval")
+        self._hits_seen = 0
+        self._non_hits_seen = 0
+
+    def _frame_is_due(self, is_hit: bool) -> bool:
+        # OM's rule: each processing rank sends every Nth hit (or non-hit) frame.
+        if is_hit:
+            self._hits_seen += 1
+            return self._hit_interval > 0 and self._hits_seen % self._hit_interval == 0
+        self._non_hits_seen += 1
+        return self._non_hit_interval > 0 and self._non_hits_seen % self._non_hit_interval == 0
+
+    def process_data(self, *, node_rank: int, node_pool_size: int,
+                     data: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """Finds the peaks of one frame and decides whether it is a hit.
+
+        Args:
+            data: the event's ``detector_data`` (float32 (ss, fs) calibrated frame),
+                ``timestamp`` (s), ``event_id`` (str), ``beam_energy`` (eV) and
+                ``detector_distance`` (mm).
+
+        Returns:
+            The result map (peaks as float64 arrays ``peak_fs``, ``peak_ss``,
+            ``peak_intensity``, ``peak_max_pixel_intensity``, ``peak_radius``; the frame as
+            ``detector_data`` when due for sending) and this rank.
+        """
+        frame = data["detector_data"]
+        peaks = self._peakfinder.find_peaks(frame)
+        num_peaks = len(peaks.fs)
+        is_hit = self._min_peaks < num_peaks < self._max_peaks
+        result: dict[str, Any] = {
+            "timestamp": float(data["timestamp"]),
+            "event_id": data["event_id"],
+            "beam_energy": float(data["beam_energy"]),
+            "detector_distance": float(data["detector_distance"]),
+            "frame_is_hit": is_hit,
+            "num_peaks": num_peaks,
+            "peak_fs": peaks.fs,
+            "peak_ss": peaks.ss,
+            "peak_intensity": peaks.intensity,
+            "peak_max_pixel_intensity": peaks.max_pixel_intensity,
+            "peak_radius": peaks.radius,
+        }
+        if self._frame_is_due(is_hit):
+            result["detector_data"] = np.asarray(frame, dtype=np.float32)
+        return result, node_rank
+
+    def end_processing_on_processing_node(self, *, node_rank: int,
+                                          node_pool_size: int) -> dict[str, Any] | None:
+        """Nothing is left to send."""
+        return None
+
+    # Collecting rank ----------------------------------------------------------------------
+
+    def initialize_collecting_node(self, *, node_rank: int, node_pool_size: int) -> None:
+        """Loads the geometry, allocates the aggregates and binds the sockets.
+
+        Raises:
+            OmConfigurationError: when the geometry cannot be read or a socket cannot bind.
+        """
+        self._geometry = self._load_geometry()
+        geometry = self._geometry
+        self._hit_rate = HitRateHistory(
+            window_size=self._get("running_average_window_size"),
+            history_length=self._get("hit_rate_history_length"),
+        )
+        self._powder = VirtualPowderPattern(geometry.assembled_shape)
+        self._peakogram = Peakogram(
+            radius_bin_size=self._get("peakogram_radius_bin_size"),
+            intensity_bin_size=self._get("peakogram_intensity_bin_size"),
+            max_radius=float(np.nanmax(geometry.radius)),
+        )
+        self._rate = EventRateMeter()
+        self._num_hits = 0
+        self._start = time.time()
+        self._latest: dict[str, Any] = {}
+        self._latest_frame: dict[str, Any] | None = None
+        self._last_broadcast_events = 0
+        self._last_broadcast_time = time.monotonic()
+        self._last_report_events = 0
+        self._last_report_time = time.monotonic()
+        self._broadcast_interval = self._get("data_broadcast_interval")
+        self._report_interval = self._get("speed_report_interval")
+        self._broadcaster = DataBroadcaster(url=self._get("data_broadcast_url"))
+        responding_url = self._get("responding_url")
+        self._responder = None
+        if responding_url is not None:
+            self._responder = RespondingSocket(
+                url=responding_url, handlers={b"resetplots": self._reset_plots}
+            )
+        logger.info("broadcasting on %s%s", self._broadcaster.url,
+                    f", answering requests on {self._responder.url}" if self._responder else "")
+
+    def _reset_plots(self) -> bytes:
+        self._hit_rate.reset()
+        self._powder.reset()
+        self._peakogram.reset()
+        logger.info("plots reset on request")
+        return b"ok: hit rate history, virtual powder plot and peakogram reset"
+
+    def collect_data(self, *, node_rank: int, node_pool_size: int,
+                     processed_data: tuple[dict[str, Any], int]) -> None:
+        """Adds one frame's result to the aggregates and broadcasts when due."""
+        result, _ = processed_data
+        self._rate.add()
+        is_hit = bool(result["frame_is_hit"])
+        self._num_hits += int(is_hit)
+        self._hit_rate.add(result["timestamp"], is_hit)
+        fs = np.asarray(result["peak_fs"], dtype=np.float64)
+        ss = np.asarray(result["peak_ss"], dtype=np.float64)
+        if fs.size:
+            rows, cols = self._peak_pixels_in_assembled(fs, ss)
+            self._powder.add(rows, cols, np.asarray(result["peak_intensity"]))
+            self._peakogram.add(np.asarray(result["peak_radius"]),
+                                np.asarray(result["peak_max_pixel_intensity"]))
+        self._latest = result
+        if "detector_data" in result:
+            self._latest_frame = result
+        self._broadcast_if_due()
+        self._report_speed_if_due()
+
+    def _peak_pixels_in_assembled(self, fs: np.ndarray, ss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        geometry = self._geometry
+        ss_index = np.clip(ss.astype(np.int64), 0, geometry.slab_shape[0] - 1)
+        fs_index = np.clip(fs.astype(np.int64), 0, geometry.slab_shape[1] - 1)
+        return geometry.assembled_row[ss_index, fs_index], geometry.assembled_col[ss_index, fs_index]
+
+    def _common_keys(self, result: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "timestamp": result.get("timestamp", 0.0),
+            "beam_energy": result.get("beam_energy", 0.0),
+            "detector_distance": result.get("detector_distance", 0.0),
+            "pixel_size": self._geometry.pixel_size_m,
+            "beam_center": [float(v) for v in self._geometry.beam_center_in_assembled],
+        }
+
+    def _broadcast_if_due(self) -> None:
+        events = self._rate.count
+        now = time.monotonic()
+        if events - self._last_broadcast_events < self._broadcast_interval and (
+            now - self._last_broadcast_time < _MIN_BROADCAST_PERIOD
+        ):
+            return
+        self._last_broadcast_events, self._last_broadcast_time = events, now
+        timestamps, rates = self._hit_rate.history()
+        self._broadcaster.send("omdata", {
+            **self._common_keys(self._latest),
+            "hit_rate_timestamp_history": timestamps,
+            "hit_rate_history": rates,
+            "hit_rate": self._hit_rate.hit_rate,
+            "virtual_powder_plot": self._powder.image,
+            "peakogram": self._peakogram.histogram,
+            "peakogram_radius_bin_size": self._peakogram.radius_bin_size,
+            "peakogram_intensity_bin_size": self._peakogram.intensity_bin_size,
+            "num_events": events,
+            "num_hits": self._num_hits,
+            "events_per_second": self._rate.rate(),
+            "problems": problems.counts(),
+            "responding_url": self._responder.url if self._responder else None,
+            "start_timestamp": self._start,
+        })
+        if self._latest_frame is not None:
+            self._broadcast_frame(self._latest_frame)
+            self._latest_frame = None
+
+    def _broadcast_frame(self, result: dict[str, Any]) -> None:
+        fs = np.asarray(result["peak_fs"], dtype=np.float64)
+        ss = np.asarray(result["peak_ss"], dtype=np.float64)
+        rows, cols = self._peak_pixels_in_assembled(fs, ss)
+        self._broadcaster.send("omframedata", {
+            **self._common_keys(result),
+            "frame_data": assemble(result["detector_data"], self._geometry),
+            "peak_list_x_in_frame": cols.astype(np.float64),
+            "peak_list_y_in_frame": rows.astype(np.float64),
+            "peak_list_intensity": np.asarray(result["peak_intensity"], dtype=np.float64),
+            "event_id": result["event_id"],
+            "frame_is_hit": bool(result["frame_is_hit"]),
+            "num_peaks": int(result["num_peaks"]),
+        })
+
+    def _report_speed_if_due(self) -> None:
+        events = self._rate.count
+        if events - self._last_report_events < self._report_interval:
+            return
+        now = time.monotonic()
+        rate = (events - self._last_report_events) / max(now - self._last_report_time, 1e-9)
+        self._last_report_events, self._last_report_time = events, now
+        print(f"om: {events} events, {self._num_hits} hits, hit rate "
+              f"{self._hit_rate.hit_rate:.1f} %, {rate:.1f} events/s", flush=True)
+
+    def wait_for_data(self, *, node_rank: int, node_pool_size: int) -> None:
+        """Serves requests for up to 5 ms (so the idle collecting rank sleeps)."""
+        if self._responder is not None:
+            self._responder.serve(5)
+        else:
+            time.sleep(0.005)
+        if self._rate.count > self._last_broadcast_events:
+            self._broadcast_if_due()
+
+    def end_processing_on_collecting_node(self, *, node_rank: int, node_pool_size: int) -> None:
+        """Sends a last broadcast and prints the final summary."""
+        if self._rate.count > self._last_broadcast_events:
+            self._last_broadcast_time = 0.0
+            self._broadcast_if_due()
+        counts = problems.counts()
+        events = self._rate.count
+        elapsed = time.time() - self._start
+        dropped = counts.get("frame_dropped_ranks_busy", 0)
+        incomplete = counts.get("incomplete_frame", 0)
+        print(f"om: final summary: {events} events, {self._num_hits} hits "
+              f"({100.0 * self._num_hits / max(events, 1):.1f} %), {dropped} dropped frames, "
+              f"{incomplete} incomplete frames, in {elapsed:.1f} s", flush=True)
+        others = {kind: n for kind, n in sorted(counts.items())
+                  if kind not in ("frame_dropped_ranks_busy", "incomplete_frame")}
+        if others:
+            print("om: problems: " + ", ".join(f"{k}={n}" for k, n in others.items()), flush=True)
+        self._broadcaster.close()
+        if self._responder is not None:
+            self._responder.close()
