@@ -1,0 +1,114 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""``om_demo.py``: the monitor on a simulated JUNGFRAU 1M, with nothing but this package.
+
+Writes the simulated detector's calibration files and a ``monitor.yaml`` to a folder, starts
+``om_jungfrau_zmq_simulator.py`` and ``mpiexec -n N om_monitor.py`` on 127.0.0.1, and, when a
+display is present, the crystallography GUI and the frame viewer. Ctrl-C (or ``--duration``)
+stops everything; the monitor prints its speed reports and a final summary.
+"""
+
+import argparse
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from om.simulation.configuration import write_monitor_configuration
+from om.simulation.jungfrau_frames import SyntheticJungfrau
+
+_BIN = pathlib.Path(sys.executable).parent
+
+
+def _command(script: str, module: str) -> list[str]:
+    # The console script when installed, else the module (e.g. from a source checkout).
+    path = _BIN / script
+    return [str(path)] if path.exists() else [sys.executable, "-m", module]
+
+
+def _mpiexec() -> str:
+    path = _BIN / "mpiexec"
+    return str(path) if path.exists() else "mpiexec"
+
+
+def _display_available() -> bool:
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False
+    try:
+        import pyqtgraph  # noqa: F401
+        from PyQt5 import QtWidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``om_demo.py``; returns the monitor's exit code."""
+    parser = argparse.ArgumentParser(prog="om_demo.py", description=__doc__)
+    parser.add_argument("--duration", type=float, default=0.0,
+                        help="stop after this many seconds (default 0: run until Ctrl-C)")
+    parser.add_argument("--rate", type=float, default=20.0, help="simulated frames/s (default 20)")
+    parser.add_argument("--ranks", type=int, default=3, help="MPI ranks (default 3)")
+    parser.add_argument("--directory", help="where to write the files (default: a temporary folder)")
+    parser.add_argument("--gui", choices=("auto", "yes", "no"), default="auto",
+                        help="start the GUIs (auto: when a display is present)")
+    parser.add_argument("--base-port", type=int, default=30001,
+                        help="first of the 4 ports used on 127.0.0.1 (default 30001)")
+    arguments = parser.parse_args(argv)
+
+    directory = pathlib.Path(arguments.directory or tempfile.mkdtemp(prefix="om_demo_"))
+    directory.mkdir(parents=True, exist_ok=True)
+    darks, gains = SyntheticJungfrau(seed=0).write_calibration_files(directory / "calibration")
+    port = arguments.base_port
+    streams = f"tcp://127.0.0.1:{port},tcp://127.0.0.1:{port + 1}"
+    broadcast, responding = f"tcp://127.0.0.1:{port + 2}", f"tcp://127.0.0.1:{port + 3}"
+    config = write_monitor_configuration(directory / "monitor.yaml", {
+        "data_retrieval_layer": {"detector_dark_filenames": darks,
+                                 "detector_gain_filenames": gains},
+        "crystallography": {"data_broadcast_url": broadcast, "responding_url": responding},
+    })
+    print(f"om_demo: files in {directory}; monitor broadcasting on {broadcast}", flush=True)
+
+    processes = [
+        subprocess.Popen([*_command("om_jungfrau_zmq_simulator.py",
+                                    "om.simulation.jungfrau_zmq_simulator"),
+                          "--urls", streams, "--rate", str(arguments.rate)]),
+        subprocess.Popen([_mpiexec(), "-n", str(arguments.ranks),
+                          *_command("om_monitor.py", "om.monitor"), streams, "-c", str(config)]),
+    ]
+    monitor = processes[1]
+    if arguments.gui == "yes" or (arguments.gui == "auto" and _display_available()):
+        processes.append(subprocess.Popen([
+            *_command("om_crystallography_gui.py", "om.graphical_interfaces.crystallography_gui"),
+            broadcast, "--responding-url", responding]))
+        processes.append(subprocess.Popen([
+            *_command("om_frame_viewer.py", "om.graphical_interfaces.frame_viewer"), broadcast]))
+
+    interrupted = False
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        nonlocal interrupted
+        interrupted = True
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    deadline = time.monotonic() + arguments.duration if arguments.duration > 0 else None
+    while not interrupted and monitor.poll() is None:
+        if deadline is not None and time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    # The monitor first, so that it prints its summary while the simulator still runs.
+    for process in [monitor, *[p for p in processes if p is not monitor]]:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return monitor.returncode or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""``om_jungfrau_zmq_simulator.py``: a JUNGFRAU 1M streaming like slsReceiver, for tests and demos.
+
+Binds one stream per module and sends frames at a given rate, for a given number of frames or
+until stopped (SIGINT/SIGTERM), then the end-of-acquisition message. Frames come from an HDF5
+file (``--file``, e.g. the real module frames of ``jungfrau_module_real.h5`` as both modules)
+or, by default, from the simulated detector of :mod:`om.simulation.jungfrau_frames`.
+``--write-calibration DIR`` writes the matching calibration files (OM's layout) and exits.
+"""
+
+import argparse
+import pathlib
+import signal
+import sys
+import time
+from typing import Any
+
+from om.simulation.frame_sources import HDF5FrameSource, SyntheticFrameSource
+from om.simulation.jungfrau_stream import JungfrauStreamSender
+
+DEFAULT_URLS = "tcp://127.0.0.1:30001,tcp://127.0.0.1:30002"
+DETECTOR_CLOCK_HZ = 10_000_000
+
+
+def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="om_jungfrau_zmq_simulator.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--urls", default=DEFAULT_URLS,
+                        help=f"comma-separated URLs to bind, module 0 first (default {DEFAULT_URLS})")
+    parser.add_argument("--rate", type=float, default=10.0,
+                        help="frames per second (0: as fast as possible; default 10)")
+    parser.add_argument("--frames", type=int, default=0,
+                        help="frames to send, then end the acquisition (default 0: until stopped)")
+    parser.add_argument("--file", help="HDF5 file of raw frames (default: simulated frames)")
+    parser.add_argument("--dataset", default="raw", help="dataset of raw frames (default raw)")
+    parser.add_argument("--hit-fraction", type=float, default=0.5,
+                        help="fraction of simulated frames with Bragg spots (default 0.5)")
+    parser.add_argument("--pool", type=int, default=20,
+                        help="distinct simulated frames, cycled (default 20)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the simulated detector")
+    parser.add_argument("--first-frame-number", type=int, default=1)
+    parser.add_argument("--wait-for-subscribers", type=float, default=60.0, metavar="S",
+                        help="wait up to S s for a subscriber on every stream before sending "
+                        "(0: send at once, like a detector; default 60)")
+    parser.add_argument("--write-calibration", metavar="DIR",
+                        help="write the calibration files of the frames' detector to DIR and exit")
+    return parser.parse_args(argv)
+
+
+def run(arguments: argparse.Namespace) -> int:
+    """Runs the simulator; returns the exit code."""
+    if arguments.file:
+        try:
+            source: Any = HDF5FrameSource(arguments.file, arguments.dataset)
+        except (OSError, ValueError) as error:
+            print(f"om_jungfrau_zmq_simulator.py: error: {error}", file=sys.stderr)
+            return 1
+    else:
+        source = SyntheticFrameSource(pool_size=arguments.pool,
+                                      hit_fraction=arguments.hit_fraction, seed=arguments.seed)
+    if arguments.write_calibration:
+        written = source.write_calibration(pathlib.Path(arguments.write_calibration))
+        if written is None:
+            print(f"om_jungfrau_zmq_simulator.py: error: {arguments.file} holds no calibration "
+                  "(datasets pedestal and gain_adu_per_photon)", file=sys.stderr)
+            return 1
+        for name in (*written[0], *written[1]):
+            print(name)
+        return 0
+
+    stop = False
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    urls = [url.strip() for url in arguments.urls.split(",") if url.strip()]
+    sender = JungfrauStreamSender(urls)
+    if arguments.wait_for_subscribers > 0:
+        print(f"simulator: waiting for subscribers on {', '.join(urls)}", flush=True)
+        if not sender.wait_for_subscribers(arguments.wait_for_subscribers):
+            print("simulator: no subscriber came, sending anyway", flush=True)
+    start = time.monotonic()
+    sent = 0
+    while not stop and (arguments.frames <= 0 or sent < arguments.frames):
+        if arguments.rate > 0:
+            delay = start + sent / arguments.rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        ticks = int((time.monotonic() - start) * DETECTOR_CLOCK_HZ)
+        sender.send_frame(source.frame(sent), arguments.first_frame_number + sent, ticks,
+                          arguments.frames or None)
+        sent += 1
+    sender.send_end_of_acquisition()
+    elapsed = time.monotonic() - start
+    print(f"simulator: sent {sent} frames in {elapsed:.1f} s "
+          f"({sent / max(elapsed, 1e-9):.1f} frames/s)", flush=True)
+    sender.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``om_jungfrau_zmq_simulator.py``."""
+    return run(_parse_arguments(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
