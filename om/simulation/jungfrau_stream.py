@@ -40,6 +40,8 @@ class JungfrauStreamSender:
             socket.setsockopt(zmq.LINGER, 1000)
             socket.bind(url)
             self._sockets.append(socket)
+        self.urls = [socket.getsockopt_string(zmq.LAST_ENDPOINT) for socket in self._sockets]
+        """The bound URLs (a ``*`` port resolved), module 0 first."""
         self._first_frame_number: int | None = None
 
     def wait_for_subscribers(self, timeout: float) -> bool:

@@ -1,0 +1,110 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Helpers for tests that run the monitor as a real ``mpiexec`` job on 127.0.0.1."""
+
+import contextlib
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Iterator
+
+import zmq
+
+from om.lib.serialization import unpack
+
+BIN = pathlib.Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def mpiexec() -> str:
+    """The mpiexec of this environment (the mpich wheel puts it beside python)."""
+    path = BIN / "mpiexec"
+    return str(path) if path.exists() else "mpiexec"
+
+
+class Process:
+    """A subprocess whose output goes to files, stopped with SIGINT then killed if needed."""
+
+    def __init__(self, command: list[str], log_dir: pathlib.Path, name: str) -> None:
+        self.stdout_path = log_dir / f"{name}.out"
+        self.stderr_path = log_dir / f"{name}.err"
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
+            self.popen = subprocess.Popen(command, stdout=out, stderr=err, env=env)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGINT, then waits up to ``timeout`` s, then kills; returns the exit code."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGINT)
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(timeout=10)
+            raise AssertionError(f"{self.popen.args[:3]} did not stop within {timeout} s")
+
+    def wait(self, timeout: float) -> int:
+        """Waits up to ``timeout`` s for the process to end by itself; returns the exit code."""
+        return self.popen.wait(timeout=timeout)
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+
+def monitor_command(source: str, config: pathlib.Path, ranks: int = 3) -> list[str]:
+    """``mpiexec -n ranks om_monitor.py source -c config``."""
+    return [mpiexec(), "-n", str(ranks), str(BIN / "om_monitor.py"), source, "-c", str(config)]
+
+
+def simulator_command(urls: str, *arguments: str) -> list[str]:
+    """``om_jungfrau_zmq_simulator.py --urls urls ...``."""
+    return [str(BIN / "om_jungfrau_zmq_simulator.py"), "--urls", urls, *arguments]
+
+
+@contextlib.contextmanager
+def subscriber(url: str, tag: bytes) -> Iterator[zmq.Socket]:
+    """A SUB socket connected to ``url`` for ``tag``."""
+    sock = zmq.Context.instance().socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SUBSCRIBE, tag)
+    sock.connect(url)
+    try:
+        yield sock
+    finally:
+        sock.close(0)
+
+
+def receive_until(sock: zmq.Socket, condition: Callable[[dict[str, Any]], bool],
+                  timeout: float, alive: Callable[[], bool] = lambda: True) -> dict[str, Any]:
+    """Receives ``[tag, msgpack]`` messages until one satisfies ``condition``.
+
+    Raises:
+        AssertionError: after ``timeout`` s, or when ``alive()`` turns false, with the last
+            message's counters.
+    """
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] = {}
+    while time.monotonic() < deadline and alive():
+        if sock.poll(200):
+            parts = sock.recv_multipart()
+            last = unpack(parts[1])
+            if condition(last):
+                return last
+    raise AssertionError(
+        f"no matching message within {timeout} s; last: "
+        f"{ {k: v for k, v in last.items() if isinstance(v, (int, float, str, dict))} }"
+    )

@@ -1,0 +1,77 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The JUNGFRAU frame assembler on real ZeroMQ sockets on 127.0.0.1."""
+
+import json
+
+import numpy as np
+import pytest
+import zmq
+
+from om.data_retrieval_layer.jungfrau_frame_assembler import JungfrauFrameAssembler
+from om.lib.problems import problems
+from om.lib.serialization import unpack
+from om.simulation.jungfrau_stream import JungfrauStreamSender
+
+
+@pytest.fixture
+def streams():
+    sender = JungfrauStreamSender(["tcp://127.0.0.1:*", "tcp://127.0.0.1:*"])
+    assembler = JungfrauFrameAssembler(stream_urls=sender.urls, distribution_host="127.0.0.1",
+                                       rows_per_stream=512, assembly_timeout=0.3, queue_size=8)
+    assembler.start()
+    pull = zmq.Context.instance().socket(zmq.PULL)
+    pull.setsockopt(zmq.LINGER, 0)
+    pull.connect(assembler.endpoint)
+    assert sender.wait_for_subscribers(10.0)
+    yield sender, assembler, pull
+    pull.close(0)
+    assembler.stop()
+    sender.close()
+
+
+def _frames(pull, count, timeout_ms=5000):
+    received = []
+    while len(received) < count and pull.poll(timeout_ms):
+        parts = pull.recv_multipart()
+        received.append((unpack(parts[0]), parts[1:]))
+    return received
+
+
+def _module(value):
+    return np.full((512, 1024), value, dtype=np.uint16)
+
+
+def test_complete_frames_are_forwarded_whole(streams):
+    sender, _, pull = streams
+    for number in range(1, 4):
+        frame = np.concatenate([_module(number), _module(100 + number)])
+        sender.send_frame(frame, number, timestamp_ticks=number * 10_000_000)
+    received = _frames(pull, 3)
+    assert [meta["frame_number"] for meta, _ in received] == [1, 2, 3]
+    for meta, images in received:
+        number = meta["frame_number"]
+        assert np.frombuffer(images[0], "<u2")[0] == number
+        assert np.frombuffer(images[1], "<u2")[0] == 100 + number
+        assert meta["headers"][1]["modId"] == 1
+    times = [meta["timestamp"] for meta, _ in received]
+    np.testing.assert_allclose(np.diff(times), [1.0, 1.0])
+
+
+def test_bad_input_is_counted_and_good_frames_follow(streams):
+    sender, _, pull = streams
+    before = problems.counts()
+    sockets = sender._sockets
+    good = sender.header(0, 10, 0, None)
+    sockets[0].send_multipart([json.dumps(good).encode(), b"\x00" * 1000])  # wrong size
+    sockets[0].send_multipart([b"{not json", _module(0).tobytes()])  # non-JSON header
+    sockets[0].send_multipart([json.dumps({"data": 1}).encode(), _module(0).tobytes()])  # no frameNumber
+    sockets[0].send_multipart([json.dumps(sender.header(0, 11, 0, None)).encode(),
+                               _module(7).tobytes()])  # module 0 only
+    sender.send_end_of_acquisition()
+    sender.send_frame(np.concatenate([_module(12), _module(12)]), 12, 0)
+    received = _frames(pull, 1)
+    assert [meta["frame_number"] for meta, _ in received] == [12]
+    assert _frames(pull, 1, timeout_ms=1000) == []  # frame 11 never comes: modules not mixed
+    after = problems.counts()
+    for kind, expected in (("wrong_size", 1), ("bad_header", 2), ("incomplete_frame", 1)):
+        assert after.get(kind, 0) - before.get(kind, 0) == expected, kind
