@@ -17,7 +17,8 @@ from om.simulation.jungfrau_stream import JungfrauStreamSender
 def streams():
     sender = JungfrauStreamSender(["tcp://127.0.0.1:*", "tcp://127.0.0.1:*"])
     assembler = JungfrauFrameAssembler(stream_urls=sender.urls, distribution_host="127.0.0.1",
-                                       rows_per_stream=512, assembly_timeout=0.3, queue_size=8)
+                                       rows_per_stream=512, assembly_timeout=0.3, queue_size=8,
+                                       expected_receivers=1)
     assembler.start()
     pull = zmq.Context.instance().socket(zmq.PULL)
     pull.setsockopt(zmq.LINGER, 0)

@@ -87,6 +87,7 @@ class Jungfrau1MZmqDataEventHandler:
             rows_per_stream=_ROWS_PER_FRAME // len(self._urls),
             assembly_timeout=self._parameters.get(_GROUP, "frame_assembly_timeout"),
             queue_size=self._parameters.get(_GROUP, "frame_queue_size"),
+            expected_receivers=node_pool_size - 1,
         )
         self._assembler.start()
         return {"frame_endpoint": self._assembler.endpoint}

@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from om.lib.problems import problems
 from om.lib.serialization import pack
@@ -75,13 +76,15 @@ class JungfrauFrameAssembler:
         rows_per_stream: the rows (slow-scan) of each stream's image (512 for a module).
         assembly_timeout: how long (s) to wait for the missing modules of a frame.
         queue_size: frames queued per processing rank before the assembler drops frames.
+        expected_receivers: the assembler subscribes to the detector streams only once this
+            many processing ranks have connected, so no frame is dropped at start-up.
 
     Raises:
         OmConfigurationError: when a URL is malformed or the PUSH socket cannot bind.
     """
 
     def __init__(self, *, stream_urls: list[str], distribution_host: str, rows_per_stream: int,
-                 assembly_timeout: float, queue_size: int) -> None:
+                 assembly_timeout: float, queue_size: int, expected_receivers: int = 0) -> None:
         from om.lib.exceptions import OmConfigurationError
 
         self._urls = stream_urls
@@ -93,7 +96,6 @@ class JungfrauFrameAssembler:
         self._subscribers: list[zmq.Socket] = []
         for url in stream_urls:
             socket = self._context.socket(zmq.SUB)
-            socket.setsockopt(zmq.SUBSCRIBE, b"")
             socket.setsockopt(zmq.LINGER, 0)
             try:
                 socket.connect(url)
@@ -102,6 +104,7 @@ class JungfrauFrameAssembler:
                 self.close()
                 raise OmConfigurationError(f"cannot connect to the detector stream {url!r}: {error}")
             self._subscribers.append(socket)
+        self._expected_receivers = expected_receivers
         self._push = self._context.socket(zmq.PUSH)
         self._push.setsockopt(zmq.SNDHWM, queue_size)
         self._push.setsockopt(zmq.LINGER, 0)
@@ -113,6 +116,7 @@ class JungfrauFrameAssembler:
                 f"cannot bind the frame distribution socket on {distribution_host!r}: {error}"
             )
         self.endpoint: str = self._push.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._push_monitor = self._push.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         self._pending: dict[int, _PendingFrame] = {}
         self._clock = DetectorClock()
         self._stop = threading.Event()
@@ -134,6 +138,10 @@ class JungfrauFrameAssembler:
 
     def close(self) -> None:
         """Closes every socket (idempotent)."""
+        if getattr(self, "_push_monitor", None) is not None:
+            self._push.disable_monitor()
+            self._push_monitor.close(0)
+            self._push_monitor = None
         for socket in self._subscribers:
             socket.close(0)
         self._subscribers = []
@@ -141,7 +149,23 @@ class JungfrauFrameAssembler:
             self._push.close(0)
             self._push = None
 
+    def _wait_for_receivers(self) -> bool:
+        connected = 0
+        while connected < self._expected_receivers:
+            if self._stop.is_set():
+                return False
+            if self._push_monitor.poll(100):
+                recv_monitor_message(self._push_monitor)
+                connected += 1
+        logger.info("%d processing ranks connected: subscribing to %s", connected,
+                    ", ".join(self._urls))
+        return True
+
     def _run(self) -> None:
+        if not self._wait_for_receivers():
+            return
+        for socket in self._subscribers:
+            socket.setsockopt(zmq.SUBSCRIBE, b"")
         poller = zmq.Poller()
         for socket in self._subscribers:
             poller.register(socket, zmq.POLLIN)
