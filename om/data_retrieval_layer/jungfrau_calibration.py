@@ -163,10 +163,13 @@ class JungfrauCalibration:
         double_pixels: Literal["keep", "divide"] = "divide",
     ) -> None:
         if units not in ("photons", "keV"):
-            raise OmConfigurationError(f"JUNGFRAU calibration: units must be 'photons' or 'keV', not {units!r}")
+            raise OmConfigurationError(
+                f"JUNGFRAU calibration: units must be 'photons' or 'keV', not {units!r}"
+            )
         if double_pixels not in ("keep", "divide"):
             raise OmConfigurationError(
-                f"JUNGFRAU calibration: double_pixels must be 'keep' or 'divide', not {double_pixels!r}"
+                "JUNGFRAU calibration: double_pixels must be 'keep' or 'divide', "
+                f"not {double_pixels!r}"
             )
         try:
             energy = float(photon_energy_kev)
@@ -174,18 +177,21 @@ class JungfrauCalibration:
             energy = math.nan
         if not math.isfinite(energy) or energy <= 0.0:
             raise OmConfigurationError(
-                f"JUNGFRAU calibration: photon energy must be a positive number of keV, not {photon_energy_kev!r}"
+                "JUNGFRAU calibration: photon energy must be a positive number of keV, "
+                f"not {photon_energy_kev!r}"
             )
         pedestals = np.asarray(pedestals)
         gains = np.asarray(gains_adu_per_kev)
         for name, array in (("pedestals", pedestals), ("gains", gains)):
-            if array.ndim != 4 or array.shape[1:] != (N_GAIN_STAGES, *MODULE_SHAPE) or array.shape[0] < 1:
+            if array.ndim != 4 or array.shape[0] < 1 or array.shape[1:] != (3, *MODULE_SHAPE):
                 raise OmConfigurationError(
-                    f"JUNGFRAU calibration: {name} must have shape (n_modules, 3, 512, 1024), not {array.shape}"
+                    f"JUNGFRAU calibration: {name} must have shape (n_modules, 3, 512, 1024), "
+                    f"not {array.shape}"
                 )
         if pedestals.shape != gains.shape:
             raise OmConfigurationError(
-                f"JUNGFRAU calibration: pedestals {pedestals.shape} and gains {gains.shape} differ in shape"
+                f"JUNGFRAU calibration: pedestals {pedestals.shape} and gains {gains.shape} "
+                "differ in shape"
             )
 
         self.n_modules: int = pedestals.shape[0]
@@ -210,8 +216,8 @@ class JungfrauCalibration:
         self.uncalibratable_pixels: int = int(bad.sum())
         if self.uncalibratable_pixels:
             logger.warning(
-                "JUNGFRAU calibration: %d pixel/gain-stage entries have a zero or non-finite gain or "
-                "pedestal and will read NaN",
+                "JUNGFRAU calibration: %d pixel/gain-stage entries have a zero or non-finite "
+                "gain or pedestal and will read NaN",
                 self.uncalibratable_pixels,
             )
 
@@ -274,14 +280,17 @@ class JungfrauCalibration:
                 "JUNGFRAU calibration: pedestal_convention must be 'auto', 'adc' or 'word', "
                 f"not {pedestal_convention!r}"
             )
-        if isinstance(dark_filenames, (str, os.PathLike)) or isinstance(gain_filenames, (str, os.PathLike)):
+        if isinstance(dark_filenames, (str, os.PathLike)) or isinstance(
+            gain_filenames, (str, os.PathLike)
+        ):
             raise OmConfigurationError(
-                "JUNGFRAU calibration: dark_filenames and gain_filenames must be lists of file names"
+                "JUNGFRAU calibration: dark_filenames and gain_filenames must be lists of "
+                "file names"
             )
         if len(dark_filenames) != len(gain_filenames):
             raise OmConfigurationError(
-                f"JUNGFRAU calibration: {len(dark_filenames)} dark files but {len(gain_filenames)} gain "
-                "files (one of each per module)"
+                f"JUNGFRAU calibration: {len(dark_filenames)} dark files but "
+                f"{len(gain_filenames)} gain files (one of each per module)"
             )
         if not dark_filenames:
             raise OmConfigurationError("JUNGFRAU calibration: no dark and gain files given")
@@ -316,7 +325,8 @@ class JungfrauCalibration:
         """
         if not 0 <= module_index < self.n_modules:
             raise OmInvalidDataError(
-                f"JUNGFRAU calibration: module index {module_index} out of range (0..{self.n_modules - 1})"
+                f"JUNGFRAU calibration: module index {module_index} out of range "
+                f"(0..{self.n_modules - 1})"
             )
         _check_module_array("raw", raw, np.dtype(np.uint16))
         _check_module_array("out", out, np.dtype(np.float32))
@@ -358,8 +368,9 @@ class JungfrauCalibration:
         counts = CalibrationCounts(0, 0, 0)
         rows = MODULE_SHAPE[0]
         for module in range(self.n_modules):
+            rows_of_module = slice(module * rows, (module + 1) * rows)
             counts = counts + self.calibrate_module(
-                raw[module * rows : (module + 1) * rows], module, out[module * rows : (module + 1) * rows]
+                raw[rows_of_module], module, out[rows_of_module]
             )
         return out, counts
 
@@ -394,7 +405,9 @@ def read_dark_file(
             name = f"gain{stage}"
             dataset = handle.get(name)
             if not isinstance(dataset, h5py.Dataset):
-                raise OmConfigurationError(f"JUNGFRAU dark file {filename}: dataset '{name}' missing")
+                raise OmConfigurationError(
+                    f"JUNGFRAU dark file {filename}: dataset '{name}' missing"
+                )
             if dataset.shape != MODULE_SHAPE:
                 raise OmConfigurationError(
                     f"JUNGFRAU dark file {filename}: dataset '{name}' has shape {dataset.shape}, "
@@ -402,13 +415,15 @@ def read_dark_file(
                 )
             if dataset.dtype.kind not in "fiu":
                 raise OmConfigurationError(
-                    f"JUNGFRAU dark file {filename}: dataset '{name}' has non-numeric type {dataset.dtype}"
+                    f"JUNGFRAU dark file {filename}: dataset '{name}' has non-numeric type "
+                    f"{dataset.dtype}"
                 )
             try:
                 pedestals[stage] = dataset[()]
             except OSError as error:
                 raise OmConfigurationError(
-                    f"JUNGFRAU dark file {filename}: dataset '{name}' cannot be read: {_one_line(error)}"
+                    f"JUNGFRAU dark file {filename}: dataset '{name}' cannot be read: "
+                    f"{_one_line(error)}"
                 ) from None
 
     medians = [float(np.nanmedian(pedestals[stage])) for stage in (1, 2)]
@@ -430,8 +445,8 @@ def read_dark_file(
         for stage, median, is_word in zip((1, 2), medians, looks_like_word):
             if is_word != expected_word:
                 raise OmConfigurationError(
-                    f"JUNGFRAU dark file {filename}: dataset 'gain{stage}' median {median:.0f} does not "
-                    f"fit the pedestal convention '{convention}'"
+                    f"JUNGFRAU dark file {filename}: dataset 'gain{stage}' median {median:.0f} "
+                    f"does not fit the pedestal convention '{convention}'"
                 )
     if convention == "word":
         pedestals[1] -= np.float32(_WORD_OFFSETS[1])
@@ -457,7 +472,9 @@ def read_gain_file(filename: str | os.PathLike) -> NDArray[np.float64]:
     except FileNotFoundError:
         raise OmConfigurationError(f"JUNGFRAU gain file not found: {filename}") from None
     except OSError as error:
-        raise OmConfigurationError(f"JUNGFRAU gain file {filename} cannot be read: {_one_line(error)}") from None
+        raise OmConfigurationError(
+            f"JUNGFRAU gain file {filename} cannot be read: {_one_line(error)}"
+        ) from None
     if size != _GAIN_FILE_BYTES:
         raise OmConfigurationError(
             f"JUNGFRAU gain file {filename} has {size} bytes, expected {_GAIN_FILE_BYTES} "
@@ -466,7 +483,9 @@ def read_gain_file(filename: str | os.PathLike) -> NDArray[np.float64]:
     try:
         gains = np.fromfile(filename, dtype="<f8")
     except OSError as error:
-        raise OmConfigurationError(f"JUNGFRAU gain file {filename} cannot be read: {_one_line(error)}") from None
+        raise OmConfigurationError(
+            f"JUNGFRAU gain file {filename} cannot be read: {_one_line(error)}"
+        ) from None
     if gains.size * 8 != _GAIN_FILE_BYTES:
         raise OmConfigurationError(f"JUNGFRAU gain file {filename} was truncated while reading")
     return gains.astype(np.float64, copy=False).reshape(N_GAIN_STAGES, *MODULE_SHAPE)
@@ -478,7 +497,8 @@ def _check_module_array(name: str, array: object, dtype: np.dtype) -> None:
         if name == "raw" and isinstance(array, np.ndarray) and array.dtype == np.int16:
             hint = " (read the words as uint16: int16 turns G2 words negative)"
         raise OmInvalidDataError(
-            f"JUNGFRAU calibration: {name} must be {dtype} {MODULE_SHAPE}, got {_describe(array)}{hint}"
+            f"JUNGFRAU calibration: {name} must be {dtype} {MODULE_SHAPE}, "
+            f"got {_describe(array)}{hint}"
         )
 
 
