@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from om.lib.components import resolve_class
-from om.lib.exceptions import OmConfigurationError, OmException
+from om.lib.exceptions import OmException
 from om.lib.parameters import MonitorParameters, Parameter, ParameterGroup
 
 OM_GROUP = ParameterGroup("om", (

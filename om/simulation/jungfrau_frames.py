@@ -30,13 +30,13 @@ thresholds, Gaussian noise from a table of normal quantiles).
 """
 
 import os
-import pathlib
 from typing import Literal, NamedTuple
 
-import h5py
 import numpy as np
 import scipy.special
 from numpy.typing import NDArray
+
+from om.data_retrieval_layer.jungfrau_calibration_files import write_calibration_files
 
 MODULE_SHAPE: tuple[int, int] = (512, 1024)
 """Shape (ss, fs) of one JUNGFRAU module, in pixels."""
@@ -230,28 +230,10 @@ class SyntheticJungfrau:
         Returns:
             ``(dark_filenames, gain_filenames)`` in module order.
         """
-        if pedestal_convention not in ("word", "adc"):
-            raise ValueError(
-                f"pedestal_convention must be 'word' or 'adc', not {pedestal_convention!r}"
-            )
-        directory = pathlib.Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        offsets = (0.0, 16384.0, 49152.0) if pedestal_convention == "word" else (0.0, 0.0, 0.0)
-        dark_filenames: list[str] = []
-        gain_filenames: list[str] = []
-        for module in range(self.n_modules):
-            dark_name = directory / f"synthetic_jungfrau_dark_module{module}.h5"
-            with h5py.File(dark_name, "w") as handle:
-                for stage in range(3):
-                    values = self.pedestals_adc[module, stage].astype(np.float64) + offsets[stage]
-                    handle.create_dataset(f"gain{stage}", data=values.astype(np.float32))
-                handle.attrs["pedestal_convention"] = pedestal_convention
-                handle.attrs["content"] = "synthetic JUNGFRAU pedestals (om.simulation)"
-            gain_name = directory / f"synthetic_jungfrau_gain_module{module}.bin"
-            self.gains_adu_per_kev[module].astype("<f8").tofile(gain_name)
-            dark_filenames.append(str(dark_name))
-            gain_filenames.append(str(gain_name))
-        return dark_filenames, gain_filenames
+        return write_calibration_files(
+            directory, pedestals_adc=self.pedestals_adc, gains_adu_per_kev=self.gains_adu_per_kev,
+            pedestal_convention=pedestal_convention,
+        )
 
     # ------------------------------------------------------------------ simulation
 
