@@ -1,0 +1,157 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The whole monitor as users run it: simulator → ``mpiexec -n 3 om_monitor.py`` → subscriber.
+
+Everything runs for real on 127.0.0.1: the simulator's PUB sockets, the MPI ranks, the
+collecting rank's PUB socket, the real JUNGFRAU frames and calibration of ``../shared/data``.
+"""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from om.simulation.configuration import write_monitor_configuration
+from om.simulation.frame_sources import HDF5FrameSource
+from om.simulation.jungfrau_stream import JungfrauStreamSender
+
+from helpers import (Process, free_port, monitor_command, receive_until, simulator_command,
+                     subscriber)
+
+pytestmark = pytest.mark.slow
+
+# peakfinder8 settings for the real frames, in photons (see docs/configuration.md).
+REAL_PEAKFINDER8 = {}
+
+
+def _configure(tmp_path, geometry, darks, gains, **crystallography):
+    broadcast = f"tcp://127.0.0.1:{free_port()}"
+    config = write_monitor_configuration(tmp_path / "monitor.yaml", {
+        "data_retrieval_layer": {"detector_dark_filenames": darks,
+                                 "detector_gain_filenames": gains,
+                                 "detector_photon_energy_kev": 12.4},
+        "crystallography": {"geometry_file": str(geometry), "data_broadcast_url": broadcast,
+                            "responding_url": None, "data_broadcast_interval": 5,
+                            "speed_report_interval": 10, **crystallography},
+        "peakfinder8_peak_detection": REAL_PEAKFINDER8,
+    })
+    return config, broadcast
+
+
+@pytest.fixture
+def real_calibration(tmp_path, real_module_file):
+    return HDF5FrameSource(str(real_module_file)).write_calibration(tmp_path / "calibration")
+
+
+def test_real_frames_end_to_end(tmp_path, real_module_file, geometry_1m, real_calibration):
+    config, broadcast = _configure(tmp_path, geometry_1m, *real_calibration)
+    urls = f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}"
+    simulator = Process(simulator_command(urls, "--file", str(real_module_file), "--rate", "20",
+                                          "--frames", "40"), tmp_path, "simulator")
+    monitor = Process(monitor_command(urls, config), tmp_path, "monitor")
+    try:
+        with subscriber(broadcast, b"omdata") as omdata, \
+                subscriber(broadcast, b"omframedata") as omframedata:
+            alive = lambda: monitor.popen.poll() is None  # noqa: E731
+            data = receive_until(omdata, lambda m: m["num_events"] >= 40, 180, alive)
+            frame = receive_until(omframedata, lambda m: True, 30, alive)
+        simulator.wait(30)
+    finally:
+        code = monitor.stop()
+        simulator.stop()
+    print(monitor.stdout, monitor.stderr[-3000:])
+    assert code == 0
+    assert data["num_events"] == 40
+    assert data["num_hits"] == 40
+    powder = data["virtual_powder_plot"]
+    assert powder.dtype == np.float32 and np.count_nonzero(powder) > 1000
+    assert data["peakogram"].sum() > 0
+    assert data["beam_energy"] == 12400.0 and data["pixel_size"] == pytest.approx(75e-6)
+    # Every 1M frame is the real module twice: hundreds of Bragg spots per module.
+    per_module = frame["num_peaks"] / 2
+    print(f"peaks per module in frame {frame['event_id']}: {per_module}")
+    assert 150 <= per_module <= 1500
+    assert frame["frame_data"].shape == powder.shape
+    assert len(frame["peak_list_x_in_frame"]) == frame["num_peaks"]
+    summary = re.search(r"final summary: (\d+) events, (\d+) hits", monitor.stdout)
+    assert summary and int(summary.group(1)) == 40
+    assert re.search(r"events/s", monitor.stdout)
+
+
+def _bad_stream_sender(urls):
+    """Sends, on real PUB sockets: a wrong-size part, a non-JSON header, frames with gain code
+    0b10 pixels, frames of module 0 only, then good frames."""
+    sender = JungfrauStreamSender(urls.split(","))
+    assert sender.wait_for_subscribers(120)
+    module0 = sender._sockets[0]
+    good = np.zeros((1024, 1024), dtype=np.uint16) + 1000
+    invalid_gain = good.copy()
+    invalid_gain[100:110, 100:110] = 0b10 << 14 | 500
+    number = 1
+    for _ in range(3):
+        module0.send_multipart([json.dumps(sender.header(0, number, 0, None)).encode(), b"\0" * 100])
+        module0.send_multipart([b"\xff not json", good[:512].tobytes()])
+        module0.send_multipart([json.dumps(sender.header(0, number + 1, 0, None)).encode(),
+                                good[:512].tobytes()])
+        sender.send_frame(invalid_gain, number + 2, 0)
+        number += 3
+    for _ in range(10):
+        sender.send_frame(good, number, 0)
+        number += 1
+    return sender
+
+
+def test_bad_input_is_counted_and_the_monitor_goes_on(tmp_path, geometry_1m, real_calibration):
+    config, broadcast = _configure(tmp_path, geometry_1m, *real_calibration,
+                                   speed_report_interval=1)
+    urls = f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}"
+    monitor = Process(monitor_command(urls, config), tmp_path, "monitor")
+    try:
+        with subscriber(broadcast, b"omdata") as omdata:
+            sender = _bad_stream_sender(urls)
+            data = receive_until(omdata, lambda m: m["num_events"] >= 13, 60,
+                                 lambda: monitor.popen.poll() is None)
+            sender.close()
+    finally:
+        code = monitor.stop()
+    print(monitor.stdout, monitor.stderr[-3000:])
+    assert code == 0
+    counts = data["problems"]
+    assert counts["wrong_size"] == 3
+    assert counts["bad_header"] == 3
+    assert counts["invalid_gain_pixels"] == 3 * 100
+    assert counts["incomplete_frame"] >= 2  # the third may still be pending
+    for kind in ("wrong_size", "bad_header", "invalid_gain_pixels", "incomplete_frame"):
+        lines = [line for line in monitor.stderr.splitlines() if f"{kind}:" in line]
+        assert 1 <= len(lines) <= 2, (kind, lines)  # rate-limited: one line per kind
+    assert data["num_events"] == 13  # 3 frames with invalid pixels + 10 good ones
+
+
+@pytest.mark.parametrize("change, expected", [
+    ({"crystallography": {"data_broadcast_url": "tcp://not a url"}},
+     "cannot bind the data broadcast socket at 'tcp://not a url'"),
+    ({"data_retrieval_layer": {"detector_dark_filenames": ["missing_0.h5", "missing_1.h5"]}},
+     "missing_0.h5"),
+    ({"crystallography": {"min_num_peaks_for_hits": 3}},
+     "crystallography/min_num_peaks_for_hits: unknown key"),
+])
+def test_start_up_errors_stop_every_rank(tmp_path, geometry_1m, real_calibration, change,
+                                         expected):
+    config, _ = _configure(tmp_path, geometry_1m, *real_calibration)
+    text = config.read_text()
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    content = yaml.load(text)
+    for group, values in change.items():
+        content[group].update(values)
+    with open(config, "w") as stream:
+        yaml.dump(content, stream)
+    urls = f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}"
+    monitor = Process(monitor_command(urls, config), tmp_path, "monitor")
+    code = monitor.wait(120)
+    errors = [line for line in monitor.stderr.splitlines() if "error:" in line]
+    print(monitor.stderr)
+    assert code != 0
+    assert len(errors) == 1 and expected in errors[0]
+    assert str(config) in errors[0] or "cannot bind" in errors[0] or "missing_0" in errors[0]
