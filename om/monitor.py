@@ -32,13 +32,19 @@ def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         description="Real-time serial crystallography monitor. Run as: "
                     "mpiexec -n N om_monitor.py SOURCE [-c monitor.yaml] (N >= 2).",
     )
-    parser.add_argument("source", help="the data source, e.g. the JUNGFRAU module stream URLs "
-                        "tcp://127.0.0.1:30001,tcp://127.0.0.1:30002")
+    parser.add_argument("source", nargs="?", help="the data source, e.g. the JUNGFRAU module "
+                        "stream URLs tcp://127.0.0.1:30001,tcp://127.0.0.1:30002")
     parser.add_argument("-c", "--config", default="monitor.yaml",
                         help="configuration file (default: monitor.yaml)")
     parser.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    return parser.parse_args(argv)
+    parser.add_argument("--crystfel-geometry", action="store_true",
+                        help="print the path of the CrystFEL geometry file matching the live "
+                        "frames for indexamajig (docs/crystfel.md) and exit")
+    arguments = parser.parse_args(argv)
+    if arguments.source is None and not arguments.crystfel_geometry:
+        parser.error("the SOURCE argument is required")
+    return arguments
 
 
 def build_monitor(source: str, config: str) -> Any:
@@ -69,6 +75,11 @@ def build_monitor(source: str, config: str) -> Any:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``om_monitor.py``; returns the exit code."""
     arguments = _parse_arguments(argv)
+    if arguments.crystfel_geometry:
+        from om.lib.package_data import packaged_file
+
+        print(packaged_file("jungfrau1M_crystfel.geom"))
+        return 0
     from mpi4py import MPI  # here, so that --help works without starting MPI
 
     rank = MPI.COMM_WORLD.Get_rank()

@@ -35,9 +35,12 @@ class DataBroadcaster:
 
     def send(self, tag: str, payload: dict) -> None:
         """Sends ``[tag, msgpack(payload)]``; drops it for subscribers that are behind."""
+        self.send_bytes(tag, pack(payload))
+
+    def send_bytes(self, tag: str, payload: bytes) -> None:
+        """Sends ``[tag, payload]`` (payload already msgpack); never blocks."""
         try:
-            self._socket.send_multipart([tag.encode(), pack(payload)], flags=zmq.NOBLOCK,
-                                        copy=False)
+            self._socket.send_multipart([tag.encode(), payload], flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
             pass
 

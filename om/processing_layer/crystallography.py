@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from om.lib.broadcast import DataBroadcaster
+from om.lib.crystfel_feed import CrystfelFrameFeed
+from om.lib.exceptions import OmConfigurationError
 from om.lib.event_rate import EventRateMeter
 from om.lib.geometry import DetectorGeometry, assemble, load_bad_pixel_map, load_geometry
 from om.lib.hit_rate import HitRateHistory
@@ -67,6 +69,14 @@ class CrystallographyProcessing:
                       description="peakogram radius bin, pixels"),
             Parameter("peakogram_intensity_bin_size", float, default=10.0,
                       description="peakogram intensity bin, frame units (photons)"),
+            Parameter("crystfel_frames", str, default="hits", choices=("hits", "all", "none"),
+                      description="frames fed to indexamajig (of those the processing ranks send)"),
+            Parameter("crystfel_frame_interval", int, default=1,
+                      description="feed every Nth chosen frame to indexamajig"),
+            Parameter("crystfel_max_frames_per_second", float, default=20.0,
+                      description="most frames per second published for indexamajig's SUB mode"),
+            Parameter("crystfel_queue_length", int, default=16,
+                      description="frames kept for indexamajig's REQ mode (oldest dropped)"),
         )),
         ParameterGroup(_PEAKFINDER8, (
             Parameter("adc_threshold", float, required=True,
@@ -221,10 +231,22 @@ class CrystallographyProcessing:
             self._responder = RespondingSocket(
                 url=responding_url, handlers={b"resetplots": self._reset_plots}
             )
+        crystfel_frames = self._get("crystfel_frames")
+        if crystfel_frames == "all" and self._get("non_hit_frame_sending_interval") < 1:
+            raise OmConfigurationError(
+                f"{self._parameters.filename}: {_CRYSTALLOGRAPHY}/crystfel_frames: 'all' needs "
+                f"{_CRYSTALLOGRAPHY}/non_hit_frame_sending_interval >= 1 (non-hits are not sent)"
+            )
+        self._crystfel = CrystfelFrameFeed(
+            broadcaster=self._broadcaster, responding_socket=self._responder,
+            frames=crystfel_frames, interval=self._get("crystfel_frame_interval"),
+            max_rate=self._get("crystfel_max_frames_per_second"),
+            queue_length=self._get("crystfel_queue_length"),
+        )
         logger.info("broadcasting on %s%s", self._broadcaster.url,
                     f", answering requests on {self._responder.url}" if self._responder else "")
 
-    def _reset_plots(self) -> bytes:
+    def _reset_plots(self, identity: bytes) -> bytes:
         self._hit_rate.reset()
         self._powder.reset()
         self._peakogram.reset()
@@ -249,6 +271,7 @@ class CrystallographyProcessing:
         self._latest = result
         if "detector_data" in result:
             self._latest_frame = result
+            self._crystfel.offer(result)
         self._broadcast_if_due()
         self._report_speed_if_due()
 

@@ -6,15 +6,11 @@ source of default values: demos and tests start from it, so they run what users 
 """
 
 import pathlib
-from importlib import resources
 from typing import Any
 
 from ruamel.yaml import YAML
 
-
-def packaged_file(name: str) -> pathlib.Path:
-    """Returns the path of a file shipped in ``om/data`` (e.g. ``jungfrau1M.geom``)."""
-    return pathlib.Path(str(resources.files("om") / "data" / name))
+from om.lib.package_data import packaged_file
 
 
 def write_monitor_configuration(path: str | pathlib.Path,
