@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     # The monitor first, so that it prints its summary while the simulator still runs.
     for process in [monitor, *[p for p in processes if p is not monitor]]:
         if process.poll() is None:
-            process.send_signal(signal.SIGINT)
+            process.send_signal(signal.SIGINT if process is monitor else signal.SIGTERM)
         try:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:

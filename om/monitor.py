@@ -57,7 +57,7 @@ def build_monitor(source: str, config: str) -> Any:
         OmConfigurationError: naming the key and the file on any configuration error.
     """
     parameters = MonitorParameters(config)
-    parameters.validate([OM_GROUP])  # first the class names alone
+    parameters.validate([OM_GROUP], complete=False)  # first the class names alone
     classes = {
         key: resolve_class(parameters.get("om", key), key=key, filename=parameters.filename)
         for key in ("parallelization_layer", "data_retrieval_layer", "processing_layer")

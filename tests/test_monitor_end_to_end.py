@@ -24,12 +24,13 @@ pytestmark = pytest.mark.slow
 REAL_PEAKFINDER8 = {}
 
 
-def _configure(tmp_path, geometry, darks, gains, **crystallography):
+def _configure(tmp_path, geometry, darks, gains, frame_queue_size=2, **crystallography):
     broadcast = f"tcp://127.0.0.1:{free_port()}"
     config = write_monitor_configuration(tmp_path / "monitor.yaml", {
         "data_retrieval_layer": {"detector_dark_filenames": darks,
                                  "detector_gain_filenames": gains,
-                                 "detector_photon_energy_kev": 12.4},
+                                 "detector_photon_energy_kev": 12.4,
+                                 "frame_queue_size": frame_queue_size},
         "crystallography": {"geometry_file": str(geometry), "data_broadcast_url": broadcast,
                             "responding_url": None, "data_broadcast_interval": 5,
                             "speed_report_interval": 10, **crystallography},
@@ -102,8 +103,9 @@ def _bad_stream_sender(urls):
 
 
 def test_bad_input_is_counted_and_the_monitor_goes_on(tmp_path, geometry_1m, real_calibration):
+    # A deep queue: the sender does not wait, and no good frame may be dropped for speed.
     config, broadcast = _configure(tmp_path, geometry_1m, *real_calibration,
-                                   speed_report_interval=1)
+                                   frame_queue_size=64, speed_report_interval=1)
     urls = f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}"
     monitor = Process(monitor_command(urls, config), tmp_path, "monitor")
     try:

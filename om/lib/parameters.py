@@ -102,11 +102,13 @@ class MonitorParameters:
     def _error(self, group: str, key: str, reason: str) -> OmConfigurationError:
         return OmConfigurationError(f"{self.filename}: {group}/{key}: {reason}")
 
-    def validate(self, groups: Iterable[ParameterGroup]) -> None:
+    def validate(self, groups: Iterable[ParameterGroup], *, complete: bool = True) -> None:
         """Checks every group and key of the file against the declared ones.
 
         Args:
             groups: the groups the configured components read; groups of the same name merge.
+            complete: whether ``groups`` are all the groups there are (False: the file's other
+                groups are not checked, e.g. before the component classes are known).
 
         Raises:
             OmConfigurationError: naming the file and the first bad ``group/key``.
@@ -117,6 +119,8 @@ class MonitorParameters:
             for parameter in group.parameters:
                 keys.setdefault(parameter.name, parameter)
         for group_name, values in self._groups.items():
+            if group_name not in schema and not complete:
+                continue
             if group_name not in schema:
                 known = ", ".join(sorted(schema))
                 raise OmConfigurationError(

@@ -153,6 +153,7 @@ class MpiParallelization:
                 return
             time.sleep(0.1)
         request.Cancel()
+        request.Wait()  # a cancelled request must still complete, or MPICH reports it
 
     def _send(self, tag: int, result: dict[str, Any] | None) -> None:
         payload = pack({"result": result, "problems": problems.take_unsent()})
@@ -202,6 +203,7 @@ class MpiParallelization:
             if self._stop_requested.is_set():
                 if deadline is None:
                     deadline = time.monotonic() + _FINAL_WAIT
+                    self._handler.stop()  # take no more events while the ranks finish
                     for rank in processing_ranks:
                         self._comm.Send([b"\x01", MPI.BYTE], dest=rank, tag=_TAG_STOP)
                 elif time.monotonic() > deadline:
