@@ -8,6 +8,7 @@ the JSON ``headers`` of the module streams; ``event["images"]`` holds one read-o
 little-endian uint16 words per stream, in module order (module 0 = rows 0-511).
 """
 
+import os
 from typing import Any, ClassVar
 
 import numpy as np
@@ -81,16 +82,23 @@ class Jungfrau1MZmq:
                     f"{where}/{self._name}_{key}: a JUNGFRAU 1M needs 2 files (one per module), "
                     f"got {len(value)}"
                 )
+        for key, names in (("dark_filenames", darks), ("gain_filenames", gains)):
+            for name in names:
+                if not os.path.isfile(name):
+                    raise OmConfigurationError(f"{where}/{self._name}_{key}: no file {name}")
         if energy is None or energy <= 0:
             raise OmConfigurationError(
                 f"{where}/{self._name}_photon_energy_kev: required (> 0) when calibrating"
             )
-        self._calibration = JungfrauCalibration.from_files(
-            dark_filenames=darks, gain_filenames=gains, photon_energy_kev=energy,
-            units=self._get("calibration_units"),
-            double_pixels=self._get("double_pixels"),
-            pedestal_convention=self._get("pedestal_convention"),
-        )
+        try:
+            self._calibration = JungfrauCalibration.from_files(
+                dark_filenames=darks, gain_filenames=gains, photon_energy_kev=energy,
+                units=self._get("calibration_units"),
+                double_pixels=self._get("double_pixels"),
+                pedestal_convention=self._get("pedestal_convention"),
+            )
+        except OmConfigurationError as error:
+            raise OmConfigurationError(f"{where}/{self._name}_dark/gain_filenames: {error}")
 
     def get_data(self, *, event: dict[str, Any]) -> np.ndarray:
         """Returns the frame: float32 (1024, 1024) calibrated, or uint16 (1024, 1024) raw.

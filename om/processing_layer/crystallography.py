@@ -8,9 +8,10 @@ The broadcast messages (tags ``omdata`` and ``omframedata``) are documented in
 ``docs/broadcast.md``.
 """
 
+import contextlib
 import logging
 import time
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterator
 
 import numpy as np
 
@@ -105,8 +106,17 @@ class CrystallographyProcessing:
     def _get(self, key: str, group: str = _CRYSTALLOGRAPHY) -> Any:
         return self._parameters.get(group, key)
 
+    @contextlib.contextmanager
+    def _naming_key(self, key: str, group: str = _CRYSTALLOGRAPHY) -> Iterator[None]:
+        # Start-up errors name the configuration file and key that led to them.
+        try:
+            yield
+        except OmConfigurationError as error:
+            raise OmConfigurationError(f"{self._parameters.filename}: {group}/{key}: {error}")
+
     def _load_geometry(self) -> DetectorGeometry:
-        return load_geometry(self._parameters.resolve_path(self._get("geometry_file")))
+        with self._naming_key("geometry_file"):
+            return load_geometry(self._parameters.resolve_path(self._get("geometry_file")))
 
     # Processing ranks ---------------------------------------------------------------------
 
@@ -120,11 +130,12 @@ class CrystallographyProcessing:
         bad_pixel_map = None
         filename = self._get("bad_pixel_map_filename", _PEAKFINDER8)
         if filename is not None:
-            bad_pixel_map = load_bad_pixel_map(
-                self._parameters.resolve_path(filename),
-                self._get("bad_pixel_map_hdf5_path", _PEAKFINDER8) or "/data/data",
-                self._geometry.slab_shape,
-            )
+            with self._naming_key("bad_pixel_map_filename", _PEAKFINDER8):
+                bad_pixel_map = load_bad_pixel_map(
+                    self._parameters.resolve_path(filename),
+                    self._get("bad_pixel_map_hdf5_path", _PEAKFINDER8) or "/data/data",
+                    self._geometry.slab_shape,
+                )
         self._peakfinder = Peakfinder8PeakDetection(
             radius_map=self._geometry.radius,
             panels=[(p.min_fs, p.max_fs, p.min_ss, p.max_ss) for p in self._geometry.panels],
@@ -224,13 +235,15 @@ class CrystallographyProcessing:
         self._last_report_time = time.monotonic()
         self._broadcast_interval = self._get("data_broadcast_interval")
         self._report_interval = self._get("speed_report_interval")
-        self._broadcaster = DataBroadcaster(url=self._get("data_broadcast_url"))
+        with self._naming_key("data_broadcast_url"):
+            self._broadcaster = DataBroadcaster(url=self._get("data_broadcast_url"))
         responding_url = self._get("responding_url")
         self._responder = None
         if responding_url is not None:
-            self._responder = RespondingSocket(
-                url=responding_url, handlers={b"resetplots": self._reset_plots}
-            )
+            with self._naming_key("responding_url"):
+                self._responder = RespondingSocket(
+                    url=responding_url, handlers={b"resetplots": self._reset_plots}
+                )
         crystfel_frames = self._get("crystfel_frames")
         if crystfel_frames == "all" and self._get("non_hit_frame_sending_interval") < 1:
             raise OmConfigurationError(
