@@ -45,7 +45,7 @@ def radial_samples(radius_map, good, max_pixels_per_bin):
     return bins, samples
 
 
-def radial_statistics(data, samples, iterations, minimum_snr, adc_threshold):
+def radial_statistics(data, samples, iterations, clip, minimum_snr, adc_threshold):
     """Per bin: sigma-clipped mean, sigma, and threshold (inf when the bin has no data)."""
     flat = data.ravel().astype(np.float64)
     num_bins = len(samples)
@@ -60,7 +60,7 @@ def radial_statistics(data, samples, iterations, minimum_snr, adc_threshold):
         used = values
         m, s = used.mean(), used.std()
         for _ in range(iterations - 1):
-            kept = values[(values >= m - minimum_snr * s) & (values <= m + minimum_snr * s)]
+            kept = values[(values >= m - clip * s) & (values <= m + clip * s)]
             if kept.size == used.size or kept.size == 0:
                 break
             used = kept
@@ -73,7 +73,8 @@ def radial_statistics(data, samples, iterations, minimum_snr, adc_threshold):
 def find_peaks_reference(data, *, radius_map, panels, adc_threshold, minimum_snr,
                          min_pixel_count, max_pixel_count, local_bg_radius, min_res, max_res,
                          max_num_peaks, bad_pixel_map=None, radial_stats_iterations=5,
-                         radial_stats_max_pixels_per_bin=256, return_labels=False):
+                         radial_stats_sigma_clip=3.0, radial_stats_max_pixels_per_bin=256,
+                         return_labels=False):
     """peakfinder8, reference version: same arguments as ``Peakfinder8PeakDetection``.
 
     Returns:
@@ -85,7 +86,8 @@ def find_peaks_reference(data, *, radius_map, panels, adc_threshold, minimum_snr
     good = static_good_pixels(radius_map, panels, bad_pixel_map)
     bins, samples = radial_samples(radius_map, good, radial_stats_max_pixels_per_bin)
     radial_mean, radial_sigma, bin_threshold = radial_statistics(
-        data, samples, radial_stats_iterations, minimum_snr, adc_threshold)
+        data, samples, radial_stats_iterations, radial_stats_sigma_clip, minimum_snr,
+        adc_threshold)
 
     pixel_threshold = np.where(good, bin_threshold[bins], np.inf)
     with np.errstate(invalid="ignore"):

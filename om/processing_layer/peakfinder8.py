@@ -19,9 +19,11 @@ background ever crosses a panel edge.
    else that many, evenly spread over the bin's pixels in raster order (the pixels at
    positions ``floor((i + 0.5) * n / K)``, ``i = 0..K-1``, of the bin's raster-ordered list).
    Per frame, the mean and the standard deviation (population) of the sample's non-NaN values
-   are computed, then recomputed from the values within ``mean +/- minimum_snr * sigma`` of
-   the previous estimate, ``radial_stats_iterations`` computations in all (fewer when the kept
-   set stops changing, which gives the same result). The bin's threshold is
+   are computed, then recomputed from the values within ``mean +/- radial_stats_sigma_clip *
+   sigma`` (default 3) of the previous estimate, ``radial_stats_iterations`` computations in
+   all (fewer when the kept set stops changing, which gives the same result). A clip narrower
+   than ``minimum_snr`` matters where a few bright spots make a large part of a short ring:
+   there, ``mean +/- minimum_snr * sigma`` of the spot-inflated sigma would keep the spots. The bin's threshold is
    ``max(adc_threshold, mean + minimum_snr * sigma)``; a bin without valid sample values has an
    infinite threshold.
 2. **Candidate pixels**: valid pixels with ``min_res <= radius <= max_res`` and a value strictly
@@ -67,11 +69,12 @@ __all__ = ["DEFAULT_PARAMETERS", "PeakList", "Peakfinder8PeakDetection"]
 
 #: Defaults for calibrated JUNGFRAU frames in photon units (12.4 keV; double-size pixels
 #: divided by 2 or 4), tuned on the real module of tests/ stacked as a JUNGFRAU 1M: they find
-#: the Bragg spots a person sees on the bright side (~170-220 per module per frame), not the
-#: solvent ring's noise (minimum_snr 4 starts finding it) nor the double-size pixels.
+#: the Bragg spots a person sees (~165-215 per module per frame), not the solvent ring's noise
+#: (minimum_snr 5 starts finding some: the two identical modules then differ) nor the
+#: double-size pixels.
 DEFAULT_PARAMETERS = {
     "adc_threshold": 4.0,
-    "minimum_snr": 5.0,
+    "minimum_snr": 6.0,
     "min_pixel_count": 2,
     "max_pixel_count": 100,
     "local_bg_radius": 3,
@@ -124,13 +127,16 @@ class PeakList(_PeakListFields):
 _JIT = dict(cache=True, nogil=True, error_model="numpy")
 
 
-# The clipped sums may be reordered (vectorised): no NaN ever reaches them.
+# The clipped sums may be reordered (vectorised): they never see a NaN.
 _FAST_SUMS = {"reassoc", "contract", "nsz", "arcp"}
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST_SUMS)
 def _clipped_sums(buffer, start, stop, low, high, shift):
-    """Count, sum and sum of squares of ``value - shift`` for ``low <= value <= high``."""
+    """Count, sum and sum of squares of ``value - shift`` for ``low <= value <= high``.
+
+    The values must not be NaN (they are multiplied by a 0/1 weight).
+    """
     count = np.float32(0.0)
     total = np.float32(0.0)
     total_sq = np.float32(0.0)
@@ -144,16 +150,17 @@ def _clipped_sums(buffer, start, stop, low, high, shift):
     return count, total, total_sq
 
 
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST_SUMS)
-def _valid_sums(buffer, start, stop):
-    """Count, sum and sum of squares (float64) of the non-NaN values."""
-    count = np.float32(0.0)
+@numba.njit(**_JIT)
+def _compact_valid(buffer, start, stop):
+    """Moves the non-NaN values of ``buffer[start:stop]`` to its front: count, sum, sum sq."""
+    count = 0
     total = 0.0
     total_sq = 0.0
     for j in range(start, stop):
         value = buffer[j]
+        buffer[start + count] = value
         valid = value == value
-        count += np.float32(1.0) if valid else np.float32(0.0)
+        count += 1 if valid else 0
         value64 = np.float64(value) if valid else 0.0
         total += value64
         total_sq += value64 * value64
@@ -161,7 +168,7 @@ def _valid_sums(buffer, start, stop):
 
 
 @numba.njit(**_JIT)
-def _radial_thresholds(data, sample_pixels, sample_slots, sample_start, iterations,
+def _radial_thresholds(data, sample_pixels, sample_slots, sample_start, iterations, clip,
                        minimum_snr, adc_threshold, buffer, mean_out, sigma_out, thr_out):
     """Per-bin sigma-clipped mean and sigma of the sample, and the per-bin threshold.
 
@@ -174,8 +181,7 @@ def _radial_thresholds(data, sample_pixels, sample_slots, sample_start, iteratio
     for k in range(num_bins):
         start = sample_start[k]
         stop = sample_start[k + 1]
-        count_f, total, total_sq = _valid_sums(buffer, start, stop)
-        count = int(count_f)
+        count, total, total_sq = _compact_valid(buffer, start, stop)
         if count == 0:
             mean_out[k] = 0.0
             sigma_out[k] = 0.0
@@ -185,11 +191,10 @@ def _radial_thresholds(data, sample_pixels, sample_slots, sample_start, iteratio
         mean = total / used
         sigma = math.sqrt(max(total_sq / used - mean * mean, 0.0))
         for _ in range(iterations - 1):
-            # Sums of the values minus the previous mean (float32, numerically safe); NaN
-            # values fail both comparisons.
+            # Sums of the values minus the previous mean (float32, numerically safe).
             kept_f, delta_sum, delta_sq = _clipped_sums(
-                buffer, start, stop, np.float32(mean - minimum_snr * sigma),
-                np.float32(mean + minimum_snr * sigma), np.float32(mean))
+                buffer, start, start + count, np.float32(mean - clip * sigma),
+                np.float32(mean + clip * sigma), np.float32(mean))
             kept = int(kept_f)
             if kept == used or kept == 0:
                 # Same set as the one the estimate came from (values only leave the band
@@ -367,7 +372,7 @@ class Peakfinder8PeakDetection:
             every panel are ignored.
         adc_threshold: minimum threshold, and minimum height of a peak's brightest pixel above
             its local background, frame units (photons in om).
-        minimum_snr: signal-to-noise factor of the thresholds, of the sigma clipping and of the
+        minimum_snr: signal-to-noise factor of the radial thresholds and of the
             integrated-SNR acceptance.
         min_pixel_count, max_pixel_count: allowed peak sizes, pixels.
         local_bg_radius: half width of the local background box, pixels (>= 1).
@@ -376,6 +381,8 @@ class Peakfinder8PeakDetection:
         bad_pixel_map: optional uint8-like (ss, fs): nonzero good, 0 bad (never in a peak or a
             background).
         radial_stats_iterations: number of mean/sigma computations per radius bin (>= 1).
+        radial_stats_sigma_clip: half width, in sigmas, of the band of values kept by each
+            sigma-clipping iteration.
         radial_stats_max_pixels_per_bin: size of the fixed per-bin sample of the radial
             statistics; None: every pixel of the bin (slower).
 
@@ -388,7 +395,7 @@ class Peakfinder8PeakDetection:
                  adc_threshold: float, minimum_snr: float, min_pixel_count: int,
                  max_pixel_count: int, local_bg_radius: int, min_res: float, max_res: float,
                  max_num_peaks: int, bad_pixel_map: np.ndarray | None = None,
-                 radial_stats_iterations: int = 5,
+                 radial_stats_iterations: int = 5, radial_stats_sigma_clip: float = 3.0,
                  radial_stats_max_pixels_per_bin: int | None = 256) -> None:
         radius_map = np.asarray(radius_map, dtype=np.float64)
         if radius_map.ndim != 2:
@@ -404,6 +411,8 @@ class Peakfinder8PeakDetection:
             ("max_res", not math.isnan(max_res) and max_res >= min_res),
             ("max_num_peaks", int(max_num_peaks) >= 0),
             ("radial_stats_iterations", int(radial_stats_iterations) >= 1),
+            ("radial_stats_sigma_clip", math.isfinite(radial_stats_sigma_clip)
+             and radial_stats_sigma_clip > 0),
             ("radial_stats_max_pixels_per_bin", radial_stats_max_pixels_per_bin is None
              or int(radial_stats_max_pixels_per_bin) >= 1),
         )
@@ -420,6 +429,7 @@ class Peakfinder8PeakDetection:
         self.max_res = float(max_res)
         self.max_num_peaks = int(max_num_peaks)
         self.radial_stats_iterations = int(radial_stats_iterations)
+        self.radial_stats_sigma_clip = float(radial_stats_sigma_clip)
         self.radial_stats_max_pixels_per_bin = radial_stats_max_pixels_per_bin
 
         n_ss, n_fs = self.shape
@@ -540,7 +550,8 @@ class Peakfinder8PeakDetection:
         flat = np.ascontiguousarray(data, dtype=np.float32).reshape(-1)
         num_bins = self._num_bins
         _radial_thresholds(flat, self._sample_pixels, self._sample_slots, self._sample_start,
-                           self.radial_stats_iterations, self.minimum_snr, self.adc_threshold,
+                           self.radial_stats_iterations, self.radial_stats_sigma_clip,
+                           self.minimum_snr, self.adc_threshold,
                            self._sample_buffer, self._radial_mean, self._radial_sigma,
                            self._bin_threshold)
         # Candidate thresholds per pixel class (+inf outside the radius range and masked).
