@@ -31,9 +31,6 @@ from om.lib.serialization import pack
 
 SUB_MODE_TAG = "ondaframedata"
 NEXT_REQUEST = b"next"
-# CrystFEL's pixel (fs, ss) covers [fs, fs + 1) x [ss, ss + 1); peakfinder8's centroids are in
-# pixel-index units, where pixel i is centred on i.
-_CRYSTFEL_PIXEL_OFFSET = 0.5
 
 
 def crystfel_payload(result: dict[str, Any]) -> bytes:
@@ -52,11 +49,11 @@ def crystfel_payload(result: dict[str, Any]) -> bytes:
     return pack({
         "detector_data": {"type": "<f4", "shape": list(frame.shape),
                           "data": memoryview(frame).cast("B")},
+        # Pixel-index positions (pixel i centred on i): indexamajig adds the half pixel itself
+        # unless given --no-half-pixel-shift.
         "peak_list": {
-            "fs": (np.asarray(result["peak_fs"], dtype=np.float64)
-                   + _CRYSTFEL_PIXEL_OFFSET).tolist(),
-            "ss": (np.asarray(result["peak_ss"], dtype=np.float64)
-                   + _CRYSTFEL_PIXEL_OFFSET).tolist(),
+            "fs": np.asarray(result["peak_fs"], dtype=np.float64).tolist(),
+            "ss": np.asarray(result["peak_ss"], dtype=np.float64).tolist(),
             "intensity": np.asarray(result["peak_intensity"], dtype=np.float64).tolist(),
         },
         "beam_energy": float(result["beam_energy"]),

@@ -277,8 +277,8 @@ class CrystallographyProcessing:
         fs = np.asarray(result["peak_fs"], dtype=np.float64)
         ss = np.asarray(result["peak_ss"], dtype=np.float64)
         if fs.size:
-            rows, cols = self._peak_pixels_in_assembled(fs, ss)
-            self._powder.add(rows, cols, np.asarray(result["peak_intensity"]))
+            rows, cols, inside = self._peak_pixels_in_assembled(fs, ss)
+            self._powder.add(rows, cols, np.asarray(result["peak_intensity"])[inside])
             self._peakogram.add(np.asarray(result["peak_radius"]),
                                 np.asarray(result["peak_max_pixel_intensity"]))
         self._latest = result
@@ -288,11 +288,18 @@ class CrystallographyProcessing:
         self._broadcast_if_due()
         self._report_speed_if_due()
 
-    def _peak_pixels_in_assembled(self, fs: np.ndarray, ss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _peak_pixels_in_assembled(self, fs: np.ndarray,
+                                  ss: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Returns (rows, cols) of the peaks' pixels in the assembled image (int64) and the
+        boolean selection of the peaks that land on a panel."""
         geometry = self._geometry
-        ss_index = np.clip(ss.astype(np.int64), 0, geometry.slab_shape[0] - 1)
-        fs_index = np.clip(fs.astype(np.int64), 0, geometry.slab_shape[1] - 1)
-        return geometry.assembled_row[ss_index, fs_index], geometry.assembled_col[ss_index, fs_index]
+        # Positions are pixel indices (pixel i centred on i): round to the nearest pixel.
+        ss_index = np.clip(np.floor(ss + 0.5).astype(np.int64), 0, geometry.slab_shape[0] - 1)
+        fs_index = np.clip(np.floor(fs + 0.5).astype(np.int64), 0, geometry.slab_shape[1] - 1)
+        rows = geometry.assembled_row[ss_index, fs_index]
+        cols = geometry.assembled_col[ss_index, fs_index]
+        inside = rows >= 0
+        return rows[inside], cols[inside], inside
 
     def _common_keys(self, result: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -335,16 +342,16 @@ class CrystallographyProcessing:
     def _broadcast_frame(self, result: dict[str, Any]) -> None:
         fs = np.asarray(result["peak_fs"], dtype=np.float64)
         ss = np.asarray(result["peak_ss"], dtype=np.float64)
-        rows, cols = self._peak_pixels_in_assembled(fs, ss)
+        rows, cols, inside = self._peak_pixels_in_assembled(fs, ss)
         self._broadcaster.send("omframedata", {
             **self._common_keys(result),
             "frame_data": assemble(result["detector_data"], self._geometry),
             "peak_list_x_in_frame": cols.astype(np.float64),
             "peak_list_y_in_frame": rows.astype(np.float64),
-            "peak_list_intensity": np.asarray(result["peak_intensity"], dtype=np.float64),
+            "peak_list_intensity": np.asarray(result["peak_intensity"], dtype=np.float64)[inside],
             "event_id": result["event_id"],
             "frame_is_hit": bool(result["frame_is_hit"]),
-            "num_peaks": int(result["num_peaks"]),
+            "num_peaks": int(rows.size),
         })
 
     def _report_speed_if_due(self) -> None:
