@@ -39,3 +39,11 @@ def real_module(real_module_file) -> dict[str, np.ndarray]:
         content = {name: handle[name][()] for name in handle}
         content["photon_energy_eV"] = float(handle.attrs["photon_energy_eV"])
     return content
+
+
+@pytest.fixture
+def real_calibration(tmp_path, real_module_file) -> tuple[list[str], list[str]]:
+    """OM-layout calibration files (both modules) written from the real module file."""
+    from om.simulation.frame_sources import HDF5FrameSource
+
+    return HDF5FrameSource(str(real_module_file)).write_calibration(tmp_path / "calibration")

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator
 import zmq
 
 from om.lib.serialization import unpack
+from om.simulation.configuration import write_monitor_configuration
 
 BIN = pathlib.Path(sys.executable).parent
 
@@ -108,3 +109,20 @@ def receive_until(sock: zmq.Socket, condition: Callable[[dict[str, Any]], bool],
         f"no matching message within {timeout} s; last: "
         f"{ {k: v for k, v in last.items() if isinstance(v, (int, float, str, dict))} }"
     )
+
+
+def configure(tmp_path: pathlib.Path, geometry: pathlib.Path, darks: list[str], gains: list[str],
+              frame_queue_size: int = 2, **crystallography: Any) -> tuple[pathlib.Path, str]:
+    """Writes a monitor.yaml (the packaged example, whose peakfinder8 settings suit the real
+    frames) for the given geometry and calibration; returns (path, broadcast URL)."""
+    broadcast = f"tcp://127.0.0.1:{free_port()}"
+    config = write_monitor_configuration(tmp_path / "monitor.yaml", {
+        "data_retrieval_layer": {"detector_dark_filenames": darks,
+                                 "detector_gain_filenames": gains,
+                                 "detector_photon_energy_kev": 12.4,
+                                 "frame_queue_size": frame_queue_size},
+        "crystallography": {"geometry_file": str(geometry), "data_broadcast_url": broadcast,
+                            "responding_url": None, "data_broadcast_interval": 5,
+                            "speed_report_interval": 10, **crystallography},
+    })
+    return config, broadcast

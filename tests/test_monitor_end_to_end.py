@@ -11,41 +11,15 @@ import re
 import numpy as np
 import pytest
 
-from om.simulation.configuration import write_monitor_configuration
-from om.simulation.frame_sources import HDF5FrameSource
 from om.simulation.jungfrau_stream import JungfrauStreamSender
 
-from helpers import (Process, free_port, monitor_command, receive_until, simulator_command,
-                     subscriber)
+from helpers import (Process, configure, free_port, monitor_command, receive_until,
+                     simulator_command, subscriber)
 
 pytestmark = pytest.mark.slow
 
-# The example monitor.yaml's peakfinder8 settings (photons) are the ones for the real frames.
-REAL_PEAKFINDER8: dict = {}
-
-
-def _configure(tmp_path, geometry, darks, gains, frame_queue_size=2, **crystallography):
-    broadcast = f"tcp://127.0.0.1:{free_port()}"
-    config = write_monitor_configuration(tmp_path / "monitor.yaml", {
-        "data_retrieval_layer": {"detector_dark_filenames": darks,
-                                 "detector_gain_filenames": gains,
-                                 "detector_photon_energy_kev": 12.4,
-                                 "frame_queue_size": frame_queue_size},
-        "crystallography": {"geometry_file": str(geometry), "data_broadcast_url": broadcast,
-                            "responding_url": None, "data_broadcast_interval": 5,
-                            "speed_report_interval": 10, **crystallography},
-        "peakfinder8_peak_detection": REAL_PEAKFINDER8,
-    })
-    return config, broadcast
-
-
-@pytest.fixture
-def real_calibration(tmp_path, real_module_file):
-    return HDF5FrameSource(str(real_module_file)).write_calibration(tmp_path / "calibration")
-
-
 def test_real_frames_end_to_end(tmp_path, real_module_file, geometry_1m, real_calibration):
-    config, broadcast = _configure(tmp_path, geometry_1m, *real_calibration)
+    config, broadcast = configure(tmp_path, geometry_1m, *real_calibration)
     urls = f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}"
     simulator = Process(simulator_command(urls, "--file", str(real_module_file), "--rate", "20",
                                           "--frames", "40"), tmp_path, "simulator")
@@ -104,7 +78,7 @@ def _bad_stream_sender(urls):
 
 def test_bad_input_is_counted_and_the_monitor_goes_on(tmp_path, geometry_1m, real_calibration):
     # A deep queue: the sender does not wait, and no good frame may be dropped for speed.
-    config, broadcast = _configure(tmp_path, geometry_1m, *real_calibration,
+    config, broadcast = configure(tmp_path, geometry_1m, *real_calibration,
                                    frame_queue_size=64, speed_report_interval=1)
     urls = f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}"
     monitor = Process(monitor_command(urls, config), tmp_path, "monitor")
@@ -144,7 +118,7 @@ def test_bad_input_is_counted_and_the_monitor_goes_on(tmp_path, geometry_1m, rea
 ])
 def test_start_up_errors_stop_every_rank(tmp_path, geometry_1m, real_calibration, change,
                                          source, expected):
-    config, _ = _configure(tmp_path, geometry_1m, *real_calibration)
+    config, _ = configure(tmp_path, geometry_1m, *real_calibration)
     text = config.read_text()
     from ruamel.yaml import YAML
 

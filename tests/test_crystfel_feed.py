@@ -1,0 +1,148 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Live frames for CrystFEL: clients that read the monitor exactly as indexamajig does.
+
+The facts of indexamajig's reader (CrystFEL 0.12: ``src/im-zmq.c``, ``image-msgpack.c``) are in
+``../shared/reference/crystfel_msgpack.md``: one ZeroMQ frame at a time, frames of 15 bytes or
+less skipped, a top-level map, the image map's ``type`` ``'<f4'`` or ``'<i4'`` and ``shape``
+``[ss, fs]``, the byte length not checked by indexamajig (so checked here), peaks as msgpack
+float64 arrays. These clients decode with plain msgpack, not with om's own decoder.
+"""
+
+import time
+
+import h5py
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from om.data_retrieval_layer.jungfrau_calibration import JungfrauCalibration
+
+from helpers import (Process, configure, free_port, monitor_command, receive_until,
+                     simulator_command, subscriber)
+
+pytestmark = pytest.mark.slow
+
+
+def read_like_indexamajig(payload: bytes) -> dict:
+    """Decodes one frame as indexamajig does; fails on anything indexamajig could not use."""
+    message = msgpack.unpackb(payload, raw=False)
+    if isinstance(message, list):
+        message = message[0]
+    assert isinstance(message, dict)
+    keys = list(message)
+    for key in keys:  # indexamajig matches keys by the found key's length: no prefixes
+        assert not any(other != key and other.startswith(key) for other in keys), key
+    image = message["detector_data"]
+    assert image["type"] in ("<f4", "<i4")
+    assert len(image["shape"]) == 2 and all(isinstance(n, int) for n in image["shape"])
+    assert isinstance(image["data"], bytes)
+    assert len(image["data"]) == image["shape"][0] * image["shape"][1] * 4
+    peaks = message["peak_list"]
+    assert len(peaks["fs"]) == len(peaks["ss"]) == len(peaks["intensity"])
+    for name in ("fs", "ss", "intensity"):
+        assert all(type(value) is float for value in peaks[name]), name
+    for key in ("beam_energy", "detector_distance"):
+        assert isinstance(message[key], float)
+    return message
+
+
+@pytest.fixture
+def running_monitor(tmp_path, real_module_file, geometry_1m, real_calibration):
+    config, broadcast = configure(tmp_path, geometry_1m, *real_calibration,
+                                  responding_url=f"tcp://127.0.0.1:{free_port()}",
+                                  crystfel_max_frames_per_second=1000.0)
+    urls = f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}"
+    simulator = Process(simulator_command(urls, "--file", str(real_module_file), "--rate", "10",
+                                          "--frames", "1000"), tmp_path, "simulator")
+    monitor = Process(monitor_command(urls, config), tmp_path, "monitor")
+    from ruamel.yaml import YAML
+
+    responding = YAML(typ="safe").load(config.read_text())["crystallography"]["responding_url"]
+    yield monitor, broadcast, responding
+    code = monitor.stop()
+    simulator.stop()
+    print(monitor.stdout[-2000:], monitor.stderr[-2000:])
+    assert code == 0
+
+
+def test_sub_mode_frames_are_readable_and_match_the_monitor(running_monitor, real_module):
+    monitor, broadcast, _ = running_monitor
+    alive = lambda: monitor.popen.poll() is None  # noqa: E731
+    crystfel = zmq.Context.instance().socket(zmq.SUB)
+    crystfel.setsockopt(zmq.SUBSCRIBE, b"ondaframedata")
+    crystfel.setsockopt(zmq.LINGER, 0)
+    crystfel.connect(broadcast)
+    frames: dict[str, dict] = {}
+    skipped = 0
+    with subscriber(broadcast, b"omframedata") as omframedata:
+        reported: dict[str, dict] = {}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and alive() and not (set(frames) & set(reported)):
+            if crystfel.poll(100):
+                payload = crystfel.recv()  # one ZeroMQ frame at a time, as indexamajig
+                if len(payload) <= 15:
+                    skipped += 1
+                    continue
+                message = read_like_indexamajig(payload)
+                frames[message["event_id"]] = message
+            while omframedata.poll(0):
+                frame = receive_until(omframedata, lambda m: True, 5)
+                reported[frame["event_id"]] = frame
+    crystfel.close(0)
+    common = sorted(set(frames) & set(reported))
+    assert common, "no frame seen both by the CrystFEL client and as omframedata"
+    assert skipped >= len(frames)  # every payload came behind its tag frame
+    message, frame = frames[common[0]], reported[common[0]]
+    # The same peaks as the monitor reported for that frame.
+    assert len(message["peak_list"]["fs"]) == frame["num_peaks"] > 100
+    np.testing.assert_allclose(sorted(message["peak_list"]["intensity"]),
+                               sorted(frame["peak_list_intensity"]), rtol=1e-6)
+    # The image is the calibrated frame in the detector layout: the real module twice.
+    image = np.frombuffer(message["detector_data"]["data"], "<f4").reshape(
+        message["detector_data"]["shape"])
+    assert image.shape == (1024, 1024)
+    raw_index = (int(message["event_id"]) - 1) % real_module["raw"].shape[0]
+    energy_kev = real_module["photon_energy_eV"] / 1000
+    calibration = JungfrauCalibration(
+        pedestals=np.stack([real_module["pedestal"]] * 2),
+        gains_adu_per_kev=np.stack([real_module["gain_adu_per_photon"]] * 2) / energy_kev,
+        photon_energy_kev=energy_kev)
+    expected, _ = calibration.calibrate(np.concatenate([real_module["raw"][raw_index]] * 2))
+    np.testing.assert_allclose(image, expected, rtol=1e-5, atol=1e-5, equal_nan=True)
+    assert message["beam_energy"] == 12400.0 and message["detector_distance"] == 100.0
+
+
+def test_req_mode_serves_distinct_frames_to_concurrent_clients(running_monitor):
+    _, _, responding = running_monitor
+    context = zmq.Context.instance()
+    quitter = context.socket(zmq.REQ)
+    quitter.setsockopt(zmq.LINGER, 0)
+    quitter.connect(responding)
+    quitter.send(b"next")
+    quitter.close(0)  # leaves before its reply: must not stall the others
+    clients = []
+    for _ in range(2):
+        client = context.socket(zmq.REQ)
+        client.setsockopt(zmq.LINGER, 0)
+        client.connect(responding)
+        clients.append(client)
+    seen: list[list[str]] = [[], []]
+    for _ in range(4):
+        for index, client in enumerate(clients):  # both requests are pending at once
+            client.send(b"next")
+        for index, client in enumerate(clients):
+            assert client.poll(30000), "no reply to 'next'"
+            parts = client.recv_multipart()
+            assert len(parts) == 1
+            seen[index].append(read_like_indexamajig(parts[0])["event_id"])
+    unknown = context.socket(zmq.REQ)
+    unknown.setsockopt(zmq.LINGER, 0)
+    unknown.connect(responding)
+    unknown.send(b"previous")
+    assert unknown.poll(10000)
+    assert unknown.recv().startswith(b"error")
+    for client in (*clients, unknown):
+        client.close(0)
+    everything = seen[0] + seen[1]
+    assert len(set(everything)) == len(everything) == 8, seen
