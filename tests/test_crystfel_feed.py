@@ -10,7 +10,6 @@ float64 arrays. These clients decode with plain msgpack, not with om's own decod
 
 import time
 
-import h5py
 import msgpack
 import numpy as np
 import pytest
