@@ -99,6 +99,9 @@ class Jungfrau1MZmq:
             )
         except OmConfigurationError as error:
             raise OmConfigurationError(f"{where}/{self._name}_dark/gain_filenames: {error}")
+        # Compile the kernel now (or load numba's cache), not on the first frame.
+        self._calibration.calibrate_module(np.zeros(MODULE_SHAPE, dtype=np.uint16), 0,
+                                           np.empty(MODULE_SHAPE, dtype=np.float32))
 
     def get_data(self, *, event: dict[str, Any]) -> np.ndarray:
         """Returns the frame: float32 (1024, 1024) calibrated, or uint16 (1024, 1024) raw.

@@ -149,6 +149,8 @@ class CrystallographyProcessing:
             max_num_peaks=self._get("max_num_peaks", _PEAKFINDER8),
             bad_pixel_map=bad_pixel_map,
         )
+        # Compile peakfinder8 now (or load numba's cache), not on the first frame.
+        self._peakfinder.find_peaks(np.zeros(self._geometry.slab_shape, dtype=np.float32))
         self._min_peaks = self._get("min_num_peaks_for_hit")
         self._max_peaks = self._get("max_num_peaks_for_hit")
         self._hit_interval = self._get("hit_frame_sending_interval")
