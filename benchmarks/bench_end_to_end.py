@@ -1,0 +1,143 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""End-to-end benchmark: simulator → ``mpiexec -n N om_monitor.py`` → subscriber, on 127.0.0.1.
+
+Run: ``python benchmarks/bench_end_to_end.py --rate 200 --ranks 3 --duration 20``.
+The simulator replays the real module frames of ../shared/data as both modules of a 1M (or
+simulated frames with ``--synthetic``) at ``--rate`` frames/s beside the monitor, on the same
+machine. Prints events/s processed, frames lost and where, latency from the detector timestamp
+to the broadcast (p50, p99, measured by a subscriber on every ``omdata`` message), and CPU use
+and peak RSS (VmHWM) of every rank.
+"""
+
+import argparse
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import psutil
+import zmq
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
+from common import GEOMETRY_1M, REAL_MODULE_FILE, need_real_data  # noqa: E402
+from helpers import free_port, monitor_command, simulator_command  # noqa: E402
+
+from om.lib.serialization import unpack  # noqa: E402
+from om.simulation.configuration import write_monitor_configuration  # noqa: E402
+from om.simulation.frame_sources import HDF5FrameSource  # noqa: E402
+
+
+def _rank_processes(mpiexec: psutil.Process) -> dict[int, psutil.Process]:
+    ranks = {}
+    for child in mpiexec.children(recursive=True):
+        try:
+            environ = child.environ()
+        except (psutil.AccessDenied, psutil.NoSuchProcess):
+            continue
+        if "PMI_RANK" in environ:
+            ranks[int(environ["PMI_RANK"])] = child
+    return ranks
+
+
+def _peak_rss_mb(process: psutil.Process) -> float:
+    status = pathlib.Path(f"/proc/{process.pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=200.0, help="simulator frames/s")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of sending")
+    parser.add_argument("--ranks", type=int, default=3, help="MPI ranks (1 collecting)")
+    parser.add_argument("--hit-frame-sending-interval", type=int, default=10,
+                        help="processing ranks send every Nth hit frame (default 10)")
+    parser.add_argument("--synthetic", action="store_true", help="simulated frames, not real")
+    arguments = parser.parse_args()
+    need_real_data()
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="om_bench_"))
+    darks, gains = HDF5FrameSource(str(REAL_MODULE_FILE)).write_calibration(folder / "calibration")
+    broadcast = f"tcp://127.0.0.1:{free_port()}"
+    overrides = {
+        "data_retrieval_layer": {"detector_dark_filenames": darks,
+                                 "detector_gain_filenames": gains},
+        "crystallography": {"geometry_file": str(GEOMETRY_1M), "data_broadcast_url": broadcast,
+                            "responding_url": None, "speed_report_interval": 1000,
+                            "hit_frame_sending_interval": arguments.hit_frame_sending_interval},
+    }
+    source = ["--file", str(REAL_MODULE_FILE)]
+    if arguments.synthetic:
+        from om.simulation.jungfrau_frames import SyntheticJungfrau
+
+        darks, gains = SyntheticJungfrau(seed=0).write_calibration_files(folder / "synthetic")
+        overrides["data_retrieval_layer"] = {"detector_dark_filenames": darks,
+                                             "detector_gain_filenames": gains}
+        source = []
+    config = write_monitor_configuration(folder / "monitor.yaml", overrides)
+    urls = f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}"
+    frames = int(arguments.rate * arguments.duration)
+    log = open(folder / "monitor.log", "w")
+    monitor = subprocess.Popen(monitor_command(urls, config, arguments.ranks), stdout=log,
+                               stderr=subprocess.STDOUT)
+    subscriber = zmq.Context.instance().socket(zmq.SUB)
+    subscriber.setsockopt(zmq.SUBSCRIBE, b"omdata")
+    subscriber.connect(broadcast)
+    simulator = subprocess.Popen(simulator_command(urls, *source, "--rate", str(arguments.rate),
+                                                   "--frames", str(frames)),
+                                 stdout=subprocess.PIPE, text=True)
+    latencies, last, first_time, first_events = [], {}, None, 0
+    last_received = time.monotonic()
+    mpiexec = psutil.Process(monitor.pid)
+    ranks: dict[int, psutil.Process] = {}
+    cpu_start: dict[int, float] = {}
+    deadline = time.monotonic() + arguments.duration + 120
+    while time.monotonic() < deadline:
+        if len(ranks) < arguments.ranks:
+            ranks = _rank_processes(mpiexec)
+        if subscriber.poll(200):
+            _, payload = subscriber.recv_multipart()
+            now = time.time()
+            last = unpack(payload)
+            last_received = time.monotonic()
+            if first_time is None:
+                first_time, first_events = time.monotonic(), last["num_events"]
+                cpu_start = {rank: sum(p.cpu_times()[:2]) for rank, p in ranks.items()}
+            latencies.append(now - last["timestamp"])
+        elif simulator.poll() is not None and time.monotonic() - last_received > 3.0:
+            break  # the simulator is done and the monitor's last broadcast (<= 1 s) came
+    elapsed = last_received - (first_time or last_received)
+    cpu = {rank: (sum(p.cpu_times()[:2]) - cpu_start.get(rank, 0.0)) / max(elapsed, 1e-9)
+           for rank, p in ranks.items()}
+    rss = {rank: _peak_rss_mb(p) for rank, p in ranks.items()}
+    monitor.send_signal(signal.SIGINT)
+    monitor.wait(60)
+    simulator.wait(60)
+    sent = int(re.search(r"sent (\d+) frames", simulator.stdout.read()).group(1))
+    events = last.get("num_events", 0)
+    problems = last.get("problems", {})
+    busy, incomplete = problems.get("frame_dropped_ranks_busy", 0), problems.get("incomplete_frame", 0)
+    lost_before = sent - events - busy - incomplete
+    rate = (events - first_events) / max(elapsed, 1e-9)
+    latency = np.array(latencies[1:]) if len(latencies) > 1 else np.zeros(1)
+    print(f"end to end: mpiexec -n {arguments.ranks} ({arguments.ranks - 1} processing ranks), "
+          f"simulator at {arguments.rate:.0f} frames/s for {arguments.duration:.0f} s, "
+          f"{'synthetic' if arguments.synthetic else 'real'} frames, "
+          f"hit frames sent every {arguments.hit_frame_sending_interval}")
+    print(f"  frames sent {sent}, processed {events} ({100 * events / max(sent, 1):.1f} %), "
+          f"{rate:.1f} events/s sustained")
+    print(f"  lost: {busy} dropped with every processing rank busy, {incomplete} incomplete, "
+          f"{lost_before} never assembled (PUB/SUB queue overflow or after the stop)")
+    print(f"  latency detector timestamp -> broadcast received: p50 {1e3 * np.median(latency):.0f} ms, "
+          f"p99 {1e3 * np.percentile(latency, 99):.0f} ms ({latency.size} broadcasts)")
+    for rank in sorted(ranks):
+        role = "collecting" if rank == 0 else "processing"
+        print(f"  rank {rank} ({role}): CPU {100 * cpu[rank]:.0f} % of a core, peak RSS {rss[rank]:.0f} MB")
+    print(f"  log: {folder / 'monitor.log'}")
+
+
+if __name__ == "__main__":
+    main()
