@@ -42,10 +42,10 @@ class Process:
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.popen = subprocess.Popen(command, stdout=out, stderr=err, env=env)
 
-    def stop(self, timeout: float = 20.0) -> int:
-        """SIGINT, then waits up to ``timeout`` s, then kills; returns the exit code."""
+    def stop(self, timeout: float = 20.0, signum: int = signal.SIGINT) -> int:
+        """Sends ``signum``, waits up to ``timeout`` s, then kills; returns the exit code."""
         if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGINT)
+            self.popen.send_signal(signum)
         try:
             return self.popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -7,6 +7,8 @@ collecting rank's PUB socket, the real JUNGFRAU frames and calibration of ``../s
 
 import json
 import re
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -36,8 +38,11 @@ def test_real_frames_end_to_end(tmp_path, real_module_file, geometry_1m, real_ca
         simulator.stop()
     print(monitor.stdout, monitor.stderr[-3000:])
     assert code == 0
-    assert data["num_events"] == 40
+    assert data["num_events"] == 40  # every frame once: none lost, none processed twice
     assert data["num_hits"] == 40
+    per_rank = data["num_events_per_rank"]
+    assert set(per_rank) == {"1", "2"} and sum(per_rank.values()) == 40
+    assert min(per_rank.values()) >= 10, per_rank  # both processing ranks take a share
     powder = data["virtual_powder_plot"]
     assert powder.dtype == np.float32 and np.count_nonzero(powder) > 1000
     assert data["peakogram"].sum() > 0
@@ -89,7 +94,9 @@ def test_bad_input_is_counted_and_the_monitor_goes_on(tmp_path, geometry_1m, rea
                                  lambda: monitor.popen.poll() is None)
             sender.close()
     finally:
-        code = monitor.stop()
+        started = time.monotonic()
+        code = monitor.stop(signum=signal.SIGTERM)
+        stop_seconds = time.monotonic() - started
     print(monitor.stdout, monitor.stderr[-3000:])
     assert code == 0
     counts = data["problems"]
@@ -101,6 +108,8 @@ def test_bad_input_is_counted_and_the_monitor_goes_on(tmp_path, geometry_1m, rea
         lines = [line for line in monitor.stderr.splitlines() if f"{kind}:" in line]
         assert 1 <= len(lines) <= 2, (kind, lines)  # rate-limited: one line per kind
     assert data["num_events"] == 13  # 3 frames with invalid pixels + 10 good ones
+    assert "final summary: 13 events" in monitor.stdout  # SIGTERM: every rank summed up
+    print(f"stopped by SIGTERM in {stop_seconds:.1f} s")
 
 
 @pytest.mark.parametrize("change, source, expected", [

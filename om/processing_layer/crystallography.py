@@ -228,6 +228,7 @@ class CrystallographyProcessing:
         )
         self._rate = EventRateMeter()
         self._num_hits = 0
+        self._events_per_rank: dict[str, int] = {}
         self._start = time.time()
         self._latest: dict[str, Any] = {}
         self._latest_frame: dict[str, Any] | None = None
@@ -271,7 +272,8 @@ class CrystallographyProcessing:
     def collect_data(self, *, node_rank: int, node_pool_size: int,
                      processed_data: tuple[dict[str, Any], int]) -> None:
         """Adds one frame's result to the aggregates and broadcasts when due."""
-        result, _ = processed_data
+        result, rank = processed_data
+        self._events_per_rank[str(rank)] = self._events_per_rank.get(str(rank), 0) + 1
         self._rate.add()
         is_hit = bool(result["frame_is_hit"])
         self._num_hits += int(is_hit)
@@ -332,6 +334,7 @@ class CrystallographyProcessing:
             "peakogram_intensity_bin_size": self._peakogram.intensity_bin_size,
             "num_events": events,
             "num_hits": self._num_hits,
+            "num_events_per_rank": dict(self._events_per_rank),
             "events_per_second": self._rate.rate(),
             "problems": problems.counts(),
             "responding_url": self._responder.url if self._responder else None,
