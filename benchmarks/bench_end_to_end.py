@@ -48,6 +48,106 @@ def _peak_rss_mb(process: psutil.Process) -> float:
     return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
 
 
+def run(*, rate: float, duration: float, ranks: int, hit_frame_sending_interval: int = 10,
+        synthetic: bool = False) -> dict:
+    """Runs the simulator and the monitor once; returns the figures (see the module doc)."""
+    need_real_data()
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="om_bench_"))
+    darks, gains = HDF5FrameSource(str(REAL_MODULE_FILE)).write_calibration(folder / "calibration")
+    broadcast = f"tcp://127.0.0.1:{free_port()}"
+    overrides = {
+        "data_retrieval_layer": {"detector_dark_filenames": darks,
+                                 "detector_gain_filenames": gains},
+        "crystallography": {"geometry_file": str(GEOMETRY_1M), "data_broadcast_url": broadcast,
+                            "responding_url": None, "speed_report_interval": 1000,
+                            "hit_frame_sending_interval": hit_frame_sending_interval},
+    }
+    source = ["--file", str(REAL_MODULE_FILE)]
+    if synthetic:
+        from om.simulation.jungfrau_frames import SyntheticJungfrau
+
+        darks, gains = SyntheticJungfrau(seed=0).write_calibration_files(folder / "synthetic")
+        overrides["data_retrieval_layer"] = {"detector_dark_filenames": darks,
+                                             "detector_gain_filenames": gains}
+        source = []
+    config = write_monitor_configuration(folder / "monitor.yaml", overrides)
+    urls = f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}"
+    frames = int(rate * duration)
+    log = open(folder / "monitor.log", "w")
+    monitor = subprocess.Popen(monitor_command(urls, config, ranks), stdout=log,
+                               stderr=subprocess.STDOUT)
+    subscriber = zmq.Context.instance().socket(zmq.SUB)
+    subscriber.setsockopt(zmq.SUBSCRIBE, b"omdata")
+    subscriber.connect(broadcast)
+    simulator = subprocess.Popen(simulator_command(urls, *source, "--rate", str(rate),
+                                                   "--frames", str(frames)),
+                                 stdout=subprocess.PIPE, text=True)
+    latencies, last, first_time, first_events = [], {}, None, 0
+    last_received = time.monotonic()
+    mpiexec = psutil.Process(monitor.pid)
+    processes: dict[int, psutil.Process] = {}
+    cpu_start: dict[int, float] = {}
+    deadline = time.monotonic() + duration + 120
+    while time.monotonic() < deadline:
+        if len(processes) < ranks:
+            processes = _rank_processes(mpiexec)
+        if subscriber.poll(200):
+            _, payload = subscriber.recv_multipart()
+            now = time.time()
+            last = unpack(payload)
+            last_received = time.monotonic()
+            if first_time is None:
+                first_time, first_events = time.monotonic(), last["num_events"]
+                cpu_start = {rank: sum(p.cpu_times()[:2]) for rank, p in processes.items()}
+            latencies.append(now - last["timestamp"])
+        elif simulator.poll() is not None and time.monotonic() - last_received > 3.0:
+            break  # the simulator is done and the monitor's last broadcast (<= 1 s) came
+    elapsed = last_received - (first_time or last_received)
+    cpu = {rank: (sum(p.cpu_times()[:2]) - cpu_start.get(rank, 0.0)) / max(elapsed, 1e-9)
+           for rank, p in processes.items()}
+    rss = {rank: _peak_rss_mb(p) for rank, p in processes.items()}
+    monitor.send_signal(signal.SIGINT)
+    monitor.wait(60)
+    simulator.wait(60)
+    subscriber.close(0)
+    sent = int(re.search(r"sent (\d+) frames", simulator.stdout.read()).group(1))
+    problems = last.get("problems", {})
+    latency = np.array(latencies[1:]) if len(latencies) > 1 else np.zeros(1)
+    events = last.get("num_events", 0)
+    return {
+        "rate": rate, "duration": duration, "ranks": ranks, "synthetic": synthetic,
+        "hit_frame_sending_interval": hit_frame_sending_interval, "sent": sent,
+        "events": events, "events_per_second": (events - first_events) / max(elapsed, 1e-9),
+        "dropped_busy": problems.get("frame_dropped_ranks_busy", 0),
+        "incomplete": problems.get("incomplete_frame", 0),
+        "latency_p50_ms": 1e3 * float(np.median(latency)),
+        "latency_p99_ms": 1e3 * float(np.percentile(latency, 99)), "broadcasts": latency.size,
+        "cpu": cpu, "rss_mb": rss, "log": str(folder / "monitor.log"),
+    }
+
+
+def report(figures: dict) -> None:
+    """Prints the figures of one :func:`run`."""
+    ranks, sent, events = figures["ranks"], figures["sent"], figures["events"]
+    never = sent - events - figures["dropped_busy"] - figures["incomplete"]
+    print(f"end to end: mpiexec -n {ranks} ({ranks - 1} processing ranks), simulator at "
+          f"{figures['rate']:.0f} frames/s for {figures['duration']:.0f} s, "
+          f"{'synthetic' if figures['synthetic'] else 'real'} frames, hit frames sent every "
+          f"{figures['hit_frame_sending_interval']}")
+    print(f"  frames sent {sent}, processed {events} ({100 * events / max(sent, 1):.1f} %), "
+          f"{figures['events_per_second']:.1f} events/s sustained")
+    print(f"  lost: {figures['dropped_busy']} dropped with every processing rank busy, "
+          f"{figures['incomplete']} incomplete, {never} never assembled (PUB/SUB overflow)")
+    print(f"  latency detector timestamp -> broadcast received: p50 "
+          f"{figures['latency_p50_ms']:.0f} ms, p99 {figures['latency_p99_ms']:.0f} ms "
+          f"({figures['broadcasts']} broadcasts)")
+    for rank in sorted(figures["cpu"]):
+        role = "collecting" if rank == 0 else "processing"
+        print(f"  rank {rank} ({role}): CPU {100 * figures['cpu'][rank]:.0f} % of a core, "
+              f"peak RSS {figures['rss_mb'][rank]:.0f} MB")
+    print(f"  log: {figures['log']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,85 +158,9 @@ def main() -> None:
                         help="processing ranks send every Nth hit frame (default 10)")
     parser.add_argument("--synthetic", action="store_true", help="simulated frames, not real")
     arguments = parser.parse_args()
-    need_real_data()
-    folder = pathlib.Path(tempfile.mkdtemp(prefix="om_bench_"))
-    darks, gains = HDF5FrameSource(str(REAL_MODULE_FILE)).write_calibration(folder / "calibration")
-    broadcast = f"tcp://127.0.0.1:{free_port()}"
-    overrides = {
-        "data_retrieval_layer": {"detector_dark_filenames": darks,
-                                 "detector_gain_filenames": gains},
-        "crystallography": {"geometry_file": str(GEOMETRY_1M), "data_broadcast_url": broadcast,
-                            "responding_url": None, "speed_report_interval": 1000,
-                            "hit_frame_sending_interval": arguments.hit_frame_sending_interval},
-    }
-    source = ["--file", str(REAL_MODULE_FILE)]
-    if arguments.synthetic:
-        from om.simulation.jungfrau_frames import SyntheticJungfrau
-
-        darks, gains = SyntheticJungfrau(seed=0).write_calibration_files(folder / "synthetic")
-        overrides["data_retrieval_layer"] = {"detector_dark_filenames": darks,
-                                             "detector_gain_filenames": gains}
-        source = []
-    config = write_monitor_configuration(folder / "monitor.yaml", overrides)
-    urls = f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}"
-    frames = int(arguments.rate * arguments.duration)
-    log = open(folder / "monitor.log", "w")
-    monitor = subprocess.Popen(monitor_command(urls, config, arguments.ranks), stdout=log,
-                               stderr=subprocess.STDOUT)
-    subscriber = zmq.Context.instance().socket(zmq.SUB)
-    subscriber.setsockopt(zmq.SUBSCRIBE, b"omdata")
-    subscriber.connect(broadcast)
-    simulator = subprocess.Popen(simulator_command(urls, *source, "--rate", str(arguments.rate),
-                                                   "--frames", str(frames)),
-                                 stdout=subprocess.PIPE, text=True)
-    latencies, last, first_time, first_events = [], {}, None, 0
-    last_received = time.monotonic()
-    mpiexec = psutil.Process(monitor.pid)
-    ranks: dict[int, psutil.Process] = {}
-    cpu_start: dict[int, float] = {}
-    deadline = time.monotonic() + arguments.duration + 120
-    while time.monotonic() < deadline:
-        if len(ranks) < arguments.ranks:
-            ranks = _rank_processes(mpiexec)
-        if subscriber.poll(200):
-            _, payload = subscriber.recv_multipart()
-            now = time.time()
-            last = unpack(payload)
-            last_received = time.monotonic()
-            if first_time is None:
-                first_time, first_events = time.monotonic(), last["num_events"]
-                cpu_start = {rank: sum(p.cpu_times()[:2]) for rank, p in ranks.items()}
-            latencies.append(now - last["timestamp"])
-        elif simulator.poll() is not None and time.monotonic() - last_received > 3.0:
-            break  # the simulator is done and the monitor's last broadcast (<= 1 s) came
-    elapsed = last_received - (first_time or last_received)
-    cpu = {rank: (sum(p.cpu_times()[:2]) - cpu_start.get(rank, 0.0)) / max(elapsed, 1e-9)
-           for rank, p in ranks.items()}
-    rss = {rank: _peak_rss_mb(p) for rank, p in ranks.items()}
-    monitor.send_signal(signal.SIGINT)
-    monitor.wait(60)
-    simulator.wait(60)
-    sent = int(re.search(r"sent (\d+) frames", simulator.stdout.read()).group(1))
-    events = last.get("num_events", 0)
-    problems = last.get("problems", {})
-    busy, incomplete = problems.get("frame_dropped_ranks_busy", 0), problems.get("incomplete_frame", 0)
-    lost_before = sent - events - busy - incomplete
-    rate = (events - first_events) / max(elapsed, 1e-9)
-    latency = np.array(latencies[1:]) if len(latencies) > 1 else np.zeros(1)
-    print(f"end to end: mpiexec -n {arguments.ranks} ({arguments.ranks - 1} processing ranks), "
-          f"simulator at {arguments.rate:.0f} frames/s for {arguments.duration:.0f} s, "
-          f"{'synthetic' if arguments.synthetic else 'real'} frames, "
-          f"hit frames sent every {arguments.hit_frame_sending_interval}")
-    print(f"  frames sent {sent}, processed {events} ({100 * events / max(sent, 1):.1f} %), "
-          f"{rate:.1f} events/s sustained")
-    print(f"  lost: {busy} dropped with every processing rank busy, {incomplete} incomplete, "
-          f"{lost_before} never assembled (PUB/SUB queue overflow or after the stop)")
-    print(f"  latency detector timestamp -> broadcast received: p50 {1e3 * np.median(latency):.0f} ms, "
-          f"p99 {1e3 * np.percentile(latency, 99):.0f} ms ({latency.size} broadcasts)")
-    for rank in sorted(ranks):
-        role = "collecting" if rank == 0 else "processing"
-        print(f"  rank {rank} ({role}): CPU {100 * cpu[rank]:.0f} % of a core, peak RSS {rss[rank]:.0f} MB")
-    print(f"  log: {folder / 'monitor.log'}")
+    report(run(rate=arguments.rate, duration=arguments.duration, ranks=arguments.ranks,
+               hit_frame_sending_interval=arguments.hit_frame_sending_interval,
+               synthetic=arguments.synthetic))
 
 
 if __name__ == "__main__":
