@@ -40,3 +40,9 @@ def test_bad_payloads_raise_one_error_type(payload):
 def test_objects_without_msgpack_form_are_refused():
     with pytest.raises(TypeError):
         pack({"x": object()})
+
+
+def test_empty_arrays_round_trip():
+    for empty in (np.zeros(0, dtype=np.float64), np.zeros((0, 3), dtype="<f4")):
+        decoded = unpack(pack({"peaks": empty}))["peaks"]
+        assert decoded.shape == empty.shape and decoded.dtype == empty.dtype

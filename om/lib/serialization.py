@@ -32,11 +32,9 @@ def encode_array(array: np.ndarray) -> dict[str, Any]:
     if array.dtype.hasobject or array.dtype.fields is not None:
         raise OmInvalidDataError(f"cannot encode an array of dtype {array.dtype}")
     contiguous = np.ascontiguousarray(array)
-    return {
-        "type": contiguous.dtype.str,
-        "shape": list(contiguous.shape),
-        "data": memoryview(contiguous).cast("B"),
-    }
+    # A memoryview of an empty array cannot be cast to bytes: an empty array has no bytes.
+    data = memoryview(contiguous).cast("B") if contiguous.size else b""
+    return {"type": contiguous.dtype.str, "shape": list(contiguous.shape), "data": data}
 
 
 def _default(obj: Any) -> Any:

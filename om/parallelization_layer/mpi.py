@@ -156,7 +156,11 @@ class MpiParallelization:
         request.Wait()  # a cancelled request must still complete, or MPICH reports it
 
     def _send(self, tag: int, result: dict[str, Any] | None) -> None:
-        payload = pack({"result": result, "problems": problems.take_unsent()})
+        try:
+            payload = pack({"result": result, "problems": problems.take_unsent()})
+        except (TypeError, OmException) as error:  # a result msgpack cannot carry: a bug
+            problems.report("processing_error", f"result not sent: {error}")
+            payload = pack({"result": None, "problems": problems.take_unsent()})
         self._comm.Send([payload, MPI.BYTE], dest=self._collector, tag=tag)
 
     def _run_processing_rank(self) -> None:
