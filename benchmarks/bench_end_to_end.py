@@ -49,7 +49,8 @@ def _peak_rss_mb(process: psutil.Process) -> float:
 
 
 def run(*, rate: float, duration: float, ranks: int, hit_frame_sending_interval: int = 10,
-        synthetic: bool = False) -> dict:
+        synthetic: bool = False, frame_queue_size: int | None = None,
+        frozen_subscriber: bool = False) -> dict:
     """Runs the simulator and the monitor once; returns the figures (see the module doc)."""
     need_real_data()
     folder = pathlib.Path(tempfile.mkdtemp(prefix="om_bench_"))
@@ -70,6 +71,8 @@ def run(*, rate: float, duration: float, ranks: int, hit_frame_sending_interval:
         overrides["data_retrieval_layer"] = {"detector_dark_filenames": darks,
                                              "detector_gain_filenames": gains}
         source = []
+    if frame_queue_size is not None:
+        overrides["data_retrieval_layer"]["frame_queue_size"] = frame_queue_size
     config = write_monitor_configuration(folder / "monitor.yaml", overrides)
     urls = f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}"
     frames = int(rate * duration)
@@ -79,6 +82,12 @@ def run(*, rate: float, duration: float, ranks: int, hit_frame_sending_interval:
     subscriber = zmq.Context.instance().socket(zmq.SUB)
     subscriber.setsockopt(zmq.SUBSCRIBE, b"omdata")
     subscriber.connect(broadcast)
+    frozen = None
+    if frozen_subscriber:  # a GUI that froze: subscribed to everything, never reading
+        frozen = zmq.Context.instance().socket(zmq.SUB)
+        frozen.setsockopt(zmq.RCVHWM, 1)
+        frozen.setsockopt(zmq.SUBSCRIBE, b"")
+        frozen.connect(broadcast)
     simulator = subprocess.Popen(simulator_command(urls, *source, "--rate", str(rate),
                                                    "--frames", str(frames)),
                                  stdout=subprocess.PIPE, text=True)
@@ -110,12 +119,15 @@ def run(*, rate: float, duration: float, ranks: int, hit_frame_sending_interval:
     monitor.wait(60)
     simulator.wait(60)
     subscriber.close(0)
+    if frozen is not None:
+        frozen.close(0)
     sent = int(re.search(r"sent (\d+) frames", simulator.stdout.read()).group(1))
     problems = last.get("problems", {})
     latency = np.array(latencies[1:]) if len(latencies) > 1 else np.zeros(1)
     events = last.get("num_events", 0)
     return {
         "rate": rate, "duration": duration, "ranks": ranks, "synthetic": synthetic,
+        "frozen_subscriber": frozen_subscriber,
         "hit_frame_sending_interval": hit_frame_sending_interval, "sent": sent,
         "events": events, "events_per_second": (events - first_events) / max(elapsed, 1e-9),
         "dropped_busy": problems.get("frame_dropped_ranks_busy", 0),
@@ -133,7 +145,8 @@ def report(figures: dict) -> None:
     print(f"end to end: mpiexec -n {ranks} ({ranks - 1} processing ranks), simulator at "
           f"{figures['rate']:.0f} frames/s for {figures['duration']:.0f} s, "
           f"{'synthetic' if figures['synthetic'] else 'real'} frames, hit frames sent every "
-          f"{figures['hit_frame_sending_interval']}")
+          f"{figures['hit_frame_sending_interval']}"
+          f"{', a frozen subscriber connected' if figures['frozen_subscriber'] else ''}")
     print(f"  frames sent {sent}, processed {events} ({100 * events / max(sent, 1):.1f} %), "
           f"{figures['events_per_second']:.1f} events/s sustained")
     print(f"  lost: {figures['dropped_busy']} dropped with every processing rank busy, "
@@ -157,10 +170,15 @@ def main() -> None:
     parser.add_argument("--hit-frame-sending-interval", type=int, default=10,
                         help="processing ranks send every Nth hit frame (default 10)")
     parser.add_argument("--synthetic", action="store_true", help="simulated frames, not real")
+    parser.add_argument("--frozen-subscriber", action="store_true",
+                        help="also connect a subscriber that never reads (a frozen GUI)")
+    parser.add_argument("--frame-queue-size", type=int, default=None,
+                        help="frames queued per processing rank (default: monitor.yaml's)")
     arguments = parser.parse_args()
     report(run(rate=arguments.rate, duration=arguments.duration, ranks=arguments.ranks,
                hit_frame_sending_interval=arguments.hit_frame_sending_interval,
-               synthetic=arguments.synthetic))
+               synthetic=arguments.synthetic, frame_queue_size=arguments.frame_queue_size,
+               frozen_subscriber=arguments.frozen_subscriber))
 
 
 if __name__ == "__main__":

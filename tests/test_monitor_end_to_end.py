@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+import zmq
 
 from om.simulation.jungfrau_stream import JungfrauStreamSender
 
@@ -27,8 +28,10 @@ def test_real_frames_end_to_end(tmp_path, real_module_file, geometry_1m, real_ca
                                           "--frames", "40"), tmp_path, "simulator")
     monitor = Process(monitor_command(urls, config), tmp_path, "monitor")
     try:
-        with subscriber(broadcast, b"omdata") as omdata, \
+        # A frozen GUI: subscribed to everything, never reading. It must not slow the monitor.
+        with subscriber(broadcast, b"") as frozen, subscriber(broadcast, b"omdata") as omdata, \
                 subscriber(broadcast, b"omframedata") as omframedata:
+            frozen.setsockopt(zmq.RCVHWM, 1)
             alive = lambda: monitor.popen.poll() is None  # noqa: E731
             data = receive_until(omdata, lambda m: m["num_events"] >= 40, 180, alive)
             frame = receive_until(omframedata, lambda m: True, 30, alive)
@@ -43,6 +46,7 @@ def test_real_frames_end_to_end(tmp_path, real_module_file, geometry_1m, real_ca
     per_rank = data["num_events_per_rank"]
     assert set(per_rank) == {"1", "2"} and sum(per_rank.values()) == 40
     assert min(per_rank.values()) >= 10, per_rank  # both processing ranks take a share
+    assert data["problems"].get("frame_dropped_ranks_busy", 0) == 0
     powder = data["virtual_powder_plot"]
     assert powder.dtype == np.float32 and np.count_nonzero(powder) > 1000
     assert data["peakogram"].sum() > 0
