@@ -145,3 +145,25 @@ def test_req_mode_serves_distinct_frames_to_concurrent_clients(running_monitor):
         client.close(0)
     everything = seen[0] + seen[1]
     assert len(set(everything)) == len(everything) == 8, seen
+
+
+def test_resetplots_request_clears_the_plots(running_monitor):
+    monitor, broadcast, responding = running_monitor
+    alive = lambda: monitor.popen.poll() is None  # noqa: E731
+    with subscriber(broadcast, b"omdata") as omdata:
+        before = receive_until(omdata, lambda m: m["num_events"] >= 40, 120, alive)
+        client = zmq.Context.instance().socket(zmq.REQ)
+        client.setsockopt(zmq.LINGER, 0)
+        client.connect(responding)
+        client.send(b"resetplots")
+        assert client.poll(10000)
+        assert client.recv().startswith(b"ok")
+        client.close(0)
+        after = receive_until(omdata, lambda m: m["num_events"] > before["num_events"] + 5, 60,
+                              alive)
+    # Counters go on; the plots start again from the reset. Every real 1M frame has 344-407
+    # peaks: without the reset the peakogram would hold >= 344 * num_events of them.
+    since_reset = after["num_events"] - before["num_events"] + 10  # + events before the request
+    assert after["num_events"] > before["num_events"]
+    assert after["hit_rate_history"].size <= since_reset
+    assert 0 < after["peakogram"].sum() <= 407 * since_reset < 344 * after["num_events"]
