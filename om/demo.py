@@ -14,8 +14,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
+from om.lib.stop_signals import on_stop_signals
 from om.simulation.configuration import write_monitor_configuration
 from om.simulation.jungfrau_frames import SyntheticJungfrau
 
@@ -86,16 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         processes.append(subprocess.Popen([
             *_command("om_frame_viewer.py", "om.graphical_interfaces.frame_viewer"), broadcast]))
 
-    interrupted = False
-
-    def _on_signal(signum: int, _frame: object) -> None:
-        nonlocal interrupted
-        interrupted = True
-
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
+    interrupted = threading.Event()
+    on_stop_signals(interrupted.set)
     deadline = time.monotonic() + arguments.duration if arguments.duration > 0 else None
-    while not interrupted and monitor.poll() is None:
+    while not interrupted.is_set() and monitor.poll() is None:
         if deadline is not None and time.monotonic() > deadline:
             break
         time.sleep(0.2)

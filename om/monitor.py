@@ -8,13 +8,13 @@ SIGTERM stops every rank within a few seconds with a final summary.
 
 import argparse
 import logging
-import signal
 import sys
 from typing import Any
 
 from om.lib.components import resolve_class
 from om.lib.exceptions import OmException
 from om.lib.parameters import MonitorParameters, Parameter, ParameterGroup
+from om.lib.stop_signals import on_stop_signals
 
 OM_GROUP = ParameterGroup("om", (
     Parameter("parallelization_layer", str, required=True,
@@ -93,11 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"om_monitor.py: error: {error}", file=sys.stderr, flush=True)
         return 1
 
-    def _on_signal(signum: int, _frame: Any) -> None:
-        monitor.request_stop()
-
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
+    on_stop_signals(monitor.request_stop)
     monitor.start()
     return 0
 

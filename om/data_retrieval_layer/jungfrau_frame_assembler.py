@@ -24,8 +24,10 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from om.lib.exceptions import OmConfigurationError
 from om.lib.problems import problems
 from om.lib.serialization import pack
+from om.lib.zmq_sockets import bind_socket
 
 logger = logging.getLogger("om")
 
@@ -85,8 +87,6 @@ class JungfrauFrameAssembler:
 
     def __init__(self, *, stream_urls: list[str], distribution_host: str, rows_per_stream: int,
                  assembly_timeout: float, queue_size: int, expected_receivers: int = 0) -> None:
-        from om.lib.exceptions import OmConfigurationError
-
         self._urls = stream_urls
         self._image_bytes = rows_per_stream * MODULE_FS * BYTES_PER_PIXEL
         self._rows = rows_per_stream
@@ -105,17 +105,13 @@ class JungfrauFrameAssembler:
                 raise OmConfigurationError(f"cannot connect to the detector stream {url!r}: {error}")
             self._subscribers.append(socket)
         self._expected_receivers = expected_receivers
-        self._push = self._context.socket(zmq.PUSH)
-        self._push.setsockopt(zmq.SNDHWM, queue_size)
-        self._push.setsockopt(zmq.LINGER, 0)
         try:
-            self._push.bind(f"tcp://{distribution_host}:*")
-        except zmq.ZMQError as error:
+            self._push, self.endpoint = bind_socket(
+                zmq.PUSH, f"tcp://{distribution_host}:*", what="the frame distribution socket",
+                options={zmq.SNDHWM: queue_size})
+        except OmConfigurationError:
             self.close()
-            raise OmConfigurationError(
-                f"cannot bind the frame distribution socket on {distribution_host!r}: {error}"
-            )
-        self.endpoint: str = self._push.getsockopt_string(zmq.LAST_ENDPOINT)
+            raise
         self._push_monitor = self._push.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         self._pending: dict[int, _PendingFrame] = {}
         self._clock = DetectorClock()

@@ -7,8 +7,8 @@ subscriber never slows the monitor; the send high-water mark is small to bound m
 
 import zmq
 
-from om.lib.exceptions import OmConfigurationError
 from om.lib.serialization import pack
+from om.lib.zmq_sockets import bind_socket
 
 
 class DataBroadcaster:
@@ -23,15 +23,8 @@ class DataBroadcaster:
     """
 
     def __init__(self, *, url: str, send_queue: int = 8) -> None:
-        self._socket = zmq.Context.instance().socket(zmq.PUB)
-        self._socket.setsockopt(zmq.SNDHWM, send_queue)
-        self._socket.setsockopt(zmq.LINGER, 0)
-        try:
-            self._socket.bind(url)
-        except zmq.ZMQError as error:
-            self._socket.close(0)
-            raise OmConfigurationError(f"cannot bind the data broadcast socket at {url!r}: {error}")
-        self.url = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._socket, self.url = bind_socket(zmq.PUB, url, what="the data broadcast socket",
+                                             options={zmq.SNDHWM: send_queue})
 
     def send(self, tag: str, payload: dict) -> None:
         """Sends ``[tag, msgpack(payload)]``; drops it for subscribers that are behind."""

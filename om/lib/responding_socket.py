@@ -11,8 +11,8 @@ from typing import Callable
 
 import zmq
 
-from om.lib.exceptions import OmConfigurationError
 from om.lib.problems import problems
+from om.lib.zmq_sockets import bind_socket
 
 RequestHandler = Callable[[bytes], bytes | None]
 """Takes the client's identity; returns the reply, or None to reply later with ``reply``."""
@@ -31,16 +31,10 @@ class RespondingSocket:
 
     def __init__(self, *, url: str, handlers: dict[bytes, RequestHandler]) -> None:
         self.handlers = dict(handlers)
-        self._socket = zmq.Context.instance().socket(zmq.ROUTER)
-        self._socket.setsockopt(zmq.LINGER, 0)
-        # Report replies to clients that left, so that their frame goes to another client.
-        self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        try:
-            self._socket.bind(url)
-        except zmq.ZMQError as error:
-            self._socket.close(0)
-            raise OmConfigurationError(f"cannot bind the responding socket at {url!r}: {error}")
-        self.url = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        # ROUTER_MANDATORY reports replies to clients that left, so that their frame goes to
+        # another client.
+        self._socket, self.url = bind_socket(zmq.ROUTER, url, what="the responding socket",
+                                             options={zmq.ROUTER_MANDATORY: 1})
 
     def serve(self, timeout_ms: int) -> int:
         """Waits up to ``timeout_ms`` for requests and dispatches every waiting one.

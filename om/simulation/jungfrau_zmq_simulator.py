@@ -10,11 +10,12 @@ or, by default, from the simulated detector of :mod:`om.simulation.jungfrau_fram
 
 import argparse
 import pathlib
-import signal
 import sys
+import threading
 import time
 from typing import Any
 
+from om.lib.stop_signals import on_stop_signals
 from om.simulation.frame_sources import HDF5FrameSource, SyntheticFrameSource
 from om.simulation.jungfrau_stream import JungfrauStreamSender
 
@@ -68,14 +69,8 @@ def run(arguments: argparse.Namespace) -> int:
             print(name)
         return 0
 
-    stop = False
-
-    def _on_signal(signum: int, _frame: Any) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
+    stop = threading.Event()
+    on_stop_signals(stop.set)
     urls = [url.strip() for url in arguments.urls.split(",") if url.strip()]
     sender = JungfrauStreamSender(urls)
     if arguments.wait_for_subscribers > 0:
@@ -84,7 +79,7 @@ def run(arguments: argparse.Namespace) -> int:
             print("simulator: no subscriber came, sending anyway", flush=True)
     start = time.monotonic()
     sent = 0
-    while not stop and (arguments.frames <= 0 or sent < arguments.frames):
+    while not stop.is_set() and (arguments.frames <= 0 or sent < arguments.frames):
         if arguments.rate > 0:
             delay = start + sent / arguments.rate - time.monotonic()
             if delay > 0:
