@@ -15,102 +15,25 @@ os.environ["QT_QPA_PLATFORM"] = "offscreen"
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import zmq  # noqa: E402
 from PyQt5 import QtCore, QtGui  # noqa: E402
 
+from gui_helpers import context, publisher, router  # noqa: E402, F401 (fixtures)
+from gui_helpers import (WAIT_MS, count_color, grab, pub_socket, publish_until,  # noqa: E402
+                         region, send_malformed, window_factory)
 from om.graphical_interfaces import crystallography_gui, synthetic  # noqa: E402
 from om.graphical_interfaces.common import (  # noqa: E402
     HIT_RATE_COLOR,
     RESOLUTION_RING_COLOR,
-    qimage_to_array,
     resolution_ring_radius,
     save_screenshot,
 )
 from om.graphical_interfaces.crystallography_gui import CrystallographyGui  # noqa: E402
 from om.lib.serialization import pack  # noqa: E402
 
-WAIT_MS = 10_000
-
-
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def grab(window):
-    """The window as an RGBA array, like a screenshot."""
-    return qimage_to_array(window.grab().toImage())
-
-
-def region(image, window, child):
-    """The part of a grab of ``window`` covered by its descendant widget ``child``."""
-    top_left = child.mapTo(window, QtCore.QPoint(0, 0))
-    return image[top_left.y() : top_left.y() + child.height(), top_left.x() : top_left.x() + child.width()]
-
-
-def count_color(image, color, tolerance=12):
-    """How many pixels of an RGBA array are within ``tolerance`` of an RGB colour."""
-    difference = np.abs(image[..., :3].astype(int) - np.array(color)[None, None, :])
-    return int(np.count_nonzero(difference.max(axis=-1) <= tolerance))
-
-
-@pytest.fixture
-def context():
-    ctx = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
-
-
-@pytest.fixture
-def publisher(context):
-    """A PUB socket bound on a random port of 127.0.0.1: (socket, url, port)."""
-    socket = context.socket(zmq.PUB)
-    socket.setsockopt(zmq.LINGER, 0)
-    # A PUB drops what does not fit under its high-water mark: room for the repeated
-    # first message, so that a message sent once afterwards is never dropped.
-    socket.setsockopt(zmq.SNDHWM, 20)
-    port = socket.bind_to_random_port("tcp://127.0.0.1")
-    yield socket, f"tcp://127.0.0.1:{port}", port
-    socket.close(linger=0)
-
-
-@pytest.fixture
-def router(context):
-    """A ROUTER standing in for the monitor's responding socket: (socket, url)."""
-    socket = context.socket(zmq.ROUTER)
-    socket.setsockopt(zmq.LINGER, 0)
-    port = socket.bind_to_random_port("tcp://127.0.0.1")
-    yield socket, f"tcp://127.0.0.1:{port}"
-    socket.close(linger=0)
-
-
-@pytest.fixture
-def make_gui(qtbot):
-    windows = []
-
-    def make(url, **options):
-        options.setdefault("refresh_rate", 20.0)
-        window = CrystallographyGui(url, **options)
-        qtbot.addWidget(window)
-        window.show()
-        qtbot.waitExposed(window)
-        windows.append(window)
-        return window
-
-    yield make
-    for window in windows:
-        window.shutdown()
-
-
-def publish_until(qtbot, socket, parts, condition, timeout=WAIT_MS):
-    """Publishes ``parts`` every 50 ms until ``condition()`` (the slow-joiner SUB socket)."""
-    last = [0.0]
-
-    def check():
-        if time.monotonic() - last[0] >= 0.05:
-            socket.send_multipart(parts)
-            last[0] = time.monotonic()
-        assert condition()
-
-    qtbot.waitUntil(check, timeout=timeout)
+make_gui = window_factory(CrystallographyGui, "make_gui")
 
 
 def omdata(seed=1, **changes):
@@ -123,7 +46,7 @@ def omdata(seed=1, **changes):
 
 
 def test_shows_real_messages_hit_rate_curve_rings_and_counters(qtbot, publisher, make_gui, tmp_path):
-    socket, url, _ = publisher
+    socket, url = publisher.socket, publisher.url
     gui = make_gui(url)
     before = grab(gui)
     assert count_color(region(before, gui, gui.hit_rate_widget), HIT_RATE_COLOR) == 0
@@ -198,7 +121,7 @@ def test_shows_real_messages_hit_rate_curve_rings_and_counters(qtbot, publisher,
 
 
 def test_malformed_messages_are_skipped_and_counted(qtbot, publisher, make_gui):
-    socket, url, _ = publisher
+    socket, url = publisher.socket, publisher.url
     gui = make_gui(url)
     publish_until(qtbot, socket, synthetic.encode("omdata", omdata(num_events=1)), lambda: gui.has_data)
 
@@ -212,10 +135,7 @@ def test_malformed_messages_are_skipped_and_counted(qtbot, publisher, make_gui):
         [b"omdata", pack({**good, "hit_rate_history": good["hit_rate_history"][:-5]})],  # lengths
         [b"omdata", pack({**good, "virtual_powder_plot": good["virtual_powder_plot"][:2].astype("U1")})],
     ]
-    for number, parts in enumerate(bad_messages, start=1):
-        socket.send_multipart(parts)
-        qtbot.waitUntil(lambda n=number: gui.subscriber.num_malformed == n, timeout=WAIT_MS)
-    assert gui.subscriber.malformed_counts() == {
+    assert send_malformed(qtbot, socket, bad_messages, gui.subscriber) == {
         "wrong_number_of_parts": 1,
         "bad_payload": 1,
         "missing_key": 1,
@@ -231,33 +151,18 @@ def test_malformed_messages_are_skipped_and_counted(qtbot, publisher, make_gui):
 
 
 def test_reconnects_when_the_monitor_restarts(qtbot, context, publisher, make_gui):
-    socket, url, port = publisher
+    socket, url, port = publisher.socket, publisher.url, publisher.port
     gui = make_gui(url)
     publish_until(qtbot, socket, synthetic.encode("omdata", omdata(num_events=1)), lambda: gui.has_data)
     socket.close(linger=0)
 
-    restarted = context.socket(zmq.PUB)
-    restarted.setsockopt(zmq.LINGER, 0)
-    # A PUB drops what does not fit under its high-water mark: room for the repeated
-    # first message, so that a message sent once afterwards is never dropped.
-    restarted.setsockopt(zmq.SNDHWM, 20)
+    restarted = pub_socket(context)
     parts = synthetic.encode("omdata", omdata(2, num_events=42, hit_rate=55.0))
-    last = [0.0]
     started = time.monotonic()
-
-    def check():
-        if not restarted.last_endpoint:
-            try:
-                restarted.bind(f"tcp://127.0.0.1:{port}")
-            except zmq.ZMQError:  # the old listener may take a moment to go away
-                return
-        if time.monotonic() - last[0] >= 0.05:
-            restarted.send_multipart(parts)
-            last[0] = time.monotonic()
-        assert gui.counter_labels["events"].text() == "42"
-
     try:
-        qtbot.waitUntil(check, timeout=WAIT_MS)
+        publish_until(
+            qtbot, restarted, parts, lambda: gui.counter_labels["events"].text() == "42", bind_port=port
+        )
         assert time.monotonic() - started < 5
         assert gui.counter_labels["hit_rate"].text() == "55.00 %"
     finally:
@@ -265,7 +170,7 @@ def test_reconnects_when_the_monitor_restarts(qtbot, context, publisher, make_gu
 
 
 def test_no_data_for_n_seconds_when_the_monitor_is_silent(qtbot, publisher, make_gui):
-    socket, url, _ = publisher
+    socket, url = publisher.socket, publisher.url
     gui = make_gui(url, stale_after=0.3)
     publish_until(qtbot, socket, synthetic.encode("omdata", omdata()), lambda: gui.has_data)
     qtbot.waitUntil(lambda: gui.age_label.text().startswith("no data for"), timeout=WAIT_MS)
@@ -283,7 +188,7 @@ def click_reset_and_answer(qtbot, gui, router_socket, reply):
 
 
 def test_reset_button_uses_the_announced_responding_url(qtbot, publisher, router, make_gui):
-    socket, url, _ = publisher
+    socket, url = publisher.socket, publisher.url
     router_socket, router_url = router
     gui = make_gui(url)
     qtbot.mouseClick(gui.reset_button, QtCore.Qt.LeftButton)  # nowhere to send it yet
@@ -306,7 +211,7 @@ def test_reset_button_uses_the_announced_responding_url(qtbot, publisher, router
 def test_reset_button_times_out_without_blocking_then_uses_a_fresh_socket(
     qtbot, publisher, router, make_gui
 ):
-    _, url, _ = publisher
+    url = publisher.url
     router_socket, router_url = router
     gui = make_gui(url, responding_url=router_url, request_timeout=0.5)
 
@@ -322,7 +227,7 @@ def test_reset_button_times_out_without_blocking_then_uses_a_fresh_socket(
 
 def test_console_entry_saves_a_screenshot_and_quits(qtbot, publisher, tmp_path):
     # In a process of its own, as a user starts it (QT_QPA_PLATFORM=offscreen comes from here).
-    socket, url, _ = publisher
+    socket, url = publisher.socket, publisher.url
     path = tmp_path / "gui.png"
     parts = synthetic.encode("omdata", omdata())
     timer = QtCore.QTimer()

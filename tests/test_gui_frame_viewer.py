@@ -8,41 +8,25 @@ subscription reaches the publisher); later messages are sent once.
 
 import os
 import re
-import time
 
 os.environ["QT_QPA_PLATFORM"] = "offscreen"
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import zmq  # noqa: E402
 from PyQt5 import QtCore, QtGui  # noqa: E402
 
+from gui_helpers import context, publisher  # noqa: E402, F401 (fixtures)
+from gui_helpers import (WAIT_MS, grab, near_color, pub_socket, publish_until,  # noqa: E402
+                         region, send_malformed, window_factory)
 from om.graphical_interfaces import frame_viewer, synthetic  # noqa: E402
-from om.graphical_interfaces.common import PEAK_COLOR, qimage_to_array, save_screenshot  # noqa: E402
+from om.graphical_interfaces.common import PEAK_COLOR, save_screenshot  # noqa: E402
 from om.graphical_interfaces.frame_viewer import FrameViewer  # noqa: E402
 from om.lib.serialization import pack  # noqa: E402
-
-WAIT_MS = 10_000
-
 
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def grab(window):
-    """The window as an RGBA array, like a screenshot."""
-    return qimage_to_array(window.grab().toImage())
-
-
-def region(image, window, child):
-    """The part of a grab of ``window`` covered by its descendant widget ``child``."""
-    top_left = child.mapTo(window, QtCore.QPoint(0, 0))
-    return image[top_left.y() : top_left.y() + child.height(), top_left.x() : top_left.x() + child.width()]
-
-
-def near_color(pixels, color, tolerance=40):
-    """Which pixels of an RGBA array are within ``tolerance`` of an RGB colour."""
-    difference = np.abs(pixels[..., :3].astype(int) - np.array(color))
-    return difference.max(axis=-1) <= tolerance
+make_viewer = window_factory(FrameViewer, "make_viewer")
 
 
 def window_position(viewer, x, y):
@@ -51,51 +35,6 @@ def window_position(viewer, x, y):
     view_point = viewer.image_widget.mapFromScene(scene_point)
     window_point = viewer.image_widget.mapTo(viewer, view_point)
     return window_point.x(), window_point.y()
-
-
-@pytest.fixture
-def publisher():
-    """A PUB socket bound on a random port of 127.0.0.1: (context, socket, url, port)."""
-    context = zmq.Context()
-    socket = context.socket(zmq.PUB)
-    socket.setsockopt(zmq.LINGER, 0)
-    # A PUB drops what does not fit under its high-water mark: room for the repeated
-    # first message, so that a message sent once afterwards is never dropped.
-    socket.setsockopt(zmq.SNDHWM, 20)
-    port = socket.bind_to_random_port("tcp://127.0.0.1")
-    yield context, socket, f"tcp://127.0.0.1:{port}", port
-    context.destroy(linger=0)
-
-
-@pytest.fixture
-def make_viewer(qtbot):
-    windows = []
-
-    def make(url, **options):
-        options.setdefault("refresh_rate", 20.0)
-        window = FrameViewer(url, **options)
-        qtbot.addWidget(window)
-        window.show()
-        qtbot.waitExposed(window)
-        windows.append(window)
-        return window
-
-    yield make
-    for window in windows:
-        window.shutdown()
-
-
-def publish_until(qtbot, socket, parts, condition, timeout=WAIT_MS):
-    """Publishes ``parts`` every 50 ms until ``condition()`` (the slow-joiner SUB socket)."""
-    last = [0.0]
-
-    def check():
-        if time.monotonic() - last[0] >= 0.05:
-            socket.send_multipart(parts)
-            last[0] = time.monotonic()
-        assert condition()
-
-    qtbot.waitUntil(check, timeout=timeout)
 
 
 def frame(event_id, seed=1, num_peaks=200, **changes):
@@ -112,7 +51,7 @@ def shown_event(viewer):
 
 
 def test_shows_the_frame_with_its_peaks_circled(qtbot, publisher, make_viewer, tmp_path):
-    _, socket, url, _ = publisher
+    socket, url = publisher.socket, publisher.url
     viewer = make_viewer(url, peak_circle_size=20.0)
     viewer.resize(1200, 1200)
     before = grab(viewer)
@@ -166,7 +105,7 @@ def test_shows_the_frame_with_its_peaks_circled(qtbot, publisher, make_viewer, t
 
 
 def test_back_forward_pause_and_live(qtbot, publisher, make_viewer):
-    _, socket, url, _ = publisher
+    socket, url = publisher.socket, publisher.url
     viewer = make_viewer(url, buffer_size=3)
 
     def send(event_id, seed):
@@ -238,7 +177,7 @@ def test_back_forward_pause_and_live(qtbot, publisher, make_viewer):
 
 
 def test_malformed_frames_are_skipped_and_counted(qtbot, publisher, make_viewer):
-    _, socket, url, _ = publisher
+    socket, url = publisher.socket, publisher.url
     viewer = make_viewer(url)
     publish_until(
         qtbot, socket, synthetic.encode("omframedata", frame("good-0")), lambda: viewer.has_data
@@ -253,10 +192,7 @@ def test_malformed_frames_are_skipped_and_counted(qtbot, publisher, make_viewer)
         [b"omframedata", pack({**good, "peak_list_x_in_frame": good["peak_list_x_in_frame"][:3]})],
         [b"omframedata", pack({**good, "frame_data": good["frame_data"][:8, :8].astype(np.complex64)})],
     ]
-    for number, parts in enumerate(bad_messages, start=1):
-        socket.send_multipart(parts)
-        qtbot.waitUntil(lambda n=number: viewer.subscriber.num_malformed == n, timeout=WAIT_MS)
-    assert viewer.subscriber.malformed_counts() == {
+    assert send_malformed(qtbot, socket, bad_messages, viewer.subscriber) == {
         "wrong_number_of_parts": 2,
         "bad_payload": 1,
         "missing_key": 1,
@@ -272,34 +208,17 @@ def test_malformed_frames_are_skipped_and_counted(qtbot, publisher, make_viewer)
 
 
 def test_reconnects_when_the_monitor_restarts(qtbot, publisher, make_viewer):
-    context, socket, url, port = publisher
+    context, socket, url, port = publisher.context, publisher.socket, publisher.url, publisher.port
     viewer = make_viewer(url)
     publish_until(qtbot, socket, synthetic.encode("omframedata", frame("before")), lambda: viewer.has_data)
     socket.close(linger=0)
-    restarted = context.socket(zmq.PUB)
-    restarted.setsockopt(zmq.LINGER, 0)
-    # A PUB drops what does not fit under its high-water mark: room for the repeated
-    # first message, so that a message sent once afterwards is never dropped.
-    restarted.setsockopt(zmq.SNDHWM, 20)
+    restarted = pub_socket(context)
     parts = synthetic.encode("omframedata", frame("after-restart", 3))
-    last = [0.0]
-
-    def check():
-        if not restarted.last_endpoint:
-            try:
-                restarted.bind(f"tcp://127.0.0.1:{port}")
-            except zmq.ZMQError:  # the old listener may take a moment to go away
-                return
-        if time.monotonic() - last[0] >= 0.05:
-            restarted.send_multipart(parts)
-            last[0] = time.monotonic()
-        assert shown_event(viewer) == "after-restart"
-
-    qtbot.waitUntil(check, timeout=WAIT_MS)
+    publish_until(qtbot, restarted, parts, lambda: shown_event(viewer) == "after-restart", bind_port=port)
 
 
 def test_frames_without_peaks_and_non_hits(qtbot, publisher, make_viewer):
-    _, socket, url, _ = publisher
+    socket, url = publisher.socket, publisher.url
     viewer = make_viewer(url)
     content = frame(
         "miss",

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import zmq
 
+from gui_helpers import context, publisher, router  # noqa: F401 (fixtures)
 from om.graphical_interfaces import synthetic
 from om.graphical_interfaces.common import (
     parse_resolution_list,
@@ -47,25 +48,6 @@ def wait_for(qtbot):
         qtbot.waitUntil(check, timeout=int(timeout * 1000))
 
     return wait
-
-
-@pytest.fixture
-def context():
-    ctx = zmq.Context()
-    yield ctx
-    ctx.destroy(linger=0)
-
-
-@pytest.fixture
-def publisher(context):
-    socket = context.socket(zmq.PUB)
-    socket.setsockopt(zmq.LINGER, 0)
-    # A PUB drops what does not fit under its high-water mark: room for the repeated
-    # first message, so that a message sent once afterwards is never dropped.
-    socket.setsockopt(zmq.SNDHWM, 20)
-    port = socket.bind_to_random_port("tcp://127.0.0.1")
-    yield socket, f"tcp://127.0.0.1:{port}"
-    socket.close(linger=0)
 
 
 def small_omdata(**changes):
@@ -140,7 +122,7 @@ def test_decode_never_unpickles():
 
 
 def test_subscriber_keeps_newest_and_counts_malformed(publisher, context, wait_for):
-    pub, url = publisher
+    pub, url = publisher.socket, publisher.url
     subscriber = Subscriber(url, context=context)
     subscriber.start()
     try:
@@ -206,15 +188,6 @@ def test_subscriber_bad_url_raises():
 
 
 # -- requests --------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def router(context):
-    socket = context.socket(zmq.ROUTER)
-    socket.setsockopt(zmq.LINGER, 0)
-    port = socket.bind_to_random_port("tcp://127.0.0.1")
-    yield socket, f"tcp://127.0.0.1:{port}"
-    socket.close(linger=0)
 
 
 def test_request_client_ok_error_and_timeout(router, context, wait_for):
