@@ -99,8 +99,10 @@ class Jungfrau1MZmq:
             )
         except OmConfigurationError as error:
             raise OmConfigurationError(f"{where}/{self._name}_dark/gain_filenames: {error}")
-        # Compile the kernel now (or load numba's cache), not on the first frame.
-        self._calibration.calibrate_module(np.zeros(MODULE_SHAPE, dtype=np.uint16), 0,
+        # Compile the kernel now (or load numba's cache), not on the first frame: with a
+        # read-only input, as the frames from ZeroMQ are (numba compiles per array type).
+        words = np.frombuffer(bytes(MODULE_SHAPE[0] * MODULE_SHAPE[1] * 2), dtype="<u2")
+        self._calibration.calibrate_module(words.reshape(MODULE_SHAPE), 0,
                                            np.empty(MODULE_SHAPE, dtype=np.float32))
 
     def get_data(self, *, event: dict[str, Any]) -> np.ndarray:

@@ -149,14 +149,24 @@ class CrystallographyProcessing:
             max_num_peaks=self._get("max_num_peaks", _PEAKFINDER8),
             bad_pixel_map=bad_pixel_map,
         )
-        # Compile peakfinder8 now (or load numba's cache), not on the first frame.
-        self._peakfinder.find_peaks(np.zeros(self._geometry.slab_shape, dtype=np.float32))
+        self._peakfinder.find_peaks(self._warm_up_frame())
         self._min_peaks = self._get("min_num_peaks_for_hit")
         self._max_peaks = self._get("max_num_peaks_for_hit")
         self._hit_interval = self._get("hit_frame_sending_interval")
         self._non_hit_interval = self._get("non_hit_frame_sending_interval")
         self._hits_seen = 0
         self._non_hits_seen = 0
+
+    def _warm_up_frame(self) -> np.ndarray:
+        """A noisy frame with one bright spot inside the searched radii: peakfinder8 runs every
+        code path on it, so numba compiles now (or loads its cache), not on the first frame."""
+        geometry = self._geometry
+        frame = np.random.default_rng(0).normal(1.0, 0.1, geometry.slab_shape).astype(np.float32)
+        middle = 0.5 * (self._get("min_res", _PEAKFINDER8) + self._get("max_res", _PEAKFINDER8))
+        distance = np.abs(np.nan_to_num(geometry.radius, nan=np.inf) - middle)
+        ss, fs = np.unravel_index(np.argmin(distance), geometry.slab_shape)
+        frame[max(ss - 1, 0):ss + 2, max(fs - 1, 0):fs + 2] = 1000.0
+        return frame
 
     def _frame_is_due(self, is_hit: bool) -> bool:
         # OM's rule: each processing rank sends every Nth hit (or non-hit) frame.
