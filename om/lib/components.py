@@ -15,6 +15,9 @@ KNOWN_CLASSES: dict[str, str] = {
     "MpiParallelization": "om.parallelization_layer.mpi",
     "Jungfrau1MZmqDataRetrieval": "om.data_retrieval_layer.data_retrieval_jungfrau_zmq",
     "CrystallographyProcessing": "om.processing_layer.crystallography",
+    "StreamingReceiverDataRetrieval": "om.data_retrieval_layer.data_retrieval_streaming_receiver",
+    "DectrisStreamDataRetrieval": "om.data_retrieval_layer.data_retrieval_dectris_stream",
+    "Hdf5FilesDataRetrieval": "om.data_retrieval_layer.data_retrieval_files",
 }
 
 
