@@ -14,7 +14,9 @@ from om.lib.package_data import packaged_file
 
 
 def write_monitor_configuration(path: str | pathlib.Path,
-                                overrides: dict[str, dict[str, Any]]) -> pathlib.Path:
+                                overrides: dict[str, dict[str, Any]],
+                                replace_groups: dict[str, dict[str, Any]] | None = None,
+                                ) -> pathlib.Path:
     """Writes the packaged example configuration with ``overrides`` applied.
 
     The example's geometry file is made absolute, so the written file works from any folder.
@@ -22,6 +24,8 @@ def write_monitor_configuration(path: str | pathlib.Path,
     Args:
         path: where to write the YAML file.
         overrides: ``{group: {key: value}}`` to set (comments of the example are kept).
+        replace_groups: ``{group: {key: value}}``: groups written anew, whole (e.g. the
+            ``data_retrieval_layer`` group of another detector).
 
     Returns:
         The path written.
@@ -29,6 +33,8 @@ def write_monitor_configuration(path: str | pathlib.Path,
     yaml = YAML()
     content = yaml.load(packaged_file("monitor.yaml").read_text(encoding="utf-8"))
     content["crystallography"]["geometry_file"] = str(packaged_file("jungfrau1M.geom"))
+    for group, values in (replace_groups or {}).items():
+        content[group] = dict(values)
     for group, values in overrides.items():
         content.setdefault(group, {})
         for key, value in values.items():
