@@ -74,3 +74,23 @@ def test_source_must_name_two_or_four_streams(tmp_path):
     parameters.validate(Jungfrau1MZmqDataRetrieval.parameter_groups, complete=False)
     with pytest.raises(OmConfigurationError, match="needs 2 module stream URLs"):
         Jungfrau1MZmqDataRetrieval(parameters=parameters, source="tcp://127.0.0.1:30001")
+
+
+def test_detector_spots_pass_through_the_processing_layer(tmp_path):
+    from om.lib.package_data import packaged_file
+    from om.processing_layer.crystallography import CrystallographyProcessing
+
+    parameters = MonitorParameters(packaged_file("monitor.yaml"))
+    parameters.validate(CrystallographyProcessing.parameter_groups, complete=False)
+    processing = CrystallographyProcessing(parameters=parameters)
+    processing.initialize_processing_node(node_rank=1, node_pool_size=2)
+    spots = {"fs": [10.0, 20.5], "ss": [30.0, 40.0], "intensity": [5.0, 7.0]}
+    data = {"detector_data": np.zeros((1024, 1024), dtype=np.float32), "timestamp": 1.0,
+            "event_id": "1", "beam_energy": 12400.0, "detector_distance": 100.0,
+            "detector_spots": spots}
+    result, _ = processing.process_data(node_rank=1, node_pool_size=2, data=data)
+    np.testing.assert_array_equal(result["detector_spots"]["fs"], [10.0, 20.5])
+    assert result["detector_spots"]["intensity"].dtype == np.float64
+    del data["detector_spots"]
+    assert "detector_spots" not in processing.process_data(node_rank=1, node_pool_size=2,
+                                                           data=data)[0]

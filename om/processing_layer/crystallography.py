@@ -183,7 +183,8 @@ class CrystallographyProcessing:
         Args:
             data: the event's ``detector_data`` (float32 (ss, fs) calibrated frame),
                 ``timestamp`` (s), ``event_id`` (str), ``beam_energy`` (eV) and
-                ``detector_distance`` (mm).
+                ``detector_distance`` (mm); optionally ``detector_spots`` (``fs``, ``ss``,
+                ``intensity`` arrays: spots found by the detector's software, passed through).
 
         Returns:
             The result map (peaks as float64 arrays ``peak_fs``, ``peak_ss``,
@@ -207,6 +208,11 @@ class CrystallographyProcessing:
             "peak_max_pixel_intensity": peaks.max_pixel_intensity,
             "peak_radius": peaks.radius,
         }
+        spots = data.get("detector_spots")
+        if spots is not None:  # found by the detector's own software (e.g. Jungfraujoch)
+            result["detector_spots"] = {
+                key: np.asarray(spots[key], dtype=np.float64) for key in ("fs", "ss", "intensity")
+            }
         if self._frame_is_due(is_hit):
             result["detector_data"] = np.asarray(frame, dtype=np.float32)
         return result, node_rank
@@ -367,7 +373,17 @@ class CrystallographyProcessing:
             "event_id": result["event_id"],
             "frame_is_hit": bool(result["frame_is_hit"]),
             "num_peaks": int(rows.size),
+            **self._detector_spots_in_frame(result.get("detector_spots")),
         })
+
+    def _detector_spots_in_frame(self, spots: dict[str, Any] | None) -> dict[str, Any]:
+        if spots is None:
+            return {}
+        rows, cols, inside = self._peak_pixels_in_assembled(np.asarray(spots["fs"]),
+                                                            np.asarray(spots["ss"]))
+        return {"detector_spots_x_in_frame": cols.astype(np.float64),
+                "detector_spots_y_in_frame": rows.astype(np.float64),
+                "detector_spots_intensity": np.asarray(spots["intensity"])[inside]}
 
     def _report_speed_if_due(self) -> None:
         events = self._rate.count
