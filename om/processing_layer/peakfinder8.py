@@ -50,11 +50,16 @@ background ever crosses a panel edge.
    largest intensity are kept (equal intensities: the first in raster order). Peaks are listed
    in the raster order of their first pixel (smallest ``ss * n_fs + fs``).
 
-Speed: everything frame-independent (bins, masks, samples, panel map) is computed at
-construction; a frame costs one pass over its pixels (the candidate search) plus work
-proportional to the sample size and to the number of candidate pixels, in numba-compiled code
-(single thread, GIL released). A ``Peakfinder8PeakDetection`` keeps work buffers, so one
-instance must not run ``find_peaks`` in two threads at once.
+Speed: everything frame-independent (bins, masks, samples, panel map, the radius bins of each
+chunk of the frame) is computed at construction, and one numba-compiled call (single thread,
+GIL released; per frame it allocates only the returned arrays) does the rest. A frame costs: reading the
+radial sample (in memory order) and sigma-clipping it bin by bin (vectorised sums); one pass
+over the frame in chunks of 64 pixels, each compared with the lowest threshold of its radius
+bins (a range-minimum table of the per-bin thresholds), only the chunks with a pixel above it
+being checked pixel by pixel; then work proportional to the number of candidate pixels
+(connected groups found by walking the raster-ordered candidate list, no label image). A
+``Peakfinder8PeakDetection`` keeps work buffers, so one instance must not run ``find_peaks`` in
+two threads at once.
 """
 
 import math
@@ -127,11 +132,20 @@ class PeakList(_PeakListFields):
 _JIT = dict(cache=True, nogil=True, error_model="numpy")
 
 
-# The clipped sums may be reordered (vectorised): they never see a NaN.
+# The clipped sums may be reordered (vectorised): they never see a NaN. No "nnan"/"ninf": the
+# NaN tests (value == value) must stay.
 _FAST_SUMS = {"reassoc", "contract", "nsz", "arcp"}
 
+# Array indices known to be >= 0 are cast to unsigned: numba then skips the negative-index
+# wraparound, which otherwise prevents LLVM from vectorising the loops.
+_U = np.uint64
 
-@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST_SUMS)
+#: Pixels per chunk of the candidate search: a chunk is checked in full only when a vectorised
+#: count finds a pixel of it above its threshold.
+_CHUNK = 64
+
+
+@numba.njit(fastmath=_FAST_SUMS, **_JIT)
 def _clipped_sums(buffer, start, stop, low, high, shift):
     """Count, sum and sum of squares of ``value - shift`` for ``low <= value <= high``.
 
@@ -141,7 +155,7 @@ def _clipped_sums(buffer, start, stop, low, high, shift):
     total = np.float32(0.0)
     total_sq = np.float32(0.0)
     for j in range(start, stop):
-        value = buffer[j]
+        value = buffer[_U(j)]
         weight = np.float32(1.0) if (value >= low) & (value <= high) else np.float32(0.0)
         delta = value - shift
         count += weight
@@ -150,21 +164,30 @@ def _clipped_sums(buffer, start, stop, low, high, shift):
     return count, total, total_sq
 
 
-@numba.njit(**_JIT)
-def _compact_valid(buffer, start, stop):
-    """Moves the non-NaN values of ``buffer[start:stop]`` to its front: count, sum, sum sq."""
+@numba.njit(fastmath=_FAST_SUMS, **_JIT)
+def _valid_sums(buffer, start, stop):
+    """Count, sum and sum of squares (float64) of the non-NaN values of ``buffer[start:stop]``."""
     count = 0
     total = 0.0
     total_sq = 0.0
     for j in range(start, stop):
-        value = buffer[j]
-        buffer[start + count] = value
+        value = np.float64(buffer[_U(j)])
         valid = value == value
         count += 1 if valid else 0
-        value64 = np.float64(value) if valid else 0.0
-        total += value64
-        total_sq += value64 * value64
+        value = value if valid else 0.0
+        total += value
+        total_sq += value * value
     return count, total, total_sq
+
+
+@numba.njit(**_JIT)
+def _compact_valid(buffer, start, stop):
+    """Moves the non-NaN values of ``buffer[start:stop]`` to its front, in order."""
+    count = 0
+    for j in range(start, stop):
+        value = buffer[j]
+        buffer[start + count] = value
+        count += 1 if value == value else 0
 
 
 @numba.njit(**_JIT)
@@ -176,17 +199,19 @@ def _radial_thresholds(data, sample_pixels, sample_slots, sample_start, iteratio
     prefetches); ``sample_slots`` puts each value in its bin's segment of ``buffer``.
     """
     for j in range(sample_pixels.shape[0]):
-        buffer[sample_slots[j]] = data[sample_pixels[j]]
+        buffer[_U(sample_slots[j])] = data[_U(sample_pixels[j])]
     num_bins = sample_start.shape[0] - 1
     for k in range(num_bins):
         start = sample_start[k]
         stop = sample_start[k + 1]
-        count, total, total_sq = _compact_valid(buffer, start, stop)
+        count, total, total_sq = _valid_sums(buffer, start, stop)
         if count == 0:
             mean_out[k] = 0.0
             sigma_out[k] = 0.0
             thr_out[k] = np.inf
             continue
+        if count < stop - start:  # NaN in the sample (rare): keep the valid values only
+            _compact_valid(buffer, start, stop)
         used = count
         mean = total / used
         sigma = math.sqrt(max(total_sq / used - mean * mean, 0.0))
@@ -210,20 +235,63 @@ def _radial_thresholds(data, sample_pixels, sample_slots, sample_start, iteratio
 
 
 @numba.njit(**_JIT)
-def _find_candidates(data, above_floor, pixel_class, candidate_threshold, candidates):
-    """Flat indices, in raster order, of the pixels above their candidate threshold.
+def _chunk_floor_table(bin_threshold, levels, table):
+    """Range-minimum (sparse) table of the bin thresholds rounded down to float32.
 
-    ``above_floor`` (uint64 words = 8 bools) flags the pixels above the lowest threshold: the
-    words without any flag are skipped.
+    ``table[level * num_bins + k]`` is the minimum of the thresholds of bins ``k`` to
+    ``k + 2**level - 1``; the last entry stays +inf. Rounded down, a float32 value is above the
+    float32 threshold exactly when it is above the float64 threshold.
     """
-    count = 0
+    num_bins = bin_threshold.shape[0]
+    for k in range(num_bins):
+        threshold = bin_threshold[k]
+        threshold32 = np.float32(threshold)
+        if threshold32 > threshold:
+            threshold32 = np.nextafter(threshold32, np.float32(-np.inf))
+        table[k] = threshold32
+    for level in range(1, levels):
+        half = 1 << (level - 1)
+        base = level * num_bins
+        for k in range(num_bins - 2 * half + 1):
+            a = table[base - num_bins + k]
+            b = table[base - num_bins + k + half]
+            table[base + k] = a if a < b else b
+
+
+@numba.njit(**_JIT)
+def _find_candidates(data, pixel_class, candidate_threshold, floor_table, chunk_low,
+                     chunk_high, chunk_panel, panel_map, candidates, candidate_panel):
+    """Flat indices (and panels), in raster order, of the pixels above their threshold.
+
+    The frame is read in chunks of ``_CHUNK`` pixels. The lowest threshold of a chunk's radius
+    bins is ``min(floor_table[chunk_low], floor_table[chunk_high])`` (+inf without any pixel in
+    the radius range); a chunk with no pixel above it is skipped after one vectorised compare,
+    the others are checked pixel by pixel against the pixels' own (float64) thresholds.
+    ``chunk_panel`` is the panel of a chunk's pixels, or -1 when the chunk spans panels (then
+    ``panel_map`` is read).
+    """
     n = data.shape[0]
-    for word in range(above_floor.shape[0]):
-        if above_floor[word] == 0:
-            continue
-        for i in range(word * 8, min(word * 8 + 8, n)):
-            if data[i] > candidate_threshold[pixel_class[i]]:
+    count = 0
+    for chunk in range(chunk_low.shape[0]):
+        a = floor_table[chunk_low[chunk]]
+        b = floor_table[chunk_high[chunk]]
+        floor = a if a < b else b
+        start = chunk * _CHUNK
+        stop = start + _CHUNK
+        if stop <= n:
+            above = np.int32(0)
+            for i in range(_CHUNK):
+                above |= np.int32(1) if data[_U(start + i)] > floor else np.int32(0)
+            if above == 0:
+                continue
+        else:
+            stop = n
+        panel = chunk_panel[chunk]
+        for i in range(start, stop):
+            u = _U(i)
+            if data[u] > candidate_threshold[pixel_class[u]]:
                 candidates[count] = i
+                candidate_panel[count] = panel if panel >= 0 else panel_map[u]
                 count += 1
     return count
 
@@ -237,42 +305,49 @@ def _root(parent, j):
 
 
 @numba.njit(**_JIT)
-def _peaks_from_candidates(data, radius, pixel_class, panel_map, panel_rects, n_fs,
-                           candidates, num_candidates, labels, parent, num_bins,
-                           bin_threshold, radial_mean, radial_sigma, adc_threshold,
-                           minimum_snr, min_pixel_count, max_pixel_count, local_bg_radius,
-                           masked_class, out):
-    """Connected components, local background, acceptance and measurements.
+def _union(parent, a, b):
+    """Joins the sets of a and b; the root of a set is its smallest element."""
+    a = _root(parent, a)
+    b = _root(parent, b)
+    if a < b:
+        parent[b] = a
+    elif b < a:
+        parent[a] = b
 
-    ``out`` (7, max_out) float64 receives fs, ss, intensity, n, max, snr, radius; returns the
-    number of peaks written (all accepted peaks, in raster order of their first pixel).
+
+@numba.njit(**_JIT)
+def _label_candidates(candidates, candidate_panel, num_candidates, n_fs, parent, component):
+    """8-connected groups of candidates of the same panel; returns the number of groups.
+
+    The candidates are in raster order, so the neighbours of a candidate that come before it
+    (left, and the three above) are found by walking the candidate list itself: no label
+    image. ``component[j]`` receives the group of candidate ``j``; groups are numbered in the
+    raster order of their first pixel.
     """
-    # Union-find over the candidate pixels (root = first pixel in raster order).
+    above = 0  # first candidate that may be an upper neighbour of the current one
+    ss = 0
+    row_start = 0
     for j in range(num_candidates):
-        labels[candidates[j]] = j
         parent[j] = j
-    for j in range(num_candidates):
         index = candidates[j]
-        ss = index // n_fs
-        fs = index - ss * n_fs
-        panel = panel_map[index]
-        for d_ss, d_fs in ((0, -1), (-1, -1), (-1, 0), (-1, 1)):
-            nss = ss + d_ss
-            nfs = fs + d_fs
-            if nss < 0 or nfs < 0 or nfs >= n_fs:
-                continue
-            neighbour = nss * n_fs + nfs
-            other = labels[neighbour]
-            if other < 0 or panel_map[neighbour] != panel:
-                continue
-            a = _root(parent, j)
-            b = _root(parent, other)
-            if a < b:
-                parent[b] = a
-            elif b < a:
-                parent[a] = b
-    # Per-component sums, indexed by a compact component number.
-    component = np.empty(num_candidates, dtype=np.int32)
+        while index >= row_start + n_fs:
+            row_start += n_fs
+            ss += 1
+        fs = index - row_start
+        panel = candidate_panel[j]
+        if fs > 0 and j > 0 and candidates[j - 1] == index - 1 \
+                and candidate_panel[j - 1] == panel:
+            _union(parent, j, j - 1)
+        if ss > 0:
+            low = index - n_fs - (1 if fs > 0 else 0)
+            high = index - n_fs + (1 if fs < n_fs - 1 else 0)
+            while candidates[above] < low:
+                above += 1
+            other = above
+            while other < j and candidates[other] <= high:
+                if candidate_panel[other] == panel:
+                    _union(parent, j, other)
+                other += 1
     num_components = 0
     for j in range(num_candidates):
         r = _root(parent, j)
@@ -281,15 +356,42 @@ def _peaks_from_candidates(data, radius, pixel_class, panel_map, panel_rects, n_
             num_components += 1
         else:
             component[j] = component[r]
-    count = np.zeros(num_components, dtype=np.int64)
-    sums = np.zeros((num_components, 7), dtype=np.float64)
-    brightest = np.empty(num_components, dtype=np.int64)
-    brightest_value = np.full(num_components, -np.inf, dtype=np.float64)
+    return num_components
+
+
+@numba.njit(**_JIT)
+def _peaks_from_candidates(data, radius, pixel_class, panel_rects, n_fs, candidates,
+                           candidate_panel, num_candidates, parent, component,
+                           background_threshold, radial_mean, radial_sigma, adc_threshold,
+                           minimum_snr, min_pixel_count, max_pixel_count, local_bg_radius,
+                           count, sums, brightest, brightest_value, out):
+    """Connected components, local background, acceptance and measurements.
+
+    ``background_threshold`` is the threshold of each pixel class (NaN for the masked class:
+    never background). ``count``, ``sums`` (capacity, 7), ``brightest`` (a candidate),
+    ``brightest_value`` are per-group work arrays and ``out`` (7, capacity) float64 receives
+    fs, ss, intensity, n, max, snr, radius. Returns the number of peaks written (all accepted
+    peaks, in raster order of their first pixel), or minus the number of groups when it
+    exceeds the capacity (nothing written).
+    """
+    num_components = _label_candidates(candidates, candidate_panel, num_candidates, n_fs,
+                                       parent, component)
+    if num_components > count.shape[0]:
+        return -num_components
+    for c in range(num_components):
+        count[c] = 0
+        brightest_value[c] = -np.inf
+        for q in range(7):
+            sums[c, q] = 0.0
+    ss = 0
+    row_start = 0
     for j in range(num_candidates):
         c = component[j]
         index = candidates[j]
-        ss = index // n_fs
-        fs = index - ss * n_fs
+        while index >= row_start + n_fs:
+            row_start += n_fs
+            ss += 1
+        fs = index - row_start
         v = np.float64(data[index])
         r = np.float64(radius[index])
         count[c] += 1
@@ -302,19 +404,18 @@ def _peaks_from_candidates(data, radius, pixel_class, panel_map, panel_rects, n_
         sums[c, 6] += r
         if v > brightest_value[c]:
             brightest_value[c] = v
-            brightest[c] = index
-    for j in range(num_candidates):
-        labels[candidates[j]] = -1
+            brightest[c] = j
     # Acceptance.
+    num_bins = radial_mean.shape[0]
     num_peaks = 0
     for c in range(num_components):
         n = count[c]
         if n < min_pixel_count or n > max_pixel_count:
             continue
-        index = brightest[c]
+        index = candidates[brightest[c]]
         ss = index // n_fs
         fs = index - ss * n_fs
-        panel = panel_map[index]
+        panel = candidate_panel[brightest[c]]
         min_fs = max(fs - local_bg_radius, panel_rects[panel, 0])
         max_fs = min(fs + local_bg_radius, panel_rects[panel, 1])
         min_ss = max(ss - local_bg_radius, panel_rects[panel, 2])
@@ -325,20 +426,17 @@ def _peaks_from_candidates(data, radius, pixel_class, panel_map, panel_rects, n_
         for bss in range(min_ss, max_ss + 1):
             row = bss * n_fs
             for bfs in range(min_fs, max_fs + 1):
-                k = pixel_class[row + bfs]
-                if k == masked_class:
-                    continue
-                v = np.float64(data[row + bfs])
-                if not (v <= bin_threshold[k % num_bins]):  # above threshold, or NaN
-                    continue
-                bg_count += 1
-                bg_sum += v
-                bg_sum_sq += v * v
+                u = _U(row + bfs)
+                v = np.float64(data[u])
+                if v <= background_threshold[pixel_class[u]]:  # not above, not NaN, not masked
+                    bg_count += 1
+                    bg_sum += v
+                    bg_sum_sq += v * v
         if bg_count >= 2:
             bg = bg_sum / bg_count
             bg_sigma = math.sqrt(max(bg_sum_sq / bg_count - bg * bg, 0.0))
         else:
-            k = pixel_class[index] % num_bins
+            k = pixel_class[index]  # a candidate: its class is its bin
             bg = radial_mean[k]
             bg_sigma = radial_sigma[k]
         intensity = sums[c, 0] - n * bg
@@ -359,6 +457,41 @@ def _peaks_from_candidates(data, radius, pixel_class, panel_map, panel_rects, n_
         out[6, num_peaks] = (sums[c, 5] - bg * sums[c, 6]) / intensity
         num_peaks += 1
     return num_peaks
+
+
+@numba.njit(**_JIT)
+def _find_peaks_kernel(data, pixel_class, panel_map, panel_rects, radius, n_fs, sample_pixels,
+                       sample_slots, sample_start, iterations, clip, minimum_snr,
+                       adc_threshold, min_pixel_count, max_pixel_count, local_bg_radius,
+                       chunk_low, chunk_high, chunk_panel, levels, sample_buffer, radial_mean,
+                       radial_sigma, bin_threshold, candidate_threshold,
+                       background_threshold, floor_table, candidates, candidate_panel, parent,
+                       component, count, sums, brightest, brightest_value, out):
+    """All of peakfinder8 on one flat float32 frame; see :func:`_peaks_from_candidates`."""
+    num_bins = bin_threshold.shape[0]
+    _radial_thresholds(data, sample_pixels, sample_slots, sample_start, iterations, clip,
+                       minimum_snr, adc_threshold, sample_buffer, radial_mean, radial_sigma,
+                       bin_threshold)
+    # Thresholds per pixel class: bin k < num_bins (candidates), num_bins + k (outside the
+    # radius range: background only), 2 * num_bins (masked).
+    any_finite = False
+    for k in range(num_bins):
+        threshold = bin_threshold[k]
+        candidate_threshold[k] = threshold
+        background_threshold[k] = threshold
+        background_threshold[num_bins + k] = threshold
+        any_finite |= threshold < np.inf
+    if not any_finite:
+        return 0
+    _chunk_floor_table(bin_threshold, levels, floor_table)
+    num_candidates = _find_candidates(data, pixel_class, candidate_threshold, floor_table,
+                                      chunk_low, chunk_high, chunk_panel, panel_map,
+                                      candidates, candidate_panel)
+    return _peaks_from_candidates(
+        data, radius, pixel_class, panel_rects, n_fs, candidates, candidate_panel,
+        num_candidates, parent, component, background_threshold, radial_mean, radial_sigma,
+        adc_threshold, minimum_snr, min_pixel_count, max_pixel_count, local_bg_radius, count,
+        sums, brightest, brightest_value, out)
 
 
 class Peakfinder8PeakDetection:
@@ -499,18 +632,57 @@ class Peakfinder8PeakDetection:
         self._sample_slots = memory_order.astype(np.int32)
         self._sample_start = sample_start
 
-        # Work buffers.
+        # Candidate search chunks (see _find_candidates): the range of radius bins of each
+        # chunk's pixels in the radius range, as the two entries of the range-minimum table
+        # whose minimum is the chunk's lowest threshold, and the chunk's panel.
         size = n_ss * n_fs
+        num_chunks = -(-size // _CHUNK)
+        padded = np.full(num_chunks * _CHUNK, -1, dtype=np.int64)
+        padded[:size] = np.where(eligible.ravel(), bins.ravel(), -1)
+        padded = padded.reshape(num_chunks, _CHUNK)
+        in_range = padded >= 0
+        has_bins = in_range.any(axis=1)
+        low_bin = np.where(in_range, padded, num_bins).min(axis=1)
+        high_bin = padded.max(axis=1)
+        span = np.where(has_bins, high_bin - low_bin + 1, 1)
+        level = np.floor(np.log2(span)).astype(np.int64)
+        level += (1 << (level + 1)) <= span  # exact floor(log2) whatever the rounding
+        level -= (1 << level) > span
+        self._levels = int(level.max()) + 1
+        infinite = self._levels * num_bins  # the table's last entry, +inf
+        self._chunk_low = np.where(has_bins, level * num_bins + low_bin,
+                                   infinite).astype(np.int32)
+        self._chunk_high = np.where(has_bins, level * num_bins + high_bin - (1 << level) + 1,
+                                    infinite).astype(np.int32)
+        padded_panel = np.full(num_chunks * _CHUNK, -1, dtype=np.int64)
+        padded_panel[:size] = np.where(eligible.ravel(), panel_map.ravel(), -1)
+        padded_panel = padded_panel.reshape(num_chunks, _CHUNK)
+        first_panel = np.where(in_range, padded_panel, np.iinfo(np.int64).max).min(axis=1)
+        last_panel = padded_panel.max(axis=1)
+        self._chunk_panel = np.where(has_bins & (first_panel == last_panel), last_panel,
+                                     -1).astype(np.int32)
+
+        # Work buffers (reused by every frame; find_peaks allocates only the returned arrays).
         self._sample_buffer = np.empty(max(self._sample_pixels.size, 1), dtype=np.float32)
         self._radial_mean = np.zeros(num_bins, dtype=np.float64)
         self._radial_sigma = np.zeros(num_bins, dtype=np.float64)
         self._bin_threshold = np.zeros(num_bins, dtype=np.float64)
         self._candidate_threshold = np.full(2 * num_bins + 1, np.inf, dtype=np.float64)
+        self._background_threshold = np.full(2 * num_bins + 1, np.nan, dtype=np.float64)
+        self._floor_table = np.full(self._levels * num_bins + 1, np.inf, dtype=np.float32)
         self._candidates = np.empty(size, dtype=np.int32)
-        self._above_floor = np.zeros(-(-size // 8) * 8, dtype=np.bool_)
-        self._labels = np.full(size, -1, dtype=np.int32)
+        self._candidate_panel = np.empty(size, dtype=np.int32)
         self._parent = np.empty(size, dtype=np.int32)
-        self._out = np.empty((7, 1024), dtype=np.float64)
+        self._component = np.empty(size, dtype=np.int32)
+        self._allocate_groups(4096)
+
+    def _allocate_groups(self, capacity: int) -> None:
+        # Per-group work arrays and the output columns, for up to ``capacity`` groups.
+        self._group_count = np.empty(capacity, dtype=np.int64)
+        self._group_sums = np.empty((capacity, 7), dtype=np.float64)
+        self._group_brightest = np.empty(capacity, dtype=np.int64)
+        self._group_brightest_value = np.empty(capacity, dtype=np.float64)
+        self._out = np.empty((7, capacity), dtype=np.float64)
 
     @property
     def radial_mean(self) -> np.ndarray:
@@ -548,31 +720,21 @@ class Peakfinder8PeakDetection:
         if data.dtype.kind not in "fiub":
             raise OmInvalidDataError(f"peakfinder8: frame dtype {data.dtype} is not real")
         flat = np.ascontiguousarray(data, dtype=np.float32).reshape(-1)
-        num_bins = self._num_bins
-        _radial_thresholds(flat, self._sample_pixels, self._sample_slots, self._sample_start,
-                           self.radial_stats_iterations, self.radial_stats_sigma_clip,
-                           self.minimum_snr, self.adc_threshold,
-                           self._sample_buffer, self._radial_mean, self._radial_sigma,
-                           self._bin_threshold)
-        # Candidate thresholds per pixel class (+inf outside the radius range and masked).
-        self._candidate_threshold[:num_bins] = self._bin_threshold
-        lowest = self._candidate_threshold.min()
-        if not np.isfinite(lowest):
-            return PeakList.empty()
-        # float32 floor <= every threshold: data > threshold implies data > floor.
-        floor = np.nextafter(np.float32(lowest), np.float32(-np.inf))
-        np.greater(flat, floor, out=self._above_floor[:flat.size])
-        num_candidates = _find_candidates(flat, self._above_floor.view(np.uint64),
-                                          self._pixel_class, self._candidate_threshold,
-                                          self._candidates)
-        if self._out.shape[1] < num_candidates:
-            self._out = np.empty((7, num_candidates), dtype=np.float64)
-        num_peaks = _peaks_from_candidates(
-            flat, self._radius, self._pixel_class, self._panel_map, self._panel_rects,
-            self.shape[1], self._candidates, num_candidates, self._labels, self._parent,
-            num_bins, self._bin_threshold, self._radial_mean, self._radial_sigma,
-            self.adc_threshold, self.minimum_snr, self.min_pixel_count, self.max_pixel_count,
-            self.local_bg_radius, self._masked_class, self._out)
+        while True:
+            num_peaks = _find_peaks_kernel(
+                flat, self._pixel_class, self._panel_map, self._panel_rects, self._radius,
+                self.shape[1], self._sample_pixels, self._sample_slots, self._sample_start,
+                self.radial_stats_iterations, self.radial_stats_sigma_clip, self.minimum_snr,
+                self.adc_threshold, self.min_pixel_count, self.max_pixel_count,
+                self.local_bg_radius, self._chunk_low, self._chunk_high, self._chunk_panel,
+                self._levels, self._sample_buffer, self._radial_mean, self._radial_sigma,
+                self._bin_threshold, self._candidate_threshold, self._background_threshold,
+                self._floor_table, self._candidates, self._candidate_panel, self._parent,
+                self._component, self._group_count, self._group_sums, self._group_brightest,
+                self._group_brightest_value, self._out)
+            if num_peaks >= 0:
+                break
+            self._allocate_groups(2 * -num_peaks)  # more groups than capacity: grow, redo
         columns = self._out[:, :num_peaks]
         if num_peaks > self.max_num_peaks:
             keep = np.argsort(-columns[2], kind="stable")[:self.max_num_peaks]
