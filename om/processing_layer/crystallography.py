@@ -290,6 +290,8 @@ class CrystallographyProcessing:
         """Adds one frame's result to the aggregates and broadcasts when due."""
         result, rank = processed_data
         self._events_per_rank[str(rank)] = self._events_per_rank.get(str(rank), 0) + 1
+        if self._rate.count == 0:  # speed reports measure from the first event, not start-up
+            self._last_report_time = time.monotonic()
         self._rate.add()
         is_hit = bool(result["frame_is_hit"])
         self._num_hits += int(is_hit)
