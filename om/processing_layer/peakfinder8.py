@@ -52,14 +52,14 @@ background ever crosses a panel edge.
 
 Speed: everything frame-independent (bins, masks, samples, panel map, the radius bins of each
 chunk of the frame) is computed at construction, and one numba-compiled call (single thread,
-GIL released; per frame it allocates only the returned arrays) does the rest. A frame costs: reading the
-radial sample (in memory order) and sigma-clipping it bin by bin (vectorised sums); one pass
-over the frame in chunks of 64 pixels, each compared with the lowest threshold of its radius
-bins (a range-minimum table of the per-bin thresholds), only the chunks with a pixel above it
-being checked pixel by pixel; then work proportional to the number of candidate pixels
-(connected groups found by walking the raster-ordered candidate list, no label image). A
-``Peakfinder8PeakDetection`` keeps work buffers, so one instance must not run ``find_peaks`` in
-two threads at once.
+GIL released; per frame it allocates only the returned arrays) does the rest. A frame costs:
+reading the radial sample (in memory order) and sigma-clipping it bin by bin (vectorised
+sums); one pass over the frame in chunks of 64 pixels, each compared with the lowest threshold
+of its radius bins (a range-minimum table of the per-bin thresholds), only the chunks with a
+pixel above it being checked pixel by pixel; then work proportional to the number of
+candidate pixels (connected groups found by walking the raster-ordered candidate list, no
+label image). A ``Peakfinder8PeakDetection`` keeps work buffers, so one instance must not run
+``find_peaks`` in two threads at once.
 """
 
 import math
@@ -260,32 +260,45 @@ def _chunk_floor_table(bin_threshold, levels, table):
 
 @numba.njit(**_JIT)
 def _find_candidates(data, pixel_class, candidate_threshold, floor_table, chunk_low,
-                     chunk_high, chunk_panel, panel_map, candidates, candidate_panel):
+                     chunk_high, chunk_panel, panel_map, passing, candidates, candidate_panel):
     """Flat indices (and panels), in raster order, of the pixels above their threshold.
 
     The frame is read in chunks of ``_CHUNK`` pixels. The lowest threshold of a chunk's radius
     bins is ``min(floor_table[chunk_low], floor_table[chunk_high])`` (+inf without any pixel in
     the radius range); a chunk with no pixel above it is skipped after one vectorised compare,
-    the others are checked pixel by pixel against the pixels' own (float64) thresholds.
-    ``chunk_panel`` is the panel of a chunk's pixels, or -1 when the chunk spans panels (then
-    ``panel_map`` is read).
+    the others (listed in ``passing``) are checked pixel by pixel against the pixels' own
+    (float64) thresholds. ``chunk_panel`` is the panel of a chunk's pixels, or -1 when the
+    chunk spans panels (then ``panel_map`` is read).
     """
     n = data.shape[0]
-    count = 0
-    for chunk in range(chunk_low.shape[0]):
+    num_chunks = chunk_low.shape[0]
+    num_full = n // _CHUNK
+    num_passing = 0
+    for chunk in range(num_full):
         a = floor_table[chunk_low[chunk]]
         b = floor_table[chunk_high[chunk]]
         floor = a if a < b else b
         start = chunk * _CHUNK
-        stop = start + _CHUNK
-        if stop <= n:
-            above = np.int32(0)
-            for i in range(_CHUNK):
-                above |= np.int32(1) if data[_U(start + i)] > floor else np.int32(0)
-            if above == 0:
-                continue
-        else:
-            stop = n
+        above = np.int32(0)
+        for i in range(_CHUNK):
+            above |= np.int32(1) if data[_U(start + i)] > floor else np.int32(0)
+        passing[num_passing] = chunk
+        num_passing += above
+    if num_full < num_chunks:  # the last, partial chunk: checked pixel by pixel
+        passing[num_passing] = num_full
+        num_passing += 1
+    # Load the pixel classes of the passing chunks first, with independent loads that the
+    # processor overlaps, rather than one cache miss at a time in the loop below.
+    touched = 0
+    for p in range(num_passing):
+        start = passing[p] * _CHUNK
+        touched += pixel_class[_U(start)] + pixel_class[_U(min(start + _CHUNK - 1, n - 1))]
+    candidates[0] = touched  # (overwritten below: keeps the loads)
+    count = 0
+    for p in range(num_passing):
+        chunk = passing[p]
+        start = chunk * _CHUNK
+        stop = min(start + _CHUNK, n)
         panel = chunk_panel[chunk]
         for i in range(start, stop):
             u = _U(i)
@@ -383,6 +396,11 @@ def _peaks_from_candidates(data, radius, pixel_class, panel_rects, n_fs, candida
         brightest_value[c] = -np.inf
         for q in range(7):
             sums[c, q] = 0.0
+    # Load the candidates' radii first, with independent loads (see _find_candidates).
+    touched = np.float32(0.0)
+    for j in range(num_candidates):
+        touched += radius[_U(candidates[j])]
+    out[0, 0] = touched  # (overwritten below, or unused: keeps the loads)
     ss = 0
     row_start = 0
     for j in range(num_candidates):
@@ -406,7 +424,6 @@ def _peaks_from_candidates(data, radius, pixel_class, panel_rects, n_fs, candida
             brightest_value[c] = v
             brightest[c] = j
     # Acceptance.
-    num_bins = radial_mean.shape[0]
     num_peaks = 0
     for c in range(num_components):
         n = count[c]
@@ -465,8 +482,8 @@ def _find_peaks_kernel(data, pixel_class, panel_map, panel_rects, radius, n_fs, 
                        adc_threshold, min_pixel_count, max_pixel_count, local_bg_radius,
                        chunk_low, chunk_high, chunk_panel, levels, sample_buffer, radial_mean,
                        radial_sigma, bin_threshold, candidate_threshold,
-                       background_threshold, floor_table, candidates, candidate_panel, parent,
-                       component, count, sums, brightest, brightest_value, out):
+                       background_threshold, floor_table, passing, candidates, candidate_panel,
+                       parent, component, count, sums, brightest, brightest_value, out):
     """All of peakfinder8 on one flat float32 frame; see :func:`_peaks_from_candidates`."""
     num_bins = bin_threshold.shape[0]
     _radial_thresholds(data, sample_pixels, sample_slots, sample_start, iterations, clip,
@@ -486,7 +503,7 @@ def _find_peaks_kernel(data, pixel_class, panel_map, panel_rects, radius, n_fs, 
     _chunk_floor_table(bin_threshold, levels, floor_table)
     num_candidates = _find_candidates(data, pixel_class, candidate_threshold, floor_table,
                                       chunk_low, chunk_high, chunk_panel, panel_map,
-                                      candidates, candidate_panel)
+                                      passing, candidates, candidate_panel)
     return _peaks_from_candidates(
         data, radius, pixel_class, panel_rects, n_fs, candidates, candidate_panel,
         num_candidates, parent, component, background_threshold, radial_mean, radial_sigma,
@@ -670,6 +687,7 @@ class Peakfinder8PeakDetection:
         self._candidate_threshold = np.full(2 * num_bins + 1, np.inf, dtype=np.float64)
         self._background_threshold = np.full(2 * num_bins + 1, np.nan, dtype=np.float64)
         self._floor_table = np.full(self._levels * num_bins + 1, np.inf, dtype=np.float32)
+        self._passing = np.empty(num_chunks, dtype=np.int32)
         self._candidates = np.empty(size, dtype=np.int32)
         self._candidate_panel = np.empty(size, dtype=np.int32)
         self._parent = np.empty(size, dtype=np.int32)
@@ -729,9 +747,9 @@ class Peakfinder8PeakDetection:
                 self.local_bg_radius, self._chunk_low, self._chunk_high, self._chunk_panel,
                 self._levels, self._sample_buffer, self._radial_mean, self._radial_sigma,
                 self._bin_threshold, self._candidate_threshold, self._background_threshold,
-                self._floor_table, self._candidates, self._candidate_panel, self._parent,
-                self._component, self._group_count, self._group_sums, self._group_brightest,
-                self._group_brightest_value, self._out)
+                self._floor_table, self._passing, self._candidates, self._candidate_panel,
+                self._parent, self._component, self._group_count, self._group_sums,
+                self._group_brightest, self._group_brightest_value, self._out)
             if num_peaks >= 0:
                 break
             self._allocate_groups(2 * -num_peaks)  # more groups than capacity: grow, redo
@@ -739,4 +757,5 @@ class Peakfinder8PeakDetection:
         if num_peaks > self.max_num_peaks:
             keep = np.argsort(-columns[2], kind="stable")[:self.max_num_peaks]
             columns = columns[:, np.sort(keep)]
-        return PeakList(*(np.array(column, dtype=np.float64) for column in columns))
+        # Fresh arrays (the work buffers are reused by the next frame).
+        return tuple.__new__(PeakList, [column.copy() for column in columns])
