@@ -132,16 +132,16 @@ class PeakList(_PeakListFields):
 _JIT = dict(cache=True, nogil=True, error_model="numpy")
 
 
-# The clipped sums may be reordered (vectorised): they never see a NaN. No "nnan"/"ninf": the
-# NaN tests (value == value) must stay.
+# The sums of the radial statistics may be reordered (vectorised). No "nnan"/"ninf":
+# _valid_sums tests for NaN (value == value), and that test must stay.
 _FAST_SUMS = {"reassoc", "contract", "nsz", "arcp"}
 
 # Array indices known to be >= 0 are cast to unsigned: numba then skips the negative-index
 # wraparound, which otherwise prevents LLVM from vectorising the loops.
 _U = np.uint64
 
-#: Pixels per chunk of the candidate search: a chunk is checked in full only when a vectorised
-#: count finds a pixel of it above its threshold.
+# Pixels per chunk of the candidate search: a chunk is checked pixel by pixel only when a
+# vectorised compare finds a pixel of it above the lowest threshold of its radius bins.
 _CHUNK = 64
 
 
