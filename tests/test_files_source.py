@@ -20,7 +20,7 @@ import zmq
 
 from om.data_retrieval_layer.data_retrieval_files import Hdf5FilesDataRetrieval
 from om.data_retrieval_layer.jungfrau_calibration import JungfrauCalibration
-from om.data_retrieval_layer.nxmx_files import HC_EV_ANGSTROM, scan_file
+from om.data_retrieval_layer.nxmx_files import HC_EV_ANGSTROM
 from om.lib.exceptions import OmConfigurationError, OmDataExtractionError
 from om.lib.geometry import load_geometry, slab_to_assembled
 from om.lib.parameters import MonitorParameters
@@ -28,8 +28,7 @@ from om.lib.problems import problems
 from om.lib.serialization import pack, unpack
 from om.simulation import nxmx_writer
 from om.simulation.configuration import write_monitor_configuration
-from om.simulation.nxmx_writer import (FileNotificationPublisher, NxmxMetadata,
-                                       gaussian_spot_images, write_nxmx)
+from om.simulation.nxmx_writer import NxmxMetadata, gaussian_spot_images, write_nxmx
 
 from helpers import Process, free_port, monitor_command, subscriber
 
@@ -498,3 +497,25 @@ def test_monitor_follows_files_announced_like_jungfraujoch(tmp_path):
             spots_by_id[f"{data_file}//{index}"] = spots[(number - 1) * 3 + index]
     _check_frames(messages["omframedata"], spots_by_id, geometry)
     assert "final summary: 6 events" in monitor.stdout
+
+
+# Documentation -------------------------------------------------------------------------------
+
+
+def test_keys_and_problem_kinds_are_documented():
+    docs = pathlib.Path(__file__).resolve().parents[1] / "docs"
+    source_doc = (docs / "source_files.md").read_text()
+    broadcast_doc = (docs / "broadcast.md").read_text()
+    for group in Hdf5FilesDataRetrieval.parameter_groups:
+        for parameter in group.parameters:
+            assert f"| `{parameter.name}` |" in source_doc, parameter.name
+    from om.data_retrieval_layer import data_event_handler_files, nxmx_files
+
+    kinds = {value for module in (nxmx_files, data_event_handler_files)
+             for name, value in vars(module).items() if name.isupper() and name[0] != "_"
+             and isinstance(value, str)
+             and re.fullmatch(r"[a-z_]+", value)}
+    assert {"missing_file", "bad_notification", "image_read_error"} <= kinds
+    for kind in kinds:
+        assert f"| `{kind}` |" in broadcast_doc, kind
+        assert f"| `{kind}` |" in source_doc, kind

@@ -101,8 +101,8 @@ def gaussian_spot_images(n_images: int, shape: tuple[int, int] = (512, 512), *, 
         positions = _spot_positions(rng, shape, n_spots, min_radius, max_radius, 12.0)
         for fs, ss in positions:
             peak = rng.uniform(*amplitude)
-            rows = int(round(ss)) + offsets
-            cols = int(round(fs)) + offsets
+            rows = round(ss) + offsets
+            cols = round(fs) + offsets
             window = np.exp(-((rows[:, None] - ss) ** 2 + (cols[None, :] - fs) ** 2)
                             / (2.0 * sigma ** 2))
             image[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] += peak * window
@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
                             detector_distance_m=arguments.distance)
     directory = pathlib.Path(arguments.directory)
     publisher = None
-    on_data_file = None
+    on_data_file: Callable[[pathlib.Path, int, int], None] | None = None
     if arguments.notify:
         publisher = FileNotificationPublisher(arguments.notify)
         if not publisher.wait_for_subscribers(arguments.wait_subscribers,
@@ -458,11 +458,13 @@ def main(argv: list[str] | None = None) -> int:
             publisher.publish(notification(f"{arguments.prefix}_data_999999.h5", 1, 999999,
                                            tuple(arguments.shape), metadata, arguments.dtype))
 
-        def on_data_file(path: pathlib.Path, nimages: int, file_number: int) -> None:
+        def announce(path: pathlib.Path, nimages: int, file_number: int) -> None:
             relative = os.path.relpath(path, directory)
             publisher.publish(notification(relative, nimages, file_number,
                                            tuple(arguments.shape), metadata, arguments.dtype))
             print(f"nxmx_writer: notified {relative} ({nimages} images)", flush=True)
+
+        on_data_file = announce
 
     try:
         files = write_nxmx(directory, arguments.prefix, images,
