@@ -11,6 +11,8 @@ import logging
 import sys
 from typing import Any
 
+import zmq
+
 from om.lib.components import resolve_class
 from om.lib.exceptions import OmException
 from om.lib.parameters import MonitorParameters, Parameter, ParameterGroup
@@ -95,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
 
     on_stop_signals(monitor.request_stop)
     monitor.start()
+    # Sockets closed with a linger (the last broadcast) get up to 1 s to deliver.
+    zmq.Context.instance().destroy(linger=1000)
     return 0
 
 

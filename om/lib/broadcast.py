@@ -37,6 +37,6 @@ class DataBroadcaster:
         except zmq.Again:
             pass
 
-    def close(self) -> None:
-        """Closes the socket."""
-        self._socket.close(0)
+    def close(self, linger: float = 1.0) -> None:
+        """Closes the socket, letting queued messages (the last broadcast) go for ``linger`` s."""
+        self._socket.close(linger=int(linger * 1000))
