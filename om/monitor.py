@@ -34,8 +34,10 @@ def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         description="Real-time serial crystallography monitor. Run as: "
                     "mpiexec -n N om_monitor.py SOURCE [-c monitor.yaml] (N >= 2).",
     )
-    parser.add_argument("source", nargs="?", help="the data source, e.g. the JUNGFRAU module "
-                        "stream URLs tcp://127.0.0.1:30001,tcp://127.0.0.1:30002")
+    parser.add_argument("source", nargs="?", help="the data source, as the configured data "
+                        "retrieval layer reads it: JUNGFRAU 1M module stream URLs "
+                        "(tcp://127.0.0.1:30001,tcp://127.0.0.1:30002), a detector's PUSH URL, "
+                        "HDF5/NXmx files or glob patterns (see docs/)")
     parser.add_argument("-c", "--config", default="monitor.yaml",
                         help="configuration file (default: monitor.yaml)")
     parser.add_argument("--log-level", default="INFO",
