@@ -140,9 +140,16 @@ _FAST_SUMS = {"reassoc", "contract", "nsz", "arcp"}
 # wraparound, which otherwise prevents LLVM from vectorising the loops.
 _U = np.uint64
 
-# Pixels per chunk of the candidate search: a chunk is checked pixel by pixel only when a
-# vectorised compare finds a pixel of it above the lowest threshold of its radius bins.
+# Pixels per chunk of the candidate search (a chunk's pixels above its lowest threshold make
+# one 64-bit mask).
 _CHUNK = 64
+
+# Lowest set bit of a uint64 m: _DE_BRUIJN_POSITIONS[((m & -m) * _DE_BRUIJN) >> 58].
+_DE_BRUIJN = np.uint64(0x03F79D71B4CA8B09)
+_DE_BRUIJN_POSITIONS = np.zeros(64, dtype=np.int64)
+for _bit in range(64):
+    _DE_BRUIJN_POSITIONS[((int(_DE_BRUIJN) << _bit) & 0xFFFFFFFFFFFFFFFF) >> 58] = _bit
+del _bit
 
 
 @numba.njit(fastmath=_FAST_SUMS, **_JIT)
@@ -259,16 +266,24 @@ def _chunk_floor_table(bin_threshold, levels, table):
 
 
 @numba.njit(**_JIT)
+def _lowest_bit(mask):
+    """Position (0-63) of the lowest set bit of a nonzero uint64 (de Bruijn multiplication)."""
+    return _DE_BRUIJN_POSITIONS[((mask & (_U(0) - mask)) * _DE_BRUIJN) >> _U(58)]
+
+
+@numba.njit(**_JIT)
 def _find_candidates(data, pixel_class, candidate_threshold, floor_table, chunk_low,
-                     chunk_high, chunk_panel, panel_map, passing, candidates, candidate_panel):
+                     chunk_high, chunk_panel, panel_map, passing, passing_mask, candidates,
+                     candidate_panel):
     """Flat indices (and panels), in raster order, of the pixels above their threshold.
 
-    The frame is read in chunks of ``_CHUNK`` pixels. The lowest threshold of a chunk's radius
-    bins is ``min(floor_table[chunk_low], floor_table[chunk_high])`` (+inf without any pixel in
-    the radius range); a chunk with no pixel above it is skipped after one vectorised compare,
-    the others (listed in ``passing``) are checked pixel by pixel against the pixels' own
-    (float64) thresholds. ``chunk_panel`` is the panel of a chunk's pixels, or -1 when the
-    chunk spans panels (then ``panel_map`` is read).
+    The frame is read in chunks of ``_CHUNK`` (64) pixels. The lowest threshold of a chunk's
+    radius bins is ``min(floor_table[chunk_low], floor_table[chunk_high])`` (+inf without any
+    pixel in the radius range); one vectorised compare per chunk gives the 64-bit mask of its
+    pixels above it. Only those pixels (usually a few, in a few chunks: listed in ``passing``
+    and ``passing_mask``) are then checked against their own (float64) thresholds.
+    ``chunk_panel`` is the panel of a chunk's pixels, or -1 when the chunk spans panels (then
+    ``panel_map`` is read).
     """
     n = data.shape[0]
     num_chunks = chunk_low.shape[0]
@@ -279,31 +294,33 @@ def _find_candidates(data, pixel_class, candidate_threshold, floor_table, chunk_
         b = floor_table[chunk_high[chunk]]
         floor = a if a < b else b
         start = chunk * _CHUNK
-        above = np.int32(0)
+        mask = _U(0)
         for i in range(_CHUNK):
-            above |= np.int32(1) if data[_U(start + i)] > floor else np.int32(0)
+            mask |= _U(data[_U(start + i)] > floor) << _U(i)
         passing[num_passing] = chunk
-        num_passing += above
-    if num_full < num_chunks:  # the last, partial chunk: checked pixel by pixel
+        passing_mask[num_passing] = mask
+        num_passing += 1 if mask != _U(0) else 0
+    if num_full < num_chunks:  # the last, partial chunk: all its pixels are checked
         passing[num_passing] = num_full
+        passing_mask[num_passing] = (_U(1) << _U(n - num_full * _CHUNK)) - _U(1)
         num_passing += 1
-    # Load the pixel classes of the passing chunks first, with independent loads that the
-    # processor overlaps, rather than one cache miss at a time in the loop below.
+    # Load the pixel classes needed below first, with independent loads that the processor
+    # overlaps, rather than one cache miss at a time in the loop below.
     touched = 0
     for p in range(num_passing):
-        start = passing[p] * _CHUNK
-        touched += pixel_class[_U(start)] + pixel_class[_U(min(start + _CHUNK - 1, n - 1))]
+        touched += pixel_class[_U(passing[p] * _CHUNK) + _lowest_bit(passing_mask[p])]
     candidates[0] = touched  # (overwritten below: keeps the loads)
     count = 0
     for p in range(num_passing):
         chunk = passing[p]
-        start = chunk * _CHUNK
-        stop = min(start + _CHUNK, n)
+        start = _U(chunk * _CHUNK)
         panel = chunk_panel[chunk]
-        for i in range(start, stop):
-            u = _U(i)
+        mask = passing_mask[p]
+        while mask != _U(0):
+            u = start + _lowest_bit(mask)
+            mask &= mask - _U(1)
             if data[u] > candidate_threshold[pixel_class[u]]:
-                candidates[count] = i
+                candidates[count] = u
                 candidate_panel[count] = panel if panel >= 0 else panel_map[u]
                 count += 1
     return count
@@ -482,8 +499,9 @@ def _find_peaks_kernel(data, pixel_class, panel_map, panel_rects, radius, n_fs, 
                        adc_threshold, min_pixel_count, max_pixel_count, local_bg_radius,
                        chunk_low, chunk_high, chunk_panel, levels, sample_buffer, radial_mean,
                        radial_sigma, bin_threshold, candidate_threshold,
-                       background_threshold, floor_table, passing, candidates, candidate_panel,
-                       parent, component, count, sums, brightest, brightest_value, out):
+                       background_threshold, floor_table, passing, passing_mask, candidates,
+                       candidate_panel, parent, component, count, sums, brightest,
+                       brightest_value, out):
     """All of peakfinder8 on one flat float32 frame; see :func:`_peaks_from_candidates`."""
     num_bins = bin_threshold.shape[0]
     _radial_thresholds(data, sample_pixels, sample_slots, sample_start, iterations, clip,
@@ -503,7 +521,7 @@ def _find_peaks_kernel(data, pixel_class, panel_map, panel_rects, radius, n_fs, 
     _chunk_floor_table(bin_threshold, levels, floor_table)
     num_candidates = _find_candidates(data, pixel_class, candidate_threshold, floor_table,
                                       chunk_low, chunk_high, chunk_panel, panel_map,
-                                      passing, candidates, candidate_panel)
+                                      passing, passing_mask, candidates, candidate_panel)
     return _peaks_from_candidates(
         data, radius, pixel_class, panel_rects, n_fs, candidates, candidate_panel,
         num_candidates, parent, component, background_threshold, radial_mean, radial_sigma,
@@ -688,6 +706,7 @@ class Peakfinder8PeakDetection:
         self._background_threshold = np.full(2 * num_bins + 1, np.nan, dtype=np.float64)
         self._floor_table = np.full(self._levels * num_bins + 1, np.inf, dtype=np.float32)
         self._passing = np.empty(num_chunks, dtype=np.int32)
+        self._passing_mask = np.empty(num_chunks, dtype=np.uint64)
         self._candidates = np.empty(size, dtype=np.int32)
         self._candidate_panel = np.empty(size, dtype=np.int32)
         self._parent = np.empty(size, dtype=np.int32)
@@ -747,9 +766,9 @@ class Peakfinder8PeakDetection:
                 self.local_bg_radius, self._chunk_low, self._chunk_high, self._chunk_panel,
                 self._levels, self._sample_buffer, self._radial_mean, self._radial_sigma,
                 self._bin_threshold, self._candidate_threshold, self._background_threshold,
-                self._floor_table, self._passing, self._candidates, self._candidate_panel,
-                self._parent, self._component, self._group_count, self._group_sums,
-                self._group_brightest, self._group_brightest_value, self._out)
+                self._floor_table, self._passing, self._passing_mask, self._candidates,
+                self._candidate_panel, self._parent, self._component, self._group_count,
+                self._group_sums, self._group_brightest, self._group_brightest_value, self._out)
             if num_peaks >= 0:
                 break
             self._allocate_groups(2 * -num_peaks)  # more groups than capacity: grow, redo
