@@ -1,0 +1,193 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The DECTRIS Stream V2 set-up (DECTRIS SIMPLON 1.8+ detectors, PSI Jungfraujoch): its Data
+Event Handler and Data Sources, one config line.
+
+``om: {data_retrieval_layer: DectrisStreamDataRetrieval}`` in ``monitor.yaml`` selects it; the
+monitor's SOURCE argument is the detector's PUSH URL (``tcp://dcu-address:31001``). The events
+are made by :class:`~om.data_retrieval_layer.data_event_handler_dectris_stream.
+DectrisStreamDataEventHandler` (see its module for their content); docs/source_dectris_stream.md
+describes the set-up for users.
+"""
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from om.data_retrieval_layer.data_event_handler_dectris_stream import (
+    DectrisStreamDataEventHandler,
+)
+from om.lib.parameters import MonitorParameters, Parameter, ParameterGroup
+
+_GROUP = "data_retrieval_layer"
+
+
+class DectrisStreamImage:
+    """The image as a float32 (rows, columns) frame, in the detector's units (photons).
+
+    Masked pixels are NaN: those holding the all-ones value of an unsigned integer image
+    (65535 for uint16, 4294967295 for uint32: DECTRIS' and Jungfraujoch's value for masked,
+    defective or gap pixels) or the most negative value of a signed integer image (-32768 for
+    int16: Jungfraujoch's "underload", pixels to exclude). Float images are passed as float32.
+    """
+
+    parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = ()
+
+    def __init__(self, *, data_source_name: str, parameters: MonitorParameters) -> None:
+        self._name = data_source_name
+
+    def initialize_data_source(self) -> None:
+        """Nothing to prepare."""
+
+    def get_data(self, *, event: dict[str, Any]) -> np.ndarray:
+        """Returns the frame: float32 (rows, columns), NaN at masked pixels.
+
+        Raises:
+            KeyError: when the event holds no image.
+        """
+        image = event["image"]
+        frame = image.astype(np.float32)
+        if image.dtype.kind == "u":
+            frame[image == np.iinfo(image.dtype).max] = np.nan
+        elif image.dtype.kind == "i":
+            frame[image == np.iinfo(image.dtype).min] = np.nan
+        return frame
+
+
+class TimestampDectrisStream:
+    """The image's timestamp: float64 s since the epoch (``series_date`` + ``start_time`` of
+    the image message, or the time the processing rank received it when those are absent)."""
+
+    parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = ()
+
+    def __init__(self, *, data_source_name: str, parameters: MonitorParameters) -> None:
+        self._name = data_source_name
+
+    def initialize_data_source(self) -> None:
+        """Nothing to prepare."""
+
+    def get_data(self, *, event: dict[str, Any]) -> np.float64:
+        """Returns the timestamp (np.float64, s since the epoch)."""
+        return np.float64(event["timestamp"])
+
+
+class EventIdDectrisStream:
+    """The event's identifier: ``"<series_id>:<image_id>"`` (str)."""
+
+    parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = ()
+
+    def __init__(self, *, data_source_name: str, parameters: MonitorParameters) -> None:
+        self._name = data_source_name
+
+    def initialize_data_source(self) -> None:
+        """Nothing to prepare."""
+
+    def get_data(self, *, event: dict[str, Any]) -> str:
+        """Returns ``"<series_id>:<image_id>"``."""
+        return str(event["event_id"])
+
+
+class StartValueOrFallback:
+    """A value of the series' start message, or a configured fallback.
+
+    Args:
+        data_source_name: the name of the source.
+        parameters: the monitor's configuration.
+        event_key: the event's key (``beam_energy`` in eV, ``detector_distance`` in mm),
+            None when this rank did not receive the series' start message.
+        fallback_key: the ``data_retrieval_layer`` key of the fallback (same unit).
+    """
+
+    parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = ()
+
+    def __init__(self, *, data_source_name: str, parameters: MonitorParameters,
+                 event_key: str, fallback_key: str) -> None:
+        self._name = data_source_name
+        self._parameters = parameters
+        self._event_key = event_key
+        self._fallback_key = fallback_key
+        self._fallback = 0.0
+
+    def initialize_data_source(self) -> None:
+        """Reads the fallback from the configuration."""
+        self._fallback = float(self._parameters.get(_GROUP, self._fallback_key))
+
+    def get_data(self, *, event: dict[str, Any]) -> float:
+        """Returns the start message's value (float), else the fallback."""
+        value = event.get(self._event_key)
+        return float(value) if value is not None else self._fallback
+
+
+class DetectorSpotsDectrisStream:
+    """Spots found by the detector's software (Jungfraujoch), passed through.
+
+    A dict of float64 (n,) arrays: ``fs`` (column) and ``ss`` (row) in pixels, with the centre
+    of pixel ``i`` at ``i`` as sent, and ``intensity`` (photons); None when the image message
+    carries no spots (DECTRIS detectors, Jungfraujoch without spot finding).
+    """
+
+    parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = ()
+
+    def __init__(self, *, data_source_name: str, parameters: MonitorParameters) -> None:
+        self._name = data_source_name
+
+    def initialize_data_source(self) -> None:
+        """Nothing to prepare."""
+
+    def get_data(self, *, event: dict[str, Any]) -> dict[str, np.ndarray] | None:
+        """Returns ``{"fs", "ss", "intensity"}`` float64 arrays, or None."""
+        return event.get("spots")
+
+
+class DectrisStreamDataRetrieval:
+    """Images from a DECTRIS Stream V2 source: DECTRIS SIMPLON 1.8+ detectors (EIGER2,
+    PILATUS4...) and PSI's Jungfraujoch.
+
+    Data Sources: ``detector_data`` (float32 (rows, columns) frame, NaN at masked pixels),
+    ``timestamp`` (float64 s), ``event_id`` (``"<series_id>:<image_id>"``), ``beam_energy``
+    (eV, the start message's ``incident_energy``), ``detector_distance`` (mm, the start
+    message's ``detector_distance`` in m) and ``detector_spots`` (Jungfraujoch's spots or None).
+    A processing rank that did not receive the series' start message (each message reaches one
+    rank) uses ``fallback_beam_energy_in_eV`` and ``fallback_detector_distance_in_mm``.
+
+    Args:
+        parameters: the monitor's configuration.
+        source: the detector's PUSH URL, e.g. ``tcp://dcu-address:31001``.
+
+    Raises:
+        OmConfigurationError: when the source is not one ZeroMQ URL.
+    """
+
+    parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = (
+        ParameterGroup(_GROUP, (
+            Parameter("fallback_beam_energy_in_eV", float, required=True,
+                      description="beam energy when this rank has no start message, eV"),
+            Parameter("fallback_detector_distance_in_mm", float, required=True,
+                      description="detector distance when this rank has no start message "
+                                  "(or it has none), mm"),
+        )),
+        *DectrisStreamDataEventHandler.parameter_groups,
+    )
+
+    def __init__(self, *, parameters: MonitorParameters, source: str) -> None:
+        data_sources = {
+            "timestamp": TimestampDectrisStream(data_source_name="timestamp",
+                                                parameters=parameters),
+            "event_id": EventIdDectrisStream(data_source_name="event_id", parameters=parameters),
+            "detector_data": DectrisStreamImage(data_source_name="detector",
+                                                parameters=parameters),
+            "beam_energy": StartValueOrFallback(
+                data_source_name="beam_energy", parameters=parameters,
+                event_key="beam_energy", fallback_key="fallback_beam_energy_in_eV"),
+            "detector_distance": StartValueOrFallback(
+                data_source_name="detector_distance", parameters=parameters,
+                event_key="detector_distance", fallback_key="fallback_detector_distance_in_mm"),
+            "detector_spots": DetectorSpotsDectrisStream(data_source_name="detector_spots",
+                                                         parameters=parameters),
+        }
+        self._handler = DectrisStreamDataEventHandler(
+            source=source, data_sources=data_sources, parameters=parameters
+        )
+
+    def get_data_event_handler(self) -> DectrisStreamDataEventHandler:
+        """Returns the Data Event Handler with its Data Sources."""
+        return self._handler
