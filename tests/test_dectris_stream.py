@@ -7,6 +7,8 @@ written from the published format, never with om's decoder.
 """
 
 import datetime
+import pathlib
+import re
 import signal
 import struct
 import sys
@@ -510,3 +512,23 @@ def test_the_sender_runs_as_a_module(tmp_path):
     pull.close(0)
     assert result.get("code") == 0
     assert types == ["start", "image", "image", "image", "end"]
+
+
+# Documentation -----------------------------------------------------------------------------------
+
+def test_keys_and_problem_kinds_are_documented():
+    docs = pathlib.Path(__file__).resolve().parents[1] / "docs"
+    source_doc = (docs / "source_dectris_stream.md").read_text()
+    broadcast_doc = (docs / "broadcast.md").read_text()
+    for group in DectrisStreamDataRetrieval.parameter_groups:
+        for parameter in group.parameters:
+            assert f"| `{parameter.name}` |" in source_doc, parameter.name
+    from om.data_retrieval_layer import cbor_stream_v2, data_event_handler_dectris_stream
+
+    kinds = {value for module in (cbor_stream_v2, data_event_handler_dectris_stream)
+             for name, value in vars(module).items() if name.isupper() and name[0] != "_"
+             and isinstance(value, str) and re.fullmatch(r"[a-z_]+", value)}
+    assert {"bad_cbor", "unknown_compression", "image_without_start"} <= kinds
+    for kind in kinds:
+        assert f"| `{kind}` |" in broadcast_doc, kind
+        assert f"| `{kind}` |" in source_doc, kind

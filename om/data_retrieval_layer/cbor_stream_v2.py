@@ -547,7 +547,7 @@ def parse_image(message: Mapping[str, Any], channel: str | None = None) -> Image
         try:
             spots = _spot_table(message["spots"])
         except ValueError as error:
-            ignored.append(f"{where}: spots ignored: {error}")
+            ignored.append(f"{where}: spots: {error}")
     return ImageInfo(series_id=series_id, image_id=image_id, series_unique_id=unique_id,
                      channel=channel, image=image, timestamp=timestamp, spots=spots,
                      ignored=ignored)

@@ -61,6 +61,10 @@ logger = logging.getLogger("om")
 _GROUP = "data_retrieval_layer"
 _SERIES_REMEMBERED = 16
 
+UNKNOWN_MESSAGE_TYPE = "unknown_message_type"
+BAD_METADATA = "bad_stream_metadata"
+IMAGE_WITHOUT_START = "image_without_start"
+
 
 class DectrisStreamMessages:
     """Turns the messages one processing rank receives into events (no sockets: testable).
@@ -113,7 +117,7 @@ class DectrisStreamMessages:
             elif kind == "calibration":  # Jungfraujoch's pedestals/masks: not used here
                 pass
             else:
-                self._drop("unknown_message_type", f"message type {kind!r}"[:120])
+                self._drop(UNKNOWN_MESSAGE_TYPE, f"message type {kind!r}"[:120])
         except StreamV2Error as error:
             self._drop(error.kind, str(error))
         return None
@@ -121,7 +125,7 @@ class DectrisStreamMessages:
     def _on_start(self, message: Any) -> None:
         start, ignored = parse_start(message)
         for line in ignored:
-            problems.report("bad_stream_metadata", f"{line} ignored")
+            problems.report(BAD_METADATA, f"{line} (ignored)")
         self._start = start
         self.counts["starts"] += 1
         logger.info(
@@ -141,7 +145,7 @@ class DectrisStreamMessages:
     def _image(self, message: Any, received_time: float) -> dict[str, Any] | None:
         image = parse_image(message, self._channel)
         for line in image.ignored:
-            problems.report("bad_stream_metadata", line)
+            problems.report(BAD_METADATA, f"{line} (ignored)")
         start = self._start_of(image.series_id, image.series_unique_id)
         event_id = f"{image.series_id}:{image.image_id}"
         if start is not None and start.image_size_x and start.image_size_y:
@@ -154,7 +158,7 @@ class DectrisStreamMessages:
             if key not in self._series_without_start:
                 self._series_without_start.append(key)
                 problems.report(
-                    "image_without_start",
+                    IMAGE_WITHOUT_START,
                     f"series {image.series_id}: this rank received no start message (another "
                     f"rank did, or none was sent): fallback beam energy and detector distance")
         self.counts["images"] += 1
