@@ -319,6 +319,30 @@ def test_bad_messages_are_counted_and_the_next_image_is_processed(name, message,
     assert event["image"].tobytes() == image.tobytes()
 
 
+def test_damaged_messages_never_raise():
+    # Random damage to good messages (bytes changed, cut short): each is either a correct
+    # image or counted and dropped; nothing raises, nothing crashes the process.
+    rng = np.random.default_rng(5)
+    image, spots = synthetic_frame(0, (128, 128))
+    messages = [image_message(1, "u", 0, image, compression=c, spots=spots)
+                for c in ("bslz4", "bszstd", "none")]
+    messages.append(start_message(1, "u", image_shape=(128, 128), number_of_images=1))
+    state = DectrisStreamMessages()
+    before = sum(problems.counts().values())
+    for trial in range(600):
+        damaged = bytearray(messages[trial % len(messages)])
+        if trial % 3 == 0:
+            damaged = damaged[:rng.integers(len(damaged))]
+        else:
+            for _ in range(rng.integers(1, 6)):
+                damaged[rng.integers(len(damaged))] = rng.integers(256)
+        event = state.handle(bytes(damaged), 0.0)
+        if event is not None:
+            assert event["image"].ndim == 2 and event["image"].size <= MAX_IMAGE_PIXELS
+    assert state.counts["dropped"] > 100
+    assert sum(problems.counts().values()) - before >= state.counts["dropped"]
+
+
 def test_huge_declared_sizes_allocate_nothing():
     message = cbor2.dumps({"type": "x", "a": cbor2.CBORTag(40, [[2**31, 2**31], cbor2.CBORTag(
         70, cbor2.CBORTag(56500, ["bszstd", 4, struct.pack(">QI", 2**64 - 1, 8192)]))])})
@@ -352,6 +376,13 @@ def test_malformed_optional_fields_are_ignored_and_counted():
 
 def test_the_source_must_be_one_zeromq_url(tmp_path):
     parameters = _parameters(tmp_path)
+    handler = DectrisStreamDataRetrieval(parameters=parameters,
+                                         source=" tcp://dcu:31001 ").get_data_event_handler()
+    assert handler.designated_collector_rank() == "first" and handler.skip_rank_finalization()
+    assert handler.initialize_event_handling_on_collecting_node(node_rank=0,
+                                                                node_pool_size=3) is None
+    with pytest.raises(NotImplementedError):
+        handler.retrieve_event_data("1:0")
     for source in ("http://dcu:31001", "tcp://a:1,tcp://b:2"):
         with pytest.raises(OmConfigurationError, match="one ZeroMQ URL"):
             DectrisStreamDataRetrieval(parameters=parameters, source=source)
@@ -465,7 +496,9 @@ def test_bad_input_end_to_end(tmp_path):
     try:
         with subscriber(broadcast, b"omdata") as omdata:
             alive = lambda: monitor.popen.poll() is None  # noqa: E731
-            assert sender.wait_for_clients(2, 180), monitor.stderr[-3000:]
+            deadline = time.monotonic() + 180
+            while not sender.wait_for_clients(2, 1):  # both processing ranks connected
+                assert alive() and time.monotonic() < deadline, monitor.stderr[-3000:]
             for message, _ in bad.values():
                 sender.send(message)
             image, _ = synthetic_frame(0, SHAPE)

@@ -43,6 +43,7 @@ from typing import Any, ClassVar, Generator, Literal
 import zmq
 
 from om.data_retrieval_layer.cbor_stream_v2 import (
+    BAD_MESSAGE,
     WRONG_SIZE,
     StartInfo,
     StreamV2Error,
@@ -120,6 +121,9 @@ class DectrisStreamMessages:
                 self._drop(UNKNOWN_MESSAGE_TYPE, f"message type {kind!r}"[:120])
         except StreamV2Error as error:
             self._drop(error.kind, str(error))
+        except Exception as error:  # a message no check foresaw must not stop the rank
+            logger.debug("unexpected error on a message", exc_info=True)
+            self._drop(BAD_MESSAGE, f"{type(error).__name__}: {error}"[:200])
         return None
 
     def _on_start(self, message: Any) -> None:
