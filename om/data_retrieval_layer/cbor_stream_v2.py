@@ -181,6 +181,24 @@ def _tag_hook(*args: Any) -> Any:
     return tag
 
 
+def _decoder_options() -> dict[str, Any]:
+    # The safety options of cbor2 6 (older versions lack some; deep nesting then ends in a
+    # RecursionError, counted as bad_cbor all the same).
+    wanted = {"max_depth": _MAX_NESTING, "allow_duplicate_keys": False,
+              "strict_hashable_types": True}
+    options = {}
+    for key, value in wanted.items():
+        try:
+            cbor2.CBORDecoder(io.BytesIO(b""), **{key: value})
+        except TypeError:
+            continue
+        options[key] = value
+    return options
+
+
+_DECODER_OPTIONS = _decoder_options()
+
+
 def decode_message(data: bytes) -> Mapping[str, Any]:
     """Decodes one Stream V2 message: a CBOR map with a text ``type``.
 
@@ -199,8 +217,7 @@ def decode_message(data: bytes) -> Mapping[str, Any]:
             with a text ``type`` or a tag 40/56500/typed array is malformed.
     """
     stream = io.BytesIO(data)
-    decoder = cbor2.CBORDecoder(stream, tag_hook=_tag_hook, max_depth=_MAX_NESTING,
-                                allow_duplicate_keys=False, strict_hashable_types=True)
+    decoder = cbor2.CBORDecoder(stream, tag_hook=_tag_hook, **_DECODER_OPTIONS)
     try:
         message = decoder.decode()
     except StreamV2Error:
@@ -536,7 +553,7 @@ def parse_image(message: Mapping[str, Any], channel: str | None = None) -> Image
         date = message["series_date"]
         try:
             if not isinstance(date, datetime.datetime):
-                raise ValueError(f"not a date-time: {date!r}"[:80])
+                raise ValueError(f"not a date-time: {date!r}"[:80])  # noqa: TRY004 (a value)
             if date.tzinfo is None:
                 date = date.replace(tzinfo=datetime.timezone.utc)
             timestamp = date.timestamp() + rational_seconds(message["start_time"])

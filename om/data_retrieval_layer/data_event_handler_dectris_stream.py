@@ -38,7 +38,8 @@ import collections
 import logging
 import threading
 import time
-from typing import Any, ClassVar, Generator, Literal
+from collections.abc import Generator
+from typing import Any, ClassVar, Literal
 
 import zmq
 
@@ -52,7 +53,11 @@ from om.data_retrieval_layer.cbor_stream_v2 import (
     parse_image,
     parse_start,
 )
-from om.lib.exceptions import OmConfigurationError, OmDataExtractionError, OmInvalidDataError
+from om.lib.exceptions import (
+    OmConfigurationError,
+    OmDataExtractionError,
+    OmInvalidDataError,
+)
 from om.lib.parameters import MonitorParameters, Parameter, ParameterGroup
 from om.lib.problems import problems
 from om.protocols.data_retrieval_layer import OmDataSourceProtocol
@@ -231,7 +236,6 @@ class DectrisStreamDataEventHandler:
         self, *, node_rank: int, node_pool_size: int
     ) -> None:
         """Nothing: the processing ranks pull the messages themselves."""
-        return None
 
     def initialize_event_handling_on_processing_node(
         self, *, node_rank: int, node_pool_size: int,

@@ -127,8 +127,8 @@ def image_message(series_id: int, series_unique_id: str, image_id: int, image: n
                   self_described: bool = True) -> bytes:
     """Returns an image message; ``spots`` (``fs``, ``ss``, ``intensity``), when given, are
     sent the Jungfraujoch way: ``[{"x": fs, "y": ss, "I": intensity}, ...]``."""
-    ticks = int(round(start_time * TIME_BASE_HZ))
-    exposure = int(round(real_time * TIME_BASE_HZ))
+    ticks = round(start_time * TIME_BASE_HZ)
+    exposure = round(real_time * TIME_BASE_HZ)
     content: dict[str, Any] = {
         "type": "image", "series_id": series_id, "series_unique_id": series_unique_id,
         "image_id": image_id,
