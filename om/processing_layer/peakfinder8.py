@@ -462,10 +462,13 @@ def _peaks_from_candidates(data, radius, pixel_class, panel_rects, n_fs, candida
             for bfs in range(min_fs, max_fs + 1):
                 u = _U(row + bfs)
                 v = np.float64(data[u])
-                if v <= background_threshold[pixel_class[u]]:  # not above, not NaN, not masked
-                    bg_count += 1
-                    bg_sum += v
-                    bg_sum_sq += v * v
+                # Background: not above its threshold, not NaN, not masked (branch-free: the
+                # other pixels add 0.0, which leaves the sums as they are).
+                background = v <= background_threshold[pixel_class[u]]
+                bg_count += 1 if background else 0
+                v = v if background else 0.0
+                bg_sum += v
+                bg_sum_sq += v * v
         if bg_count >= 2:
             bg = bg_sum / bg_count
             bg_sigma = math.sqrt(max(bg_sum_sq / bg_count - bg * bg, 0.0))
