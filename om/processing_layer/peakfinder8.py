@@ -54,12 +54,12 @@ Speed: everything frame-independent (bins, masks, samples, panel map, the radius
 chunk of the frame) is computed at construction, and one numba-compiled call (single thread,
 GIL released; per frame it allocates only the returned arrays) does the rest. A frame costs:
 reading the radial sample (in memory order) and sigma-clipping it bin by bin (vectorised
-sums); one pass over the frame in chunks of 64 pixels, each compared with the lowest threshold
-of its radius bins (a range-minimum table of the per-bin thresholds), only the chunks with a
-pixel above it being checked pixel by pixel; then work proportional to the number of
-candidate pixels (connected groups found by walking the raster-ordered candidate list, no
-label image). A ``Peakfinder8PeakDetection`` keeps work buffers, so one instance must not run
-``find_peaks`` in two threads at once.
+sums); one pass over the frame in chunks of 64 pixels, each compared (vectorised) with the
+lowest threshold of its radius bins (from a range-minimum table of the per-bin thresholds),
+only the few pixels above it being compared with their own thresholds; then work
+proportional to the number of candidate pixels (connected groups found by walking the
+raster-ordered candidate list, no label image). A ``Peakfinder8PeakDetection`` keeps work
+buffers, so one instance must not run ``find_peaks`` in two threads at once.
 """
 
 import math
@@ -505,7 +505,8 @@ def _find_peaks_kernel(data, pixel_class, panel_map, panel_rects, radius, n_fs, 
                        background_threshold, floor_table, passing, passing_mask, candidates,
                        candidate_panel, parent, component, count, sums, brightest,
                        brightest_value, out):
-    """All of peakfinder8 on one flat float32 frame; see :func:`_peaks_from_candidates`."""
+    """All of peakfinder8 on one flat float32 frame: radial statistics and thresholds, candidate
+    search, then :func:`_peaks_from_candidates` (whose return value it returns)."""
     num_bins = bin_threshold.shape[0]
     _radial_thresholds(data, sample_pixels, sample_slots, sample_start, iterations, clip,
                        minimum_snr, adc_threshold, sample_buffer, radial_mean, radial_sigma,
