@@ -231,9 +231,11 @@ def test_bad_header_metadata_is_counted_and_the_fallbacks_used(tmp_path):
         [header[0], b"[1, 2]"],
         header_message(0, FILENAME, {"photon_energy": "12 keV", "detector_distance": -1}),
         header_message(0, FILENAME, {"photon_energy": 12.4}),  # keV: outside 100 eV - 1 MeV
+        header_message(0, FILENAME, {"detector_distance": 150}),  # mm: 150 m is too far
+        header_message(0, FILENAME, {"photon_energy": True, "detector_distance": [0.1]}),
         [json.dumps({"htype": "header", "msg_number": "0", "filename": 3}).encode()],
     ]
-    for parts, expected in zip(cases, (1, 1, 2, 1, 2)):
+    for parts, expected in zip(cases, (1, 1, 2, 1, 1, 2, 2), strict=True):
         messages = [parts, image_message(1, 0, image)]
         data, counts = _counts_during(lambda: _extract(tmp_path, messages))  # noqa: B023
         assert counts == {"bad_header_metadata": expected}
@@ -657,6 +659,30 @@ def test_bad_input_end_to_end(tmp_path):
         assert 1 <= len(lines) <= 2, (kind, lines)  # one line each (rate-limited)
         assert all(len(line) < 400 for line in lines)
     assert f"final summary: {good} events" in monitor.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source, remove, expected", [
+    ("http://receiver:9999", None, "a streaming-receiver source is one ZeroMQ URL"),
+    (None, "fallback_beam_energy_in_eV",
+     "data_retrieval_layer/fallback_beam_energy_in_eV: required key is missing"),
+])
+def test_start_up_errors_stop_every_rank(tmp_path, source, remove, expected):
+    config, _ = _configuration(tmp_path)
+    if remove:
+        config.write_text("\n".join(line for line in config.read_text().splitlines()
+                                    if not line.strip().startswith(remove + ":")))
+    monitor = Process(monitor_command(source or f"tcp://127.0.0.1:{free_port()}", config),
+                      tmp_path, "monitor")
+    try:
+        code = monitor.wait(120)
+    finally:
+        if monitor.popen.poll() is None:  # (a hang: stop it, the test then fails)
+            monitor.stop()
+    errors = [line for line in monitor.stderr.splitlines() if "error:" in line]
+    print(monitor.stderr)
+    assert code != 0
+    assert len(errors) == 1 and expected in errors[0]
 
 
 # Documentation -----------------------------------------------------------------------------------

@@ -28,11 +28,14 @@ not receive are processed all the same with the configured fallbacks, and counte
 series and rank as ``image_without_header``.
 
 ``msg_number`` gaps: with N processing ranks each rank receives about every N-th message, so a
-rank's own gaps are normal. A rank counts as missing only the messages beyond the other ranks'
-share (``gap - (N - 1)`` when positive) and only **the first processing rank** (rank 1)
-reports them as ``msg_number_gap``: with ZeroMQ's strict turn every rank's gaps hold every lost
-message, so one rank's count is the number of messages lost (exact with one processing rank).
-The first message a rank receives after start-up only sets its reference.
+rank's own gaps are normal. Between two of its messages numbered ``p`` and ``m``, with ``u``
+messages whose number it could not read in between, a rank counts ``m - p - N (u + 1)``
+missing messages when positive (the other ranks took N - 1 per step), and only **the first
+processing rank** (rank 1) reports them as ``msg_number_gap``: with ZeroMQ's strict turn every
+rank's gaps hold every message lost inside a series, so one rank's count is the number lost.
+At series boundaries the count is a lower bound (a rank that did not receive a series' end
+counts that message only); the first message a rank receives after start-up only sets its
+reference.
 
 An event (for the Data Sources of
 :mod:`om.data_retrieval_layer.data_sources_streaming_receiver`) is a dict:
@@ -106,6 +109,8 @@ _DTYPE_NAMES = {
     "float16": "f2", "float32": "f4", "float64": "f8",
 }
 _DTYPE_CODES = set(_DTYPE_NAMES.values())
+_BEAM_ENERGY_EV = (100.0, 1e6)  # a header's beam energy outside: a wrong unit (keV...)
+_DETECTOR_DISTANCE_MM = (1.0, 1e5)  # idem for the distance (mm given for m, m for mm)
 _EPOCH_RANGE = (1e9, 1e10)  # 2001-09-09 to 2286-11-20: a timestamp in s since the epoch
 
 
@@ -415,24 +420,28 @@ class StreamingReceiverMessages:
                 metadata = parse_json_object(extra[0], "the header's metadata part")
             except StreamingReceiverError as error:
                 problems.report(BAD_HEADER_METADATA, f"{error} (ignored)")
-        energy = self._positive(metadata, self._energy_key, "beam energy", 1.0, (100.0, 1e6))
-        distance = self._positive(metadata, self._distance_key, "detector distance",
-                                  self._distance_scale, None)
+        energy = self._plausible(metadata, self._energy_key, "beam energy", 1.0,
+                                 _BEAM_ENERGY_EV)
+        distance = self._plausible(metadata, self._distance_key, "detector distance",
+                                   self._distance_scale, _DETECTOR_DISTANCE_MM)
         self._new_series(SeriesHeader(filename, metadata, energy, distance), msg_number)
         self.counts["headers"] += 1
         logger.info("series %s started (its header reached this rank): beam energy %s eV, "
                     "detector distance %s mm", filename, energy, distance)
 
-    def _positive(self, metadata: dict[str, Any] | None, path: str, what: str, scale: float,
-                  bounds: tuple[float, float] | None) -> float | None:
+    def _plausible(self, metadata: dict[str, Any] | None, path: str, what: str, scale: float,
+                   bounds: tuple[float, float]) -> float | None:
+        """The number at ``path`` times ``scale`` when within ``bounds``, else None (counted
+        when present): a value in the wrong unit is caught rather than used."""
         value = _metadata_value(metadata, path)
         if value is None:
             return None
         if (not isinstance(value, (int, float)) or isinstance(value, bool)
-                or not math.isfinite(value) or value <= 0
-                or (bounds and not bounds[0] <= value <= bounds[1])):
+                or not math.isfinite(value) or not bounds[0] <= value * scale <= bounds[1]):
             problems.report(BAD_HEADER_METADATA, f"header {what} '{path}' = {_short(value)} "
-                                                 f"ignored (the fallback is used)")
+                                                 f"ignored (not a number within {bounds[0]:g} "
+                                                 f"to {bounds[1]:g} after units; the fallback "
+                                                 f"is used)")
             return None
         return float(value) * scale
 
