@@ -32,7 +32,9 @@ class JungfrauStreamSender:
     """
 
     def __init__(self, urls: list[str], send_queue: int = 1000) -> None:
-        self._context = zmq.Context.instance()
+        # Its own context: close() terminates it, so zero-copy frames are sent (or dropped after
+        # the linger) before their arrays can be freed.
+        self._context = zmq.Context()
         self._sockets: list[zmq.Socket] = []
         for url in urls:
             socket = self._context.socket(zmq.XPUB)
@@ -98,7 +100,8 @@ class JungfrauStreamSender:
             socket.send(json.dumps(header).encode())
 
     def close(self) -> None:
-        """Closes the sockets, letting queued messages go for up to 1 s."""
+        """Closes the sockets, letting queued messages go for up to 1 s, and the context."""
         for socket in self._sockets:
             socket.close()
         self._sockets = []
+        self._context.term()
