@@ -43,6 +43,7 @@ from typing import Any, ClassVar, Literal
 
 import zmq
 
+from om.data_retrieval_layer.data_extraction import StreamWithoutSingleEvents, extract_from_data_sources
 from om.data_retrieval_layer.cbor_stream_v2 import (
     BAD_MESSAGE,
     WRONG_SIZE,
@@ -55,8 +56,6 @@ from om.data_retrieval_layer.cbor_stream_v2 import (
 )
 from om.lib.exceptions import (
     OmConfigurationError,
-    OmDataExtractionError,
-    OmInvalidDataError,
 )
 from om.lib.parameters import MonitorParameters, Parameter, ParameterGroup
 from om.lib.problems import problems
@@ -186,7 +185,7 @@ class DectrisStreamMessages:
         }
 
 
-class DectrisStreamDataEventHandler:
+class DectrisStreamDataEventHandler(StreamWithoutSingleEvents):
     """Events from a DECTRIS Stream V2 PUSH socket (DECTRIS detectors, Jungfraujoch).
 
     Args:
@@ -198,6 +197,8 @@ class DectrisStreamDataEventHandler:
     Raises:
         OmConfigurationError: when the source is not one ``tcp://``/``ipc://`` URL.
     """
+
+    stream_name = "a DECTRIS Stream V2 source"
 
     parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = (
         ParameterGroup(_GROUP, (
@@ -297,32 +298,7 @@ class DectrisStreamDataEventHandler:
         Raises:
             OmDataExtractionError: naming the source and the image when a source fails.
         """
-        data: dict[str, Any] = {}
-        for name, source in self._data_sources.items():
-            try:
-                data[name] = source.get_data(event=event)
-            except OmDataExtractionError:
-                raise
-            except (OmInvalidDataError, KeyError, ValueError, TypeError) as error:
-                raise OmDataExtractionError(
-                    f"image {event.get('event_id')}: data source {name!r}: {error}")
-        return data
-
-    def initialize_event_data_retrieval(self) -> None:
-        """Streams cannot go back to an event.
-
-        Raises:
-            NotImplementedError: always.
-        """
-        raise NotImplementedError("a DECTRIS Stream V2 source cannot retrieve single events")
-
-    def retrieve_event_data(self, event_id: str) -> dict[str, Any]:
-        """Streams cannot go back to an event.
-
-        Raises:
-            NotImplementedError: always.
-        """
-        raise NotImplementedError("a DECTRIS Stream V2 source cannot retrieve single events")
+        return extract_from_data_sources(self._data_sources, event, f"image {event.get('event_id')}")
 
     def counters(self) -> dict[str, int]:
         """This rank's messages received, images, start and end messages and drops."""

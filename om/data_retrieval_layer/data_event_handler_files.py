@@ -37,6 +37,7 @@ from typing import Any, ClassVar, Generator, Iterator, Literal
 
 import zmq
 
+from om.data_retrieval_layer.data_extraction import extract_from_data_sources
 from om.data_retrieval_layer.nxmx_files import (
     FileImages,
     ImageBlock,
@@ -332,16 +333,7 @@ class Hdf5FilesDataEventHandler:
         Raises:
             OmDataExtractionError: naming the event and the source when a source fails.
         """
-        data: dict[str, Any] = {}
-        for name, source in self._data_sources.items():
-            try:
-                data[name] = source.get_data(event=event)
-            except OmDataExtractionError:
-                raise
-            except (OmInvalidDataError, KeyError, ValueError, TypeError) as error:
-                raise OmDataExtractionError(
-                    f"event {event.get('event_id')}: data source {name!r}: {error}")
-        return data
+        return extract_from_data_sources(self._data_sources, event, f"event {event.get('event_id')}")
 
     # Single events -----------------------------------------------------------------------
 

@@ -12,8 +12,9 @@ from typing import Any, ClassVar, Generator, Literal
 
 import zmq
 
+from om.data_retrieval_layer.data_extraction import StreamWithoutSingleEvents, extract_from_data_sources
 from om.data_retrieval_layer.jungfrau_frame_assembler import JungfrauFrameAssembler
-from om.lib.exceptions import OmConfigurationError, OmDataExtractionError, OmInvalidDataError
+from om.lib.exceptions import OmConfigurationError, OmInvalidDataError
 from om.lib.parameters import MonitorParameters, Parameter, ParameterGroup
 from om.lib.problems import problems
 from om.lib.serialization import unpack
@@ -23,7 +24,7 @@ _GROUP = "data_retrieval_layer"
 _ROWS_PER_FRAME = 1024
 
 
-class Jungfrau1MZmqDataEventHandler:
+class Jungfrau1MZmqDataEventHandler(StreamWithoutSingleEvents):
     """Events from a JUNGFRAU 1M's module streams.
 
     Args:
@@ -36,6 +37,8 @@ class Jungfrau1MZmqDataEventHandler:
     Raises:
         OmConfigurationError: when the source does not name 2 or 4 ``tcp://``/``ipc://`` URLs.
     """
+
+    stream_name = "a JUNGFRAU ZeroMQ stream"
 
     parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = (
         ParameterGroup(_GROUP, (
@@ -148,32 +151,7 @@ class Jungfrau1MZmqDataEventHandler:
         Raises:
             OmDataExtractionError: naming the source and frame when a source fails.
         """
-        data: dict[str, Any] = {}
-        for name, source in self._data_sources.items():
-            try:
-                data[name] = source.get_data(event=event)
-            except OmDataExtractionError:
-                raise
-            except (OmInvalidDataError, KeyError, ValueError, TypeError) as error:
-                frame = event.get("metadata", {}).get("frame_number")
-                raise OmDataExtractionError(f"frame {frame}: data source {name!r}: {error}")
-        return data
-
-    def initialize_event_data_retrieval(self) -> None:
-        """Streams cannot go back to an event.
-
-        Raises:
-            NotImplementedError: always.
-        """
-        raise NotImplementedError("a JUNGFRAU ZeroMQ stream cannot retrieve single events")
-
-    def retrieve_event_data(self, event_id: str) -> dict[str, Any]:
-        """Streams cannot go back to an event.
-
-        Raises:
-            NotImplementedError: always.
-        """
-        raise NotImplementedError("a JUNGFRAU ZeroMQ stream cannot retrieve single events")
+        return extract_from_data_sources(self._data_sources, event, f"frame {event.get('metadata', {}).get('frame_number')}")
 
     def counters(self) -> dict[str, int]:
         """Frames forwarded and acquisitions ended, as seen by the assembler (collecting rank)."""

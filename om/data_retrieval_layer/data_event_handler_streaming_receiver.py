@@ -66,11 +66,11 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import zmq
 
+from om.data_retrieval_layer.data_extraction import StreamWithoutSingleEvents, extract_from_data_sources
 from om.lib.bslz4 import HEADER as BSLZ4_HEADER
 from om.lib.bslz4 import decompress_bslz4
 from om.lib.exceptions import (
     OmConfigurationError,
-    OmDataExtractionError,
     OmInvalidDataError,
 )
 from om.lib.parameters import MonitorParameters, Parameter, ParameterGroup
@@ -498,7 +498,7 @@ class StreamingReceiverMessages:
         }
 
 
-class StreamingReceiverDataEventHandler:
+class StreamingReceiverDataEventHandler(StreamWithoutSingleEvents):
     """Events from MAX IV streaming-receiver's secondary PUSH port.
 
     Args:
@@ -509,6 +509,8 @@ class StreamingReceiverDataEventHandler:
     Raises:
         OmConfigurationError: when the source is not one ``tcp://``/``ipc://`` URL.
     """
+
+    stream_name = "a streaming-receiver stream"
 
     parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = (
         ParameterGroup(_GROUP, (
@@ -630,32 +632,7 @@ class StreamingReceiverDataEventHandler:
         Raises:
             OmDataExtractionError: naming the source and the image when a source fails.
         """
-        data: dict[str, Any] = {}
-        for name, source in self._data_sources.items():
-            try:
-                data[name] = source.get_data(event=event)
-            except OmDataExtractionError:
-                raise
-            except (OmInvalidDataError, KeyError, ValueError, TypeError) as error:
-                raise OmDataExtractionError(
-                    f"image {event.get('event_id')}: data source {name!r}: {error}")
-        return data
-
-    def initialize_event_data_retrieval(self) -> None:
-        """Streams cannot go back to an event.
-
-        Raises:
-            NotImplementedError: always.
-        """
-        raise NotImplementedError("a streaming-receiver stream cannot retrieve single events")
-
-    def retrieve_event_data(self, event_id: str) -> dict[str, Any]:
-        """Streams cannot go back to an event.
-
-        Raises:
-            NotImplementedError: always.
-        """
-        raise NotImplementedError("a streaming-receiver stream cannot retrieve single events")
+        return extract_from_data_sources(self._data_sources, event, f"image {event.get('event_id')}")
 
     def counters(self) -> dict[str, int]:
         """This rank's messages, images, headers, series ends, drops and missing msg_numbers."""
