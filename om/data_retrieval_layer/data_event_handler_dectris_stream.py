@@ -43,7 +43,10 @@ from typing import Any, ClassVar, Literal
 
 import zmq
 
-from om.data_retrieval_layer.data_extraction import StreamWithoutSingleEvents, extract_from_data_sources
+from om.data_retrieval_layer.data_extraction import (
+    StreamWithoutSingleEvents,
+    extract_from_data_sources,
+)
 from om.data_retrieval_layer.cbor_stream_v2 import (
     BAD_MESSAGE,
     WRONG_SIZE,
@@ -298,7 +301,8 @@ class DectrisStreamDataEventHandler(StreamWithoutSingleEvents):
         Raises:
             OmDataExtractionError: naming the source and the image when a source fails.
         """
-        return extract_from_data_sources(self._data_sources, event, f"image {event.get('event_id')}")
+        return extract_from_data_sources(self._data_sources, event,
+                                         f"image {event.get('event_id')}")
 
     def counters(self) -> dict[str, int]:
         """This rank's messages received, images, start and end messages and drops."""

@@ -333,7 +333,8 @@ class Hdf5FilesDataEventHandler:
         Raises:
             OmDataExtractionError: naming the event and the source when a source fails.
         """
-        return extract_from_data_sources(self._data_sources, event, f"event {event.get('event_id')}")
+        return extract_from_data_sources(self._data_sources, event,
+                                         f"event {event.get('event_id')}")
 
     # Single events -----------------------------------------------------------------------
 

@@ -12,7 +12,10 @@ from typing import Any, ClassVar, Generator, Literal
 
 import zmq
 
-from om.data_retrieval_layer.data_extraction import StreamWithoutSingleEvents, extract_from_data_sources
+from om.data_retrieval_layer.data_extraction import (
+    StreamWithoutSingleEvents,
+    extract_from_data_sources,
+)
 from om.data_retrieval_layer.jungfrau_frame_assembler import JungfrauFrameAssembler
 from om.lib.exceptions import OmConfigurationError, OmInvalidDataError
 from om.lib.parameters import MonitorParameters, Parameter, ParameterGroup
@@ -151,7 +154,8 @@ class Jungfrau1MZmqDataEventHandler(StreamWithoutSingleEvents):
         Raises:
             OmDataExtractionError: naming the source and frame when a source fails.
         """
-        return extract_from_data_sources(self._data_sources, event, f"frame {event.get('metadata', {}).get('frame_number')}")
+        return extract_from_data_sources(self._data_sources, event,
+                                         f"frame {event.get('metadata', {}).get('frame_number')}")
 
     def counters(self) -> dict[str, int]:
         """Frames forwarded and acquisitions ended, as seen by the assembler (collecting rank)."""

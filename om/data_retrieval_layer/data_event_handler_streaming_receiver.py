@@ -66,7 +66,10 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import zmq
 
-from om.data_retrieval_layer.data_extraction import StreamWithoutSingleEvents, extract_from_data_sources
+from om.data_retrieval_layer.data_extraction import (
+    StreamWithoutSingleEvents,
+    extract_from_data_sources,
+)
 from om.lib.bslz4 import HEADER as BSLZ4_HEADER
 from om.lib.bslz4 import decompress_bslz4
 from om.lib.exceptions import (
@@ -632,7 +635,8 @@ class StreamingReceiverDataEventHandler(StreamWithoutSingleEvents):
         Raises:
             OmDataExtractionError: naming the source and the image when a source fails.
         """
-        return extract_from_data_sources(self._data_sources, event, f"image {event.get('event_id')}")
+        return extract_from_data_sources(self._data_sources, event,
+                                         f"image {event.get('event_id')}")
 
     def counters(self) -> dict[str, int]:
         """This rank's messages, images, headers, series ends, drops and missing msg_numbers."""

@@ -13,6 +13,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from om.data_retrieval_layer.data_sources_generic import (
+    EventIdFromEvent,
+    FloatFromEventOrConfiguration,
+)
 from om.data_retrieval_layer.data_event_handler_dectris_stream import (
     DectrisStreamDataEventHandler,
 )
@@ -70,23 +74,11 @@ class TimestampDectrisStream:
         return np.float64(event["timestamp"])
 
 
-class EventIdDectrisStream:
+class EventIdDectrisStream(EventIdFromEvent):
     """The event's identifier: ``"<series_id>:<image_id>"`` (str)."""
 
-    parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = ()
 
-    def __init__(self, *, data_source_name: str, parameters: MonitorParameters) -> None:
-        self._name = data_source_name
-
-    def initialize_data_source(self) -> None:
-        """Nothing to prepare."""
-
-    def get_data(self, *, event: dict[str, Any]) -> str:
-        """Returns ``"<series_id>:<image_id>"``."""
-        return str(event["event_id"])
-
-
-class StartValueOrFallback:
+class StartValueOrFallback(FloatFromEventOrConfiguration):
     """A value of the series' start message, or a configured fallback.
 
     Args:
@@ -96,25 +88,6 @@ class StartValueOrFallback:
             None when this rank did not receive the series' start message.
         fallback_key: the ``data_retrieval_layer`` key of the fallback (same unit).
     """
-
-    parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = ()
-
-    def __init__(self, *, data_source_name: str, parameters: MonitorParameters,
-                 event_key: str, fallback_key: str) -> None:
-        self._name = data_source_name
-        self._parameters = parameters
-        self._event_key = event_key
-        self._fallback_key = fallback_key
-        self._fallback = 0.0
-
-    def initialize_data_source(self) -> None:
-        """Reads the fallback from the configuration."""
-        self._fallback = float(self._parameters.get(_GROUP, self._fallback_key))
-
-    def get_data(self, *, event: dict[str, Any]) -> float:
-        """Returns the start message's value (float), else the fallback."""
-        value = event.get(self._event_key)
-        return float(value) if value is not None else self._fallback
 
 
 class DetectorSpotsDectrisStream:

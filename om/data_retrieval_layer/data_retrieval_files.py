@@ -17,6 +17,10 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
+from om.data_retrieval_layer.data_sources_generic import (
+    EventIdFromEvent,
+    FloatFromEventOrConfiguration,
+)
 from om.data_retrieval_layer.data_event_handler_files import Hdf5FilesDataEventHandler
 from om.data_retrieval_layer.jungfrau_calibration import MODULE_SHAPE, JungfrauCalibration
 from om.data_retrieval_layer.nxmx_files import to_float32
@@ -169,24 +173,12 @@ class TimestampHdf5Files:
         return np.float64(event["timestamp"])
 
 
-class EventIdHdf5Files:
+class EventIdHdf5Files(EventIdFromEvent):
     """The event's identifier: ``"<file>//<image index>"`` (file as listed, index 0-based in
     the file's numbering); :meth:`Hdf5FilesDataEventHandler.retrieve_event_data` takes it."""
 
-    parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = ()
 
-    def __init__(self, *, data_source_name: str, parameters: MonitorParameters) -> None:
-        self._name = data_source_name
-
-    def initialize_data_source(self) -> None:
-        """Nothing to prepare."""
-
-    def get_data(self, *, event: dict[str, Any]) -> str:
-        """Returns the event id (str)."""
-        return str(event["event_id"])
-
-
-class FloatFromFileOrConfiguration:
+class FloatFromFileOrConfiguration(FloatFromEventOrConfiguration):
     """A number from the event's file (e.g. the NXmx beam energy), else a configured fallback.
 
     Args:
@@ -195,25 +187,6 @@ class FloatFromFileOrConfiguration:
         event_key: the event's key holding the file's value (None when the file has none).
         fallback_key: the ``data_retrieval_layer`` key of the fallback value.
     """
-
-    parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = ()
-
-    def __init__(self, *, data_source_name: str, parameters: MonitorParameters,
-                 event_key: str, fallback_key: str) -> None:
-        self._name = data_source_name
-        self._parameters = parameters
-        self._event_key = event_key
-        self._fallback_key = fallback_key
-        self._fallback = 0.0
-
-    def initialize_data_source(self) -> None:
-        """Reads the fallback value from the configuration."""
-        self._fallback = float(self._parameters.get(_GROUP, self._fallback_key))
-
-    def get_data(self, *, event: dict[str, Any]) -> float:
-        """Returns the file's value, else the fallback (float)."""
-        value = event.get(self._event_key)
-        return self._fallback if value is None else float(value)
 
 
 class Hdf5FilesDataRetrieval:

@@ -11,6 +11,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from om.data_retrieval_layer.data_sources_generic import (
+    EventIdFromEvent,
+    FloatFromEventOrConfiguration,
+)
 from om.lib.parameters import MonitorParameters, Parameter, ParameterGroup
 
 _GROUP = "data_retrieval_layer"
@@ -81,25 +85,13 @@ class TimestampStreamingReceiver:
         return np.float64(event["timestamp"])
 
 
-class EventIdStreamingReceiver:
+class EventIdStreamingReceiver(EventIdFromEvent):
     """The event's identifier (str): ``"<filename>:<frame>"`` with the series header's
     filename, ``"unknown:<frame>"`` when this rank has no header for the series (split it at
     the last colon: filenames may hold colons)."""
 
-    parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = ()
 
-    def __init__(self, *, data_source_name: str, parameters: MonitorParameters) -> None:
-        self._name = data_source_name
-
-    def initialize_data_source(self) -> None:
-        """Nothing to prepare."""
-
-    def get_data(self, *, event: dict[str, Any]) -> str:
-        """Returns the event identifier."""
-        return str(event["event_id"])
-
-
-class HeaderValueOrFallback:
+class HeaderValueOrFallback(FloatFromEventOrConfiguration):
     """A value of the series' header metadata, or a configured fallback.
 
     Args:
@@ -110,21 +102,3 @@ class HeaderValueOrFallback:
         fallback_key: the ``data_retrieval_layer`` key of the fallback (same unit).
     """
 
-    parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = ()
-
-    def __init__(self, *, data_source_name: str, parameters: MonitorParameters,
-                 event_key: str, fallback_key: str) -> None:
-        self._name = data_source_name
-        self._parameters = parameters
-        self._event_key = event_key
-        self._fallback_key = fallback_key
-        self._fallback = 0.0
-
-    def initialize_data_source(self) -> None:
-        """Reads the fallback from the configuration."""
-        self._fallback = float(self._parameters.get(_GROUP, self._fallback_key))
-
-    def get_data(self, *, event: dict[str, Any]) -> float:
-        """Returns the header's value (float), else the fallback."""
-        value = event.get(self._event_key)
-        return float(value) if value is not None else self._fallback
