@@ -36,17 +36,11 @@ wrong type are ignored and counted as ``bad_stream_metadata``.
 
 import collections
 import logging
-import threading
-import time
-from collections.abc import Generator
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import zmq
 
-from om.data_retrieval_layer.data_extraction import (
-    StreamWithoutSingleEvents,
-    extract_from_data_sources,
-)
+from om.data_retrieval_layer.pull_stream_handler import PullStreamDataEventHandler
 from om.data_retrieval_layer.cbor_stream_v2 import (
     BAD_MESSAGE,
     WRONG_SIZE,
@@ -57,12 +51,8 @@ from om.data_retrieval_layer.cbor_stream_v2 import (
     parse_image,
     parse_start,
 )
-from om.lib.exceptions import (
-    OmConfigurationError,
-)
-from om.lib.parameters import MonitorParameters, Parameter, ParameterGroup
+from om.lib.parameters import Parameter, ParameterGroup
 from om.lib.problems import problems
-from om.protocols.data_retrieval_layer import OmDataSourceProtocol
 
 logger = logging.getLogger("om")
 
@@ -188,7 +178,7 @@ class DectrisStreamMessages:
         }
 
 
-class DectrisStreamDataEventHandler(StreamWithoutSingleEvents):
+class DectrisStreamDataEventHandler(PullStreamDataEventHandler):
     """Events from a DECTRIS Stream V2 PUSH socket (DECTRIS detectors, Jungfraujoch).
 
     Args:
@@ -202,6 +192,9 @@ class DectrisStreamDataEventHandler(StreamWithoutSingleEvents):
     """
 
     stream_name = "a DECTRIS Stream V2 source"
+    source_name = "a DECTRIS Stream V2 source"
+    url_example = "tcp://dcu-address:31001"
+    connect_what = "the detector stream"
 
     parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = (
         ParameterGroup(_GROUP, (
@@ -214,96 +207,11 @@ class DectrisStreamDataEventHandler(StreamWithoutSingleEvents):
         )),
     )
 
-    def __init__(self, *, source: str, data_sources: dict[str, OmDataSourceProtocol],
-                 parameters: MonitorParameters) -> None:
-        url = source.strip()
-        if not url.startswith(("tcp://", "ipc://", "inproc://")) or "," in url:
-            raise OmConfigurationError(
-                f"source {source!r}: a DECTRIS Stream V2 source is one ZeroMQ URL, "
-                f"e.g. tcp://dcu-address:31001")
-        self._url = url
-        self._data_sources = data_sources
-        self._parameters = parameters
-        self._stop = threading.Event()
-        self._socket: zmq.Socket | None = None
-        self._messages: DectrisStreamMessages | None = None
+    def make_message_handler(self, *, node_rank: int, node_pool_size: int
+                             ) -> DectrisStreamMessages:
+        """This rank's decoder of DECTRIS Stream V2 messages."""
+        return DectrisStreamMessages(self._parameters.get(_GROUP, "stream_channel"))
 
-    def designated_collector_rank(self) -> Literal["first", "last"]:
-        """The collecting rank is rank 0."""
-        return "first"
-
-    def skip_rank_finalization(self) -> bool:
-        """A detector stream never ends by itself: ranks end on a stop request."""
-        return True
-
-    def initialize_event_handling_on_collecting_node(
-        self, *, node_rank: int, node_pool_size: int
-    ) -> None:
-        """Nothing: the processing ranks pull the messages themselves."""
-
-    def initialize_event_handling_on_processing_node(
-        self, *, node_rank: int, node_pool_size: int,
-        collecting_node_info: dict[str, Any] | None = None,
-    ) -> None:
-        """Initializes the Data Sources and connects this rank's PULL socket to the source.
-
-        Raises:
-            OmConfigurationError: when a Data Source cannot initialize or the URL is invalid.
-        """
-        for source in self._data_sources.values():
-            source.initialize_data_source()
-        socket = zmq.Context.instance().socket(zmq.PULL)
-        socket.setsockopt(zmq.RCVHWM, max(1, self._parameters.get(_GROUP, "stream_queue_size")))
-        socket.setsockopt(zmq.LINGER, 0)
-        try:
-            socket.connect(self._url)
-        except zmq.ZMQError as error:
-            socket.close(0)
-            raise OmConfigurationError(f"cannot connect to the detector stream {self._url!r}: "
-                                       f"{error}")
-        self._socket = socket
-        self._messages = DectrisStreamMessages(self._parameters.get(_GROUP, "stream_channel"))
-
-    def event_generator(
-        self, *, node_rank: int, node_pool_size: int
-    ) -> Generator[dict[str, Any], None, None]:
-        """Yields the images this rank receives until :meth:`stop` is called."""
-        socket, messages = self._socket, self._messages
-        if socket is None or messages is None:
-            raise OmConfigurationError("event_generator before initialize_event_handling")
-        try:
-            while not self._stop.is_set():
-                if not socket.poll(100):
-                    continue
-                data = socket.recv()
-                event = messages.handle(data, time.time())
-                if event is not None:
-                    yield event
-        finally:
-            socket.close(0)
-            self._socket = None
-
-    def stop(self) -> None:
-        """Makes :meth:`event_generator` return within 0.1 s."""
-        self._stop.set()
-
-    def open_event(self, *, event: dict[str, Any]) -> None:
-        """Nothing to open: the event holds its decoded image."""
-
-    def close_event(self, *, event: dict[str, Any]) -> None:
-        """Drops the event's image and message."""
-        event.pop("image", None)
-        event.pop("message", None)
-
-    def extract_data(self, *, event: dict[str, Any]) -> dict[str, Any]:
-        """Returns ``{source name: data}`` for every Data Source.
-
-        Raises:
-            OmDataExtractionError: naming the source and the image when a source fails.
-        """
-        return extract_from_data_sources(self._data_sources, event,
-                                         f"image {event.get('event_id')}")
-
-    def counters(self) -> dict[str, int]:
-        """This rank's messages received, images, start and end messages and drops."""
-        return dict(self._messages.counts) if self._messages else {}
+    def receive(self, socket: zmq.Socket) -> bytes:
+        """One CBOR message: a single ZeroMQ frame."""
+        return socket.recv()

@@ -58,27 +58,20 @@ Bad input never stops a rank: every unusable message is counted (kinds in
 import json
 import logging
 import math
-import threading
-import time
-from collections.abc import Generator, Sequence
-from typing import Any, ClassVar, Literal
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import zmq
 
-from om.data_retrieval_layer.data_extraction import (
-    StreamWithoutSingleEvents,
-    extract_from_data_sources,
-)
+from om.data_retrieval_layer.pull_stream_handler import PullStreamDataEventHandler
 from om.lib.bslz4 import HEADER as BSLZ4_HEADER
 from om.lib.bslz4 import decompress_bslz4
 from om.lib.exceptions import (
-    OmConfigurationError,
     OmInvalidDataError,
 )
-from om.lib.parameters import MonitorParameters, Parameter, ParameterGroup
+from om.lib.parameters import Parameter, ParameterGroup
 from om.lib.problems import problems
-from om.protocols.data_retrieval_layer import OmDataSourceProtocol
 
 logger = logging.getLogger("om")
 
@@ -501,7 +494,7 @@ class StreamingReceiverMessages:
         }
 
 
-class StreamingReceiverDataEventHandler(StreamWithoutSingleEvents):
+class StreamingReceiverDataEventHandler(PullStreamDataEventHandler):
     """Events from MAX IV streaming-receiver's secondary PUSH port.
 
     Args:
@@ -514,6 +507,9 @@ class StreamingReceiverDataEventHandler(StreamWithoutSingleEvents):
     """
 
     stream_name = "a streaming-receiver stream"
+    source_name = "a streaming-receiver source"
+    url_example = "tcp://receiver-host:9999"
+    connect_what = "the streaming-receiver"
 
     parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = (
         ParameterGroup(_GROUP, (
@@ -531,33 +527,6 @@ class StreamingReceiverDataEventHandler(StreamWithoutSingleEvents):
         )),
     )
 
-    def __init__(self, *, source: str, data_sources: dict[str, OmDataSourceProtocol],
-                 parameters: MonitorParameters) -> None:
-        url = source.strip()
-        if not url.startswith(("tcp://", "ipc://", "inproc://")) or "," in url:
-            raise OmConfigurationError(
-                f"source {source!r}: a streaming-receiver source is one ZeroMQ URL, "
-                f"e.g. tcp://receiver-host:9999")
-        self._url = url
-        self._data_sources = data_sources
-        self._parameters = parameters
-        self._stop = threading.Event()
-        self._socket: zmq.Socket | None = None
-        self._messages: StreamingReceiverMessages | None = None
-
-    def designated_collector_rank(self) -> Literal["first", "last"]:
-        """The collecting rank is rank 0."""
-        return "first"
-
-    def skip_rank_finalization(self) -> bool:
-        """The stream never ends by itself: ranks end on a stop request."""
-        return True
-
-    def initialize_event_handling_on_collecting_node(
-        self, *, node_rank: int, node_pool_size: int
-    ) -> None:
-        """Nothing: the processing ranks pull the messages themselves."""
-
     def make_message_handler(self, *, node_rank: int, node_pool_size: int
                              ) -> StreamingReceiverMessages:
         """The message handling of processing rank ``node_rank`` among ``node_pool_size``
@@ -569,75 +538,6 @@ class StreamingReceiverDataEventHandler(StreamWithoutSingleEvents):
             detector_distance_key=get(_GROUP, "header_detector_distance_key"),
             detector_distance_unit=get(_GROUP, "header_detector_distance_unit"))
 
-    def initialize_event_handling_on_processing_node(
-        self, *, node_rank: int, node_pool_size: int,
-        collecting_node_info: dict[str, Any] | None = None,
-    ) -> None:
-        """Initializes the Data Sources and connects this rank's PULL socket to the source.
-
-        Raises:
-            OmConfigurationError: when a Data Source cannot initialize or the URL is invalid.
-        """
-        for source in self._data_sources.values():
-            source.initialize_data_source()
-        socket = zmq.Context.instance().socket(zmq.PULL)
-        socket.setsockopt(zmq.RCVHWM, max(1, self._parameters.get(_GROUP, "stream_queue_size")))
-        socket.setsockopt(zmq.LINGER, 0)
-        try:
-            socket.connect(self._url)
-        except zmq.ZMQError as error:
-            socket.close(0)
-            raise OmConfigurationError(f"cannot connect to the streaming-receiver "
-                                       f"{self._url!r}: {error}")
-        self._socket = socket
-        self._messages = self.make_message_handler(node_rank=node_rank,
-                                                   node_pool_size=node_pool_size)
-
-    def event_generator(
-        self, *, node_rank: int, node_pool_size: int
-    ) -> Generator[dict[str, Any], None, None]:
-        """Yields the images this rank receives until :meth:`stop` is called.
-
-        Raises:
-            OmConfigurationError: when called before
-                :meth:`initialize_event_handling_on_processing_node`.
-        """
-        socket, messages = self._socket, self._messages
-        if socket is None or messages is None:
-            raise OmConfigurationError("event_generator before initialize_event_handling")
-        try:
-            while not self._stop.is_set():
-                if not socket.poll(100):
-                    continue
-                parts = socket.recv_multipart(copy=False)
-                event = messages.handle([part.buffer for part in parts], time.time())
-                if event is not None:
-                    yield event
-        finally:
-            socket.close(0)
-            self._socket = None
-
-    def stop(self) -> None:
-        """Makes :meth:`event_generator` return within 0.1 s."""
-        self._stop.set()
-
-    def open_event(self, *, event: dict[str, Any]) -> None:
-        """Nothing to open: the event holds its decoded image."""
-
-    def close_event(self, *, event: dict[str, Any]) -> None:
-        """Drops the event's image and message."""
-        event.pop("image", None)
-        event.pop("message", None)
-
-    def extract_data(self, *, event: dict[str, Any]) -> dict[str, Any]:
-        """Returns ``{source name: data}`` for every Data Source.
-
-        Raises:
-            OmDataExtractionError: naming the source and the image when a source fails.
-        """
-        return extract_from_data_sources(self._data_sources, event,
-                                         f"image {event.get('event_id')}")
-
-    def counters(self) -> dict[str, int]:
-        """This rank's messages, images, headers, series ends, drops and missing msg_numbers."""
-        return dict(self._messages.counts) if self._messages else {}
+    def receive(self, socket: zmq.Socket) -> list[memoryview]:
+        """One multipart message, its parts as buffers (not copied)."""
+        return [part.buffer for part in socket.recv_multipart(copy=False)]
