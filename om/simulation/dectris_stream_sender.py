@@ -42,7 +42,8 @@ from typing import Any
 import cbor2
 import numpy as np
 import zmq
-from zmq.utils.monitor import recv_monitor_message
+
+from om.simulation.push_sender import PushSender
 
 TIME_BASE_HZ = 10_000_000
 SELF_DESCRIBED_TAG = 55799
@@ -207,51 +208,8 @@ def synthetic_frame(index: int, shape: tuple[int, int] = (512, 512), *,
                    "intensity": np.full(len(table), float(kernel.sum()))}
 
 
-class DectrisStreamSender:
-    """A bound PUSH socket that sends Stream V2 messages as a DECTRIS detector does.
-
-    Args:
-        url: the URL to bind (``tcp://127.0.0.1:0`` picks a port: see :attr:`url`).
-        send_timeout: how long a send may wait for a client with room, s.
-
-    Raises:
-        zmq.ZMQError: when the URL cannot be bound.
-    """
-
-    def __init__(self, url: str, send_timeout: float = 30.0) -> None:
-        self._context = zmq.Context.instance()
-        self._socket = self._context.socket(zmq.PUSH)
-        self._socket.setsockopt(zmq.SNDHWM, 1000)
-        self._socket.setsockopt(zmq.LINGER, 10_000)
-        self._socket.setsockopt(zmq.SNDTIMEO, int(send_timeout * 1000))
-        self._monitor = self._socket.get_monitor_socket(
-            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
-        self._socket.bind(url)
-        self.url: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        """The bound URL (port resolved)."""
-        self._clients = 0
-
-    def wait_for_clients(self, count: int, timeout: float) -> bool:
-        """Waits until ``count`` clients are connected (ZMTP handshake done), at most
-        ``timeout`` s; returns whether they are."""
-        deadline = time.monotonic() + timeout
-        while self._clients < count:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._monitor.poll(remaining * 1000):
-                return False
-            event = recv_monitor_message(self._monitor)["event"]
-            self._clients += 1 if event == zmq.EVENT_HANDSHAKE_SUCCEEDED else -1
-        return True
-
-    def send(self, message: bytes) -> None:
-        """Sends one message (raises zmq.Again when no client takes it within the timeout)."""
-        self._socket.send(message, copy=False)
-
-    def close(self) -> None:
-        """Closes the socket once the queued messages are sent (at most 10 s)."""
-        self._socket.disable_monitor()
-        self._monitor.close(0)
-        self._socket.close()
+class DectrisStreamSender(PushSender):
+    """A bound PUSH socket that sends Stream V2 messages as a DECTRIS detector does."""
 
 
 def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:

@@ -41,7 +41,8 @@ from typing import Any
 
 import numpy as np
 import zmq
-from zmq.utils.monitor import recv_monitor_message
+
+from om.simulation.push_sender import PushSender
 
 BLOCK_BYTES = 8192
 MASKED_BLOCK = (slice(300, 304), slice(150, 154))
@@ -172,51 +173,8 @@ def synthetic_image(index: int, shape: tuple[int, int] = (512, 512), *, dtype: s
     return image, np.array(spots, dtype=np.float64).reshape(-1, 2)
 
 
-class StreamingReceiverSender:
-    """A bound PUSH socket sending as the streaming-receiver's secondary port does.
-
-    Args:
-        url: the URL to bind (``tcp://127.0.0.1:0`` picks a port: see :attr:`url`).
-        send_timeout: how long a send may wait for a client with room, s (the real receiver
-            drops messages nobody takes; this sender waits, then raises ``zmq.Again``).
-
-    Raises:
-        zmq.ZMQError: when the URL cannot be bound.
-    """
-
-    def __init__(self, url: str, send_timeout: float = 30.0) -> None:
-        self._socket = zmq.Context.instance().socket(zmq.PUSH)
-        self._socket.setsockopt(zmq.SNDHWM, 1000)
-        self._socket.setsockopt(zmq.LINGER, 10_000)
-        self._socket.setsockopt(zmq.SNDTIMEO, int(send_timeout * 1000))
-        self._monitor = self._socket.get_monitor_socket(
-            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
-        self._socket.bind(url)
-        self.url: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        """The bound URL (port resolved)."""
-        self._clients = 0
-
-    def wait_for_clients(self, count: int, timeout: float) -> bool:
-        """Waits until ``count`` clients are connected, at most ``timeout`` s; returns whether
-        they are."""
-        deadline = time.monotonic() + timeout
-        while self._clients < count:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._monitor.poll(remaining * 1000):
-                return False
-            event = recv_monitor_message(self._monitor)["event"]
-            self._clients += 1 if event == zmq.EVENT_HANDSHAKE_SUCCEEDED else -1
-        return True
-
-    def send(self, parts: list[bytes]) -> None:
-        """Sends one multipart message (``zmq.Again`` when no client takes it in time)."""
-        self._socket.send_multipart(parts, copy=False)
-
-    def close(self) -> None:
-        """Closes the socket once the queued messages are sent (at most 10 s)."""
-        self._socket.disable_monitor()
-        self._monitor.close(0)
-        self._socket.close()
+class StreamingReceiverSender(PushSender):
+    """A bound PUSH socket sending as the streaming-receiver's secondary port does."""
 
 
 def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:

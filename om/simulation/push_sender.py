@@ -1,0 +1,57 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""A bound PUSH socket, as detectors and receivers that push their images use (DECTRIS Stream
+V2, MAX IV streaming-receiver): the senders of the simulation build their messages on it."""
+
+import time
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+
+class PushSender:
+    """Binds a PUSH socket and sends messages to whichever client has room.
+
+    Args:
+        url: the URL to bind (``tcp://127.0.0.1:0`` picks a port: see :attr:`url`).
+        send_timeout: how long a send may wait for a client with room, s (a real receiver may
+            drop messages nobody takes; this sender waits, then raises ``zmq.Again``).
+
+    Raises:
+        zmq.ZMQError: when the URL cannot be bound.
+    """
+
+    def __init__(self, url: str, send_timeout: float = 30.0) -> None:
+        self._socket = zmq.Context.instance().socket(zmq.PUSH)
+        self._socket.setsockopt(zmq.SNDHWM, 1000)
+        self._socket.setsockopt(zmq.LINGER, 10_000)
+        self._socket.setsockopt(zmq.SNDTIMEO, int(send_timeout * 1000))
+        self._monitor = self._socket.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        self._socket.bind(url)
+        self.url: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        """The bound URL (port resolved)."""
+        self._clients = 0
+
+    def wait_for_clients(self, count: int, timeout: float) -> bool:
+        """Waits until ``count`` clients are connected (ZMTP handshake done), at most
+        ``timeout`` s; returns whether they are."""
+        deadline = time.monotonic() + timeout
+        while self._clients < count:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._monitor.poll(remaining * 1000):
+                return False
+            event = recv_monitor_message(self._monitor)["event"]
+            self._clients += 1 if event == zmq.EVENT_HANDSHAKE_SUCCEEDED else -1
+        return True
+
+    def send(self, message: bytes | list[bytes]) -> None:
+        """Sends one message, single- or multipart (``zmq.Again`` when no client takes it in
+        time)."""
+        parts = [message] if isinstance(message, (bytes, bytearray, memoryview)) else list(message)
+        self._socket.send_multipart(parts, copy=False)
+
+    def close(self) -> None:
+        """Closes the socket once the queued messages are sent (at most 10 s)."""
+        self._socket.disable_monitor()
+        self._monitor.close(0)
+        self._socket.close()
