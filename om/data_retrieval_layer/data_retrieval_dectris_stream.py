@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from om.data_retrieval_layer.data_sources_generic import (
+    TimestampFromEvent,
     EventIdFromEvent,
     FloatFromEventOrConfiguration,
 )
@@ -57,21 +58,9 @@ class DectrisStreamImage:
         return frame
 
 
-class TimestampDectrisStream:
+class TimestampDectrisStream(TimestampFromEvent):
     """The image's timestamp: float64 s since the epoch (``series_date`` + ``start_time`` of
     the image message, or the time the processing rank received it when those are absent)."""
-
-    parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = ()
-
-    def __init__(self, *, data_source_name: str, parameters: MonitorParameters) -> None:
-        self._name = data_source_name
-
-    def initialize_data_source(self) -> None:
-        """Nothing to prepare."""
-
-    def get_data(self, *, event: dict[str, Any]) -> np.float64:
-        """Returns the timestamp (np.float64, s since the epoch)."""
-        return np.float64(event["timestamp"])
 
 
 class EventIdDectrisStream(EventIdFromEvent):

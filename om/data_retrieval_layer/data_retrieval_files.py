@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from om.data_retrieval_layer.data_sources_generic import (
+    TimestampFromEvent,
     EventIdFromEvent,
     FloatFromEventOrConfiguration,
 )
@@ -156,21 +157,9 @@ class DetectorDataHdf5Files:
         return frame
 
 
-class TimestampHdf5Files:
+class TimestampHdf5Files(TimestampFromEvent):
     """The event's timestamp, float64 s since the epoch: the file's NXmx ``/entry/start_time``
     plus the image index times ``frame_time`` when present, else the file's mtime."""
-
-    parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = ()
-
-    def __init__(self, *, data_source_name: str, parameters: MonitorParameters) -> None:
-        self._name = data_source_name
-
-    def initialize_data_source(self) -> None:
-        """Nothing to prepare."""
-
-    def get_data(self, *, event: dict[str, Any]) -> np.float64:
-        """Returns the timestamp (np.float64, s since the epoch)."""
-        return np.float64(event["timestamp"])
 
 
 class EventIdHdf5Files(EventIdFromEvent):

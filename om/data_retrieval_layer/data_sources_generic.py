@@ -3,6 +3,8 @@
 
 from typing import Any, ClassVar
 
+import numpy as np
+
 from om.lib.parameters import MonitorParameters, ParameterGroup
 
 
@@ -36,6 +38,23 @@ class FloatValueFromConfiguration:
     def get_data(self, *, event: dict[str, Any]) -> float:
         """Returns the configured value (float) whatever the event."""
         return self._value
+
+
+class TimestampFromEvent:
+    """The timestamp the Data Event Handler stored in the event as ``event["timestamp"]``:
+    np.float64, s since the epoch."""
+
+    parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = ()
+
+    def __init__(self, *, data_source_name: str, parameters: MonitorParameters) -> None:
+        self._name = data_source_name
+
+    def initialize_data_source(self) -> None:
+        """Nothing to prepare."""
+
+    def get_data(self, *, event: dict[str, Any]) -> np.float64:
+        """Returns the timestamp (np.float64, s since the epoch)."""
+        return np.float64(event["timestamp"])
 
 
 class EventIdFromEvent:

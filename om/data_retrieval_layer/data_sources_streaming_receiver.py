@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from om.data_retrieval_layer.data_sources_generic import (
+    TimestampFromEvent,
     EventIdFromEvent,
     FloatFromEventOrConfiguration,
 )
@@ -68,21 +69,9 @@ class StreamingReceiverImage:
         return frame
 
 
-class TimestampStreamingReceiver:
+class TimestampStreamingReceiver(TimestampFromEvent):
     """The image's timestamp: float64 s since the epoch (the image message's ``timestamp``
     when it holds one, else the time the processing rank received the message)."""
-
-    parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = ()
-
-    def __init__(self, *, data_source_name: str, parameters: MonitorParameters) -> None:
-        self._name = data_source_name
-
-    def initialize_data_source(self) -> None:
-        """Nothing to prepare."""
-
-    def get_data(self, *, event: dict[str, Any]) -> np.float64:
-        """Returns the timestamp (np.float64, s since the epoch)."""
-        return np.float64(event["timestamp"])
 
 
 class EventIdStreamingReceiver(EventIdFromEvent):
