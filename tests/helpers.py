@@ -126,3 +126,52 @@ def configure(tmp_path: pathlib.Path, geometry: pathlib.Path, darks: list[str], 
                             "speed_report_interval": 10, **crystallography},
     })
     return config, broadcast
+
+
+SINGLE_PANEL_GEOMETRY = """\
+; one 512x512 panel of 75 um pixels, the beam at its centre
+photon_energy = 12400
+clen = 0.100
+res = 13333.3333
+adu_per_photon = 1
+data = {data_path}
+dim0 = %
+dim1 = ss
+dim2 = fs
+
+p0/min_fs = 0
+p0/max_fs = 511
+p0/min_ss = 0
+p0/max_ss = 511
+p0/corner_x = -256
+p0/corner_y = -256
+p0/fs = +1.0x
+p0/ss = +1.0y
+"""
+
+SPOT_PEAKFINDER8 = {"adc_threshold": 50.0, "minimum_snr": 6.0, "min_pixel_count": 2,
+                    "max_pixel_count": 50, "local_bg_radius": 3, "min_res": 20, "max_res": 250,
+                    "max_num_peaks": 2048, "bad_pixel_map_filename": None,
+                    "bad_pixel_map_hdf5_path": None}
+"""peakfinder8 settings that find the synthetic Gaussian spots of the stream senders."""
+
+
+def configure_single_panel(tmp_path: pathlib.Path, data_retrieval_class: str,
+                           data_retrieval: dict[str, Any], crystallography: dict[str, Any],
+                           peakfinder8: dict[str, Any] | None = None,
+                           data_path: str = "/data/data") -> tuple[pathlib.Path, str,
+                                                                   pathlib.Path]:
+    """Writes a one-panel 512x512 geometry and a monitor.yaml for ``data_retrieval_class``
+    with its whole ``data_retrieval_layer`` group; returns (config, broadcast URL, geometry)."""
+    geometry = tmp_path / "panel512.geom"
+    geometry.write_text(SINGLE_PANEL_GEOMETRY.format(data_path=data_path))
+    broadcast = f"tcp://127.0.0.1:{free_port()}"
+    replace = {"data_retrieval_layer": data_retrieval}
+    if peakfinder8 is not None:
+        replace["peakfinder8_peak_detection"] = peakfinder8
+    config = write_monitor_configuration(tmp_path / "monitor.yaml", {
+        "om": {"data_retrieval_layer": data_retrieval_class},
+        "crystallography": {"geometry_file": str(geometry), "data_broadcast_url": broadcast,
+                            "responding_url": None, **crystallography},
+    }, replace_groups=replace)
+    return config, broadcast, geometry

@@ -19,7 +19,8 @@ import cbor2
 import numpy as np
 import pytest
 import zmq
-from helpers import Process, free_port, monitor_command, receive_until, subscriber
+from helpers import (SPOT_PEAKFINDER8, Process, configure_single_panel, free_port,
+                     monitor_command, receive_until, subscriber)
 
 from om.data_retrieval_layer.cbor_stream_v2 import (
     MAX_IMAGE_PIXELS,
@@ -38,7 +39,6 @@ from om.lib.exceptions import OmConfigurationError
 from om.lib.parameters import MonitorParameters
 from om.lib.problems import problems
 from om.simulation import dectris_stream_sender as sender_module
-from om.simulation.configuration import write_monitor_configuration
 from om.simulation.dectris_stream_sender import (
     DectrisStreamSender,
     encode_image,
@@ -50,51 +50,19 @@ from om.simulation.dectris_stream_sender import (
 )
 
 SHAPE = (512, 512)
-GEOMETRY = """\
-; one 512x512 panel of 75 um pixels, the beam at its centre
-photon_energy = 12400
-clen = 0.100
-res = 13333.3333
-adu_per_photon = 1
-data = /data/data
-dim0 = %
-dim1 = ss
-dim2 = fs
-
-p0/min_fs = 0
-p0/max_fs = 511
-p0/min_ss = 0
-p0/max_ss = 511
-p0/corner_x = -256
-p0/corner_y = -256
-p0/fs = +1.0x
-p0/ss = +1.0y
-"""
-PEAKFINDER8 = {"adc_threshold": 50.0, "minimum_snr": 6.0, "min_pixel_count": 2,
-               "max_pixel_count": 50, "local_bg_radius": 3, "min_res": 20, "max_res": 250,
-               "max_num_peaks": 2048, "bad_pixel_map_filename": None,
-               "bad_pixel_map_hdf5_path": None}
 FALLBACK_EV, FALLBACK_MM = 9000.0, 250.0
 
 
 def _configuration(tmp_path, **crystallography):
     """A monitor.yaml for DectrisStreamDataRetrieval, the 512x512 geometry and peakfinder8
     settings that find the sender's spots; returns (path, broadcast URL)."""
-    geometry = tmp_path / "panel512.geom"
-    geometry.write_text(GEOMETRY)
-    broadcast = f"tcp://127.0.0.1:{free_port()}"
-    path = write_monitor_configuration(tmp_path / "monitor.yaml", {
-        "om": {"data_retrieval_layer": "DectrisStreamDataRetrieval"},
-        "crystallography": {"geometry_file": str(geometry), "data_broadcast_url": broadcast,
-                            "responding_url": None, "data_broadcast_interval": 4,
-                            "min_num_peaks_for_hit": 5, "speed_report_interval": 100,
-                            "crystfel_frames": "none", **crystallography},
-    }, replace_groups={
-        "data_retrieval_layer": {"fallback_beam_energy_in_eV": FALLBACK_EV,
-                                 "fallback_detector_distance_in_mm": FALLBACK_MM,
-                                 "stream_channel": None, "stream_queue_size": 16},
-        "peakfinder8_peak_detection": PEAKFINDER8,
-    })
+    path, broadcast, _ = configure_single_panel(
+        tmp_path, "DectrisStreamDataRetrieval",
+        {"fallback_beam_energy_in_eV": FALLBACK_EV, "fallback_detector_distance_in_mm": FALLBACK_MM,
+         "stream_channel": None, "stream_queue_size": 16},
+        {"data_broadcast_interval": 4, "min_num_peaks_for_hit": 5, "speed_report_interval": 100,
+         "crystfel_frames": "none", **crystallography},
+        peakfinder8=SPOT_PEAKFINDER8)
     return path, broadcast
 
 

@@ -27,50 +27,22 @@ from om.lib.parameters import MonitorParameters
 from om.lib.problems import problems
 from om.lib.serialization import pack, unpack
 from om.simulation import nxmx_writer
-from om.simulation.configuration import write_monitor_configuration
 from om.simulation.nxmx_writer import NxmxMetadata, gaussian_spot_images, write_nxmx
 
-from helpers import Process, free_port, monitor_command, subscriber
+from helpers import Process, configure_single_panel, free_port, monitor_command, subscriber
 
 SHAPE = (512, 512)
 N_SPOTS = 15
 
-GEOMETRY = """\
-; One 512x512 panel, 75 um pixels, the beam at its centre (written by test_files_source.py).
-clen = 0.100
-res = 13333.3333
-adu_per_photon = 1
-data = /entry/data/data
-dim0 = %
-dim1 = ss
-dim2 = fs
-
-p0/min_fs = 0
-p0/max_fs = 511
-p0/min_ss = 0
-p0/max_ss = 511
-p0/corner_x = -256
-p0/corner_y = -256
-p0/fs = +1.0x
-p0/ss = +1.0y
-"""
 
 
 def _configuration(tmp_path, data_retrieval=None, crystallography=None):
-    geometry = tmp_path / "panel512.geom"
-    geometry.write_text(GEOMETRY)
-    broadcast = f"tcp://127.0.0.1:{free_port()}"
-    config = write_monitor_configuration(
-        tmp_path / "monitor.yaml",
-        {"om": {"data_retrieval_layer": "Hdf5FilesDataRetrieval"},
-         "crystallography": {"geometry_file": str(geometry), "data_broadcast_url": broadcast,
-                             "responding_url": None, "data_broadcast_interval": 1,
-                             "speed_report_interval": 100, **(crystallography or {})}},
-        replace_groups={"data_retrieval_layer": {"fallback_beam_energy_in_eV": 9000.0,
-                                                 "fallback_detector_distance_in_mm": 250.0,
-                                                 **(data_retrieval or {})}},
-    )
-    return config, broadcast, geometry
+    return configure_single_panel(
+        tmp_path, "Hdf5FilesDataRetrieval",
+        {"fallback_beam_energy_in_eV": 9000.0, "fallback_detector_distance_in_mm": 250.0,
+         **(data_retrieval or {})},
+        {"data_broadcast_interval": 1, "speed_report_interval": 100, **(crystallography or {})},
+        data_path="/entry/data/data")
 
 
 def _handlers(config, source, ranks=3):

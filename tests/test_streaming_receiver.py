@@ -18,7 +18,8 @@ import time
 import numpy as np
 import pytest
 import zmq
-from helpers import Process, free_port, monitor_command, receive_until, subscriber
+from helpers import (SPOT_PEAKFINDER8, Process, configure_single_panel, free_port,
+                     monitor_command, receive_until, subscriber)
 
 from om.data_retrieval_layer import (
     data_event_handler_streaming_receiver as handler_module,
@@ -35,7 +36,6 @@ from om.lib.exceptions import OmConfigurationError
 from om.lib.parameters import MonitorParameters
 from om.lib.problems import problems
 from om.simulation import streaming_receiver_sender as sender_module
-from om.simulation.configuration import write_monitor_configuration
 from om.simulation.streaming_receiver_sender import (
     MASKED_BLOCK,
     StreamingReceiverSender,
@@ -49,30 +49,6 @@ from om.simulation.streaming_receiver_sender import (
 )
 
 SHAPE = (512, 512)
-GEOMETRY = """\
-; one 512x512 panel of 75 um pixels, the beam at its centre
-photon_energy = 12400
-clen = 0.100
-res = 13333.3333
-adu_per_photon = 1
-data = /data/data
-dim0 = %
-dim1 = ss
-dim2 = fs
-
-panel0/min_fs = 0
-panel0/max_fs = 511
-panel0/min_ss = 0
-panel0/max_ss = 511
-panel0/corner_x = -256
-panel0/corner_y = -256
-panel0/fs = +1.0x
-panel0/ss = +1.0y
-"""
-PEAKFINDER8 = {"adc_threshold": 50.0, "minimum_snr": 6.0, "min_pixel_count": 2,
-               "max_pixel_count": 50, "local_bg_radius": 3, "min_res": 20, "max_res": 250,
-               "max_num_peaks": 2048, "bad_pixel_map_filename": None,
-               "bad_pixel_map_hdf5_path": None}
 FALLBACK_EV, FALLBACK_MM = 9000.0, 250.0
 FILENAME = "/data/visitors/biomax/2024/raw/lysozyme_000001.h5"
 
@@ -80,21 +56,13 @@ FILENAME = "/data/visitors/biomax/2024/raw/lysozyme_000001.h5"
 def _configuration(tmp_path, data_retrieval=None, **crystallography):
     """A monitor.yaml for StreamingReceiverDataRetrieval, the 512x512 geometry and peakfinder8
     settings that find the sender's spots; returns (path, broadcast URL)."""
-    geometry = tmp_path / "panel512.geom"
-    geometry.write_text(GEOMETRY)
-    broadcast = f"tcp://127.0.0.1:{free_port()}"
-    path = write_monitor_configuration(tmp_path / "monitor.yaml", {
-        "om": {"data_retrieval_layer": "StreamingReceiverDataRetrieval"},
-        "crystallography": {"geometry_file": str(geometry), "data_broadcast_url": broadcast,
-                            "responding_url": None, "data_broadcast_interval": 4,
-                            "min_num_peaks_for_hit": 5, "speed_report_interval": 100,
-                            "crystfel_frames": "none", **crystallography},
-    }, replace_groups={
-        "data_retrieval_layer": {"fallback_beam_energy_in_eV": FALLBACK_EV,
-                                 "fallback_detector_distance_in_mm": FALLBACK_MM,
-                                 "stream_queue_size": 16, **(data_retrieval or {})},
-        "peakfinder8_peak_detection": PEAKFINDER8,
-    })
+    path, broadcast, _ = configure_single_panel(
+        tmp_path, "StreamingReceiverDataRetrieval",
+        {"fallback_beam_energy_in_eV": FALLBACK_EV, "fallback_detector_distance_in_mm": FALLBACK_MM,
+         "stream_queue_size": 16, **(data_retrieval or {})},
+        {"data_broadcast_interval": 4, "min_num_peaks_for_hit": 5, "speed_report_interval": 100,
+         "crystfel_frames": "none", **crystallography},
+        peakfinder8=SPOT_PEAKFINDER8)
     return path, broadcast
 
 
