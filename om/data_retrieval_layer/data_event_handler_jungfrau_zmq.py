@@ -8,7 +8,7 @@ event is one frame: ``{"metadata": {...}, "images": [buffer per stream]}``.
 """
 
 import threading
-from typing import Any, ClassVar, Generator, Literal
+from typing import Any, ClassVar, Generator
 
 import zmq
 
@@ -70,14 +70,6 @@ class Jungfrau1MZmqDataEventHandler(StreamWithoutSingleEvents):
         self._assembler: JungfrauFrameAssembler | None = None
         self._endpoint: str | None = None
         self._stop = threading.Event()
-
-    def designated_collector_rank(self) -> Literal["first", "last"]:
-        """The collecting rank is rank 0."""
-        return "first"
-
-    def skip_rank_finalization(self) -> bool:
-        """A detector stream never ends by itself: ranks end on a stop request."""
-        return True
 
     def initialize_event_handling_on_collecting_node(
         self, *, node_rank: int, node_pool_size: int

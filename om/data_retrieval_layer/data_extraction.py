@@ -2,7 +2,7 @@
 """What every Data Event Handler does the same way: asking its Data Sources for an event's data,
 and (for streams) refusing to go back to a single event."""
 
-from typing import Any
+from typing import Any, Literal
 
 from om.lib.exceptions import OmDataExtractionError, OmInvalidDataError
 from om.protocols.data_retrieval_layer import OmDataSourceProtocol
@@ -32,12 +32,21 @@ def extract_from_data_sources(data_sources: dict[str, OmDataSourceProtocol],
 
 
 class StreamWithoutSingleEvents:
-    """Mixin of the handlers of streams, which cannot go back to an event.
+    """Mixin of the handlers of detector streams: rank 0 collects, the stream never ends by
+    itself (ranks end on a stop request), and it cannot go back to an event.
 
     The class attribute ``stream_name`` names the stream in the error message.
     """
 
     stream_name = "a stream"
+
+    def designated_collector_rank(self) -> Literal["first", "last"]:
+        """The collecting rank is rank 0."""
+        return "first"
+
+    def skip_rank_finalization(self) -> bool:
+        """A detector stream never ends by itself: ranks end on a stop request."""
+        return True
 
     def initialize_event_data_retrieval(self) -> None:
         """Streams cannot go back to an event.

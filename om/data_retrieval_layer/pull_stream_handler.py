@@ -9,7 +9,7 @@ decoder turns messages into events.
 
 import threading
 import time
-from typing import Any, Generator, Literal
+from typing import Any, Generator
 
 import zmq
 
@@ -67,14 +67,6 @@ class PullStreamDataEventHandler(StreamWithoutSingleEvents):
     def receive(self, socket: zmq.Socket) -> Any:
         """Receives one message from ``socket`` in the form the decoder takes."""
         raise NotImplementedError
-
-    def designated_collector_rank(self) -> Literal["first", "last"]:
-        """The collecting rank is rank 0."""
-        return "first"
-
-    def skip_rank_finalization(self) -> bool:
-        """A detector stream never ends by itself: ranks end on a stop request."""
-        return True
 
     def initialize_event_handling_on_collecting_node(
         self, *, node_rank: int, node_pool_size: int
