@@ -43,6 +43,7 @@ import cbor2
 import numpy as np
 import zmq
 
+from om.simulation.pacing import paced_indices
 from om.simulation.push_sender import PushSender
 
 TIME_BASE_HZ = 10_000_000
@@ -259,12 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     described = not arguments.no_self_described
     series, unique = arguments.series_id, uuid.uuid4().hex
     try:
-        if arguments.wait_for_clients > 0:
-            print(f"sender: waiting for {arguments.wait_for_clients} clients on {sender.url}",
-                  flush=True)
-            if not sender.wait_for_clients(arguments.wait_for_clients, arguments.wait_timeout):
-                print("sender: error: the clients did not connect", file=sys.stderr, flush=True)
-                return 1
+        if not sender.wait_for_clients_or_report(arguments.wait_for_clients,
+                                                 arguments.wait_timeout):
+            return 1
         series_date = datetime.datetime.now(datetime.timezone.utc)
         sender.send(start_message(series, unique, image_shape=arguments.image_shape,
                                   number_of_images=arguments.frames,
@@ -274,20 +272,16 @@ def main(argv: list[str] | None = None) -> int:
                                   self_described=described, arm_date=series_date))
         started = time.monotonic()
         sent = 0
-        while not stop.is_set() and sent < arguments.frames:
-            if arguments.rate > 0:
-                delay = started + sent / arguments.rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-            image, spots = synthetic_frame(sent, arguments.image_shape, dtype=arguments.dtype,
+        for index in paced_indices(arguments.frames, arguments.rate, stop):
+            image, spots = synthetic_frame(index, arguments.image_shape, dtype=arguments.dtype,
                                            spots_per_frame=arguments.spots_per_frame,
                                            seed=arguments.seed)
             sender.send(image_message(
-                series, unique, sent, image, compression=arguments.compression,
+                series, unique, index, image, compression=arguments.compression,
                 series_date=series_date, start_time=time.monotonic() - started,
                 spots=spots if arguments.jungfraujoch_spots else None,
                 self_described=described))
-            sent += 1
+            sent = index + 1
         sender.send(end_message(series, unique, described))
         elapsed = time.monotonic() - started
         print(f"sender: sent {sent} images in {elapsed:.1f} s", flush=True)

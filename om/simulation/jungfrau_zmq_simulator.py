@@ -18,6 +18,7 @@ from typing import Any
 from om.lib.stop_signals import on_stop_signals
 from om.simulation.frame_sources import HDF5FrameSource, SyntheticFrameSource
 from om.simulation.jungfrau_stream import JungfrauStreamSender
+from om.simulation.pacing import paced_indices
 
 DEFAULT_URLS = "tcp://127.0.0.1:30001,tcp://127.0.0.1:30002"
 DETECTOR_CLOCK_HZ = 10_000_000
@@ -79,15 +80,12 @@ def run(arguments: argparse.Namespace) -> int:
             print("simulator: no subscriber came, sending anyway", flush=True)
     start = time.monotonic()
     sent = 0
-    while not stop.is_set() and (arguments.frames <= 0 or sent < arguments.frames):
-        if arguments.rate > 0:
-            delay = start + sent / arguments.rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
+    count = arguments.frames if arguments.frames > 0 else None  # 0: until stopped
+    for index in paced_indices(count, arguments.rate, stop):
         ticks = int((time.monotonic() - start) * DETECTOR_CLOCK_HZ)
-        sender.send_frame(source.frame(sent), arguments.first_frame_number + sent, ticks,
+        sender.send_frame(source.frame(index), arguments.first_frame_number + index, ticks,
                           arguments.frames or None)
-        sent += 1
+        sent = index + 1
     sender.send_end_of_acquisition()
     elapsed = time.monotonic() - start
     print(f"simulator: sent {sent} frames in {elapsed:.1f} s "

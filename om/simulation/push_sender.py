@@ -2,6 +2,7 @@
 """A bound PUSH socket, as detectors and receivers that push their images use (DECTRIS Stream
 V2, MAX IV streaming-receiver): the senders of the simulation build their messages on it."""
 
+import sys
 import time
 
 import zmq
@@ -43,6 +44,17 @@ class PushSender:
             event = recv_monitor_message(self._monitor)["event"]
             self._clients += 1 if event == zmq.EVENT_HANDSHAKE_SUCCEEDED else -1
         return True
+
+    def wait_for_clients_or_report(self, count: int, timeout: float) -> bool:
+        """:meth:`wait_for_clients` with a line on the console before, and one on stderr when
+        the clients did not come (then returns False)."""
+        if count <= 0:
+            return True
+        print(f"sender: waiting for {count} clients on {self.url}", flush=True)
+        if self.wait_for_clients(count, timeout):
+            return True
+        print("sender: error: the clients did not connect", file=sys.stderr, flush=True)
+        return False
 
     def send(self, message: bytes | list[bytes]) -> None:
         """Sends one message, single- or multipart (``zmq.Again`` when no client takes it in

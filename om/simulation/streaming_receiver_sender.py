@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from om.simulation.pacing import paced_indices
 from om.simulation.push_sender import PushSender
 
 BLOCK_BYTES = 8192
@@ -230,12 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         on_stop_signals(stop.set)
     sender = StreamingReceiverSender(arguments.url)
     try:
-        if arguments.wait_for_clients > 0:
-            print(f"sender: waiting for {arguments.wait_for_clients} clients on {sender.url}",
-                  flush=True)
-            if not sender.wait_for_clients(arguments.wait_for_clients, arguments.wait_timeout):
-                print("sender: error: the clients did not connect", file=sys.stderr, flush=True)
-                return 1
+        if not sender.wait_for_clients_or_report(arguments.wait_for_clients,
+                                                 arguments.wait_timeout):
+            return 1
         count_time = 1.0 / arguments.rate if arguments.rate > 0 else 0.01
         metadata = None if arguments.no_metadata else detector_metadata(
             photon_energy=arguments.photon_energy,
@@ -244,17 +242,13 @@ def main(argv: list[str] | None = None) -> int:
         sender.send(header_message(0, arguments.filename, metadata))
         started = time.monotonic()
         sent = 0
-        while not stop.is_set() and sent < arguments.frames:
-            if arguments.rate > 0:
-                delay = started + sent / arguments.rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-            image, _ = synthetic_image(sent, arguments.image_shape, dtype=arguments.dtype,
+        for index in paced_indices(arguments.frames, arguments.rate, stop):
+            image, _ = synthetic_image(index, arguments.image_shape, dtype=arguments.dtype,
                                        spots_per_frame=arguments.spots_per_frame,
                                        thresholds=arguments.thresholds, seed=arguments.seed)
-            sender.send(image_message(sent + 1, sent, image, arguments.compression,
+            sender.send(image_message(index + 1, index, image, arguments.compression,
                                       exposure_time=count_time))
-            sent += 1
+            sent = index + 1
         sender.send(series_end_message(sent + 1))
         print(f"sender: sent {sent} images in {time.monotonic() - started:.1f} s", flush=True)
         return 0
