@@ -34,17 +34,16 @@ import datetime
 import math
 import struct
 import sys
-import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import cbor2
 import numpy as np
-import zmq
 
-from om.simulation.pacing import paced_indices
-from om.simulation.push_sender import PushSender
+from om.simulation.push_sender import PushSender, run_series
+from om.simulation.sender_arguments import parse_sender_arguments, sender_parser
 
 TIME_BASE_HZ = 10_000_000
 SELF_DESCRIBED_TAG = 55799
@@ -214,83 +213,47 @@ class DectrisStreamSender(PushSender):
 
 
 def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m om.simulation.dectris_stream_sender",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", default="tcp://127.0.0.1:31001",
-                        help="URL the PUSH socket binds (default tcp://127.0.0.1:31001)")
-    parser.add_argument("--frames", type=int, default=20, help="images to send (default 20)")
-    parser.add_argument("--rate", type=float, default=10.0,
-                        help="images per second (0: as fast as possible; default 10)")
-    parser.add_argument("--compression", default="bslz4", choices=("bslz4", "bszstd", "none"))
-    parser.add_argument("--dtype", default="uint16", choices=("uint16", "uint32", "int32"))
-    parser.add_argument("--shape", default="512x512", help="ROWSxCOLUMNS (default 512x512)")
-    parser.add_argument("--spots-per-frame", type=int, default=15,
-                        help="Bragg spots per image, every 4th image has 2 (default 15)")
+    parser = sender_parser("python -m om.simulation.dectris_stream_sender",
+                           __doc__.split("\n\n")[0], url="tcp://127.0.0.1:31001",
+                           compressions=("bslz4", "bszstd", "none"),
+                           dtypes=("uint16", "uint32", "int32"), dtype="uint16")
     parser.add_argument("--jungfraujoch-spots", action="store_true",
                         help="send the spots in the image messages, as Jungfraujoch does")
     parser.add_argument("--series-id", type=int, default=1)
     parser.add_argument("--incident-energy", type=float, default=12400.0, help="eV")
     parser.add_argument("--detector-distance", type=float, default=0.1, help="m")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-self-described", action="store_true",
                         help="leave out the CBOR tag 55799 (DECTRIS' messages may)")
-    parser.add_argument("--wait-for-clients", type=int, default=1, metavar="N",
-                        help="wait for N connected clients before sending (default 1; 0: "
-                        "send at once, like a detector)")
-    parser.add_argument("--wait-timeout", type=float, default=60.0, metavar="S",
-                        help="give up waiting for the clients after S s (default 60)")
-    arguments = parser.parse_args(argv)
-    try:
-        rows, columns = (int(n) for n in arguments.shape.lower().split("x"))
-    except ValueError:
-        parser.error(f"--shape {arguments.shape!r}: expected ROWSxCOLUMNS, e.g. 512x512")
-    arguments.image_shape = (rows, columns)
-    return arguments
+    return parse_sender_arguments(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the sender; returns the exit code."""
     arguments = _parse_arguments(argv)
-    from om.lib.stop_signals import on_stop_signals
-
-    stop = threading.Event()
-    if threading.current_thread() is threading.main_thread():  # (signals: main thread only)
-        on_stop_signals(stop.set)
-    sender = DectrisStreamSender(arguments.url)
     described = not arguments.no_self_described
-    series, unique = arguments.series_id, uuid.uuid4().hex
-    try:
-        if not sender.wait_for_clients_or_report(arguments.wait_for_clients,
-                                                 arguments.wait_timeout):
-            return 1
+    series_id, unique = arguments.series_id, uuid.uuid4().hex
+
+    def series(indices: Iterator[int]) -> Iterator[bytes]:
         series_date = datetime.datetime.now(datetime.timezone.utc)
-        sender.send(start_message(series, unique, image_shape=arguments.image_shape,
-                                  number_of_images=arguments.frames,
-                                  incident_energy=arguments.incident_energy,
-                                  detector_distance=arguments.detector_distance,
-                                  frame_time=1.0 / arguments.rate if arguments.rate > 0 else 0.01,
-                                  self_described=described, arm_date=series_date))
+        yield start_message(series_id, unique, image_shape=arguments.image_shape,
+                            number_of_images=arguments.frames,
+                            incident_energy=arguments.incident_energy,
+                            detector_distance=arguments.detector_distance,
+                            frame_time=arguments.frame_time, self_described=described,
+                            arm_date=series_date)
         started = time.monotonic()
-        sent = 0
-        for index in paced_indices(arguments.frames, arguments.rate, stop):
+        for index in indices:
             image, spots = synthetic_frame(index, arguments.image_shape, dtype=arguments.dtype,
                                            spots_per_frame=arguments.spots_per_frame,
                                            seed=arguments.seed)
-            sender.send(image_message(
-                series, unique, index, image, compression=arguments.compression,
-                series_date=series_date, start_time=time.monotonic() - started,
-                spots=spots if arguments.jungfraujoch_spots else None,
-                self_described=described))
-            sent = index + 1
-        sender.send(end_message(series, unique, described))
-        elapsed = time.monotonic() - started
-        print(f"sender: sent {sent} images in {elapsed:.1f} s", flush=True)
-        return 0
-    except zmq.Again:
-        print("sender: error: no client took a message within 30 s", file=sys.stderr, flush=True)
-        return 1
-    finally:
-        sender.close()
+            yield image_message(series_id, unique, index, image,
+                                compression=arguments.compression, series_date=series_date,
+                                start_time=time.monotonic() - started,
+                                spots=spots if arguments.jungfraujoch_spots else None,
+                                self_described=described)
+        yield end_message(series_id, unique, described)
+
+    return run_series(arguments, series)
 
 
 if __name__ == "__main__":

@@ -35,15 +35,13 @@ import json
 import math
 import struct
 import sys
-import threading
-import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-import zmq
 
-from om.simulation.pacing import paced_indices
-from om.simulation.push_sender import PushSender
+from om.simulation.push_sender import PushSender, run_series
+from om.simulation.sender_arguments import parse_sender_arguments, sender_parser
 
 BLOCK_BYTES = 8192
 MASKED_BLOCK = (slice(300, 304), slice(150, 154))
@@ -179,21 +177,12 @@ class StreamingReceiverSender(PushSender):
 
 
 def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m om.simulation.streaming_receiver_sender",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", default="tcp://127.0.0.1:9999",
-                        help="URL the PUSH socket binds (default tcp://127.0.0.1:9999)")
-    parser.add_argument("--frames", type=int, default=20, help="images to send (default 20)")
-    parser.add_argument("--rate", type=float, default=10.0,
-                        help="images per second (0: as fast as possible; default 10)")
-    parser.add_argument("--compression", default="bslz4", choices=("bslz4", "none"))
-    parser.add_argument("--dtype", default="uint32", choices=DTYPES)
-    parser.add_argument("--shape", default="512x512", help="ROWSxCOLUMNS (default 512x512)")
+    parser = sender_parser("python -m om.simulation.streaming_receiver_sender",
+                           __doc__.split("\n\n")[0], url="tcp://127.0.0.1:9999",
+                           compressions=("bslz4", "none"), dtypes=DTYPES, dtype="uint32")
     parser.add_argument("--thresholds", type=int, default=0, metavar="N",
                         help="send (N, rows, columns) multi-threshold images (default 0: "
                         "(rows, columns))")
-    parser.add_argument("--spots-per-frame", type=int, default=15,
-                        help="Bragg spots per image, every 4th image has 2 (default 15)")
     parser.add_argument("--filename", default="/data/visitors/om/sim/scan_000001.h5",
                         help="the header's filename")
     parser.add_argument("--photon-energy", type=float, default=12400.0,
@@ -202,61 +191,33 @@ def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="the header's detector_distance, m (default 0.1)")
     parser.add_argument("--no-metadata", action="store_true",
                         help="send the header without its metadata part")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--wait-for-clients", type=int, default=1, metavar="N",
-                        help="wait for N connected clients before sending (default 1; give "
-                        "the number of processing ranks; 0: send at once)")
-    parser.add_argument("--wait-timeout", type=float, default=60.0, metavar="S",
-                        help="give up waiting for the clients after S s (default 60)")
-    arguments = parser.parse_args(argv)
-    try:
-        rows, columns = (int(n) for n in arguments.shape.lower().split("x"))
-    except ValueError:
-        parser.error(f"--shape {arguments.shape!r}: expected ROWSxCOLUMNS, e.g. 512x512")
-    if min(rows, columns) < 128:
-        parser.error("--shape: at least 128x128")
+    arguments = parse_sender_arguments(parser, argv)
     if arguments.thresholds < 0:
         parser.error("--thresholds: 0 or more")
-    arguments.image_shape = (rows, columns)
     return arguments
 
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the sender; returns the exit code."""
     arguments = _parse_arguments(argv)
-    from om.lib.stop_signals import on_stop_signals
 
-    stop = threading.Event()
-    if threading.current_thread() is threading.main_thread():  # (signals: main thread only)
-        on_stop_signals(stop.set)
-    sender = StreamingReceiverSender(arguments.url)
-    try:
-        if not sender.wait_for_clients_or_report(arguments.wait_for_clients,
-                                                 arguments.wait_timeout):
-            return 1
-        count_time = 1.0 / arguments.rate if arguments.rate > 0 else 0.01
+    def series(indices: Iterator[int]) -> Iterator[list[bytes]]:
         metadata = None if arguments.no_metadata else detector_metadata(
             photon_energy=arguments.photon_energy,
             detector_distance=arguments.detector_distance, frames=arguments.frames,
-            count_time=count_time)
-        sender.send(header_message(0, arguments.filename, metadata))
-        started = time.monotonic()
+            count_time=arguments.frame_time)
+        yield header_message(0, arguments.filename, metadata)
         sent = 0
-        for index in paced_indices(arguments.frames, arguments.rate, stop):
+        for index in indices:
             image, _ = synthetic_image(index, arguments.image_shape, dtype=arguments.dtype,
                                        spots_per_frame=arguments.spots_per_frame,
                                        thresholds=arguments.thresholds, seed=arguments.seed)
-            sender.send(image_message(index + 1, index, image, arguments.compression,
-                                      exposure_time=count_time))
+            yield image_message(index + 1, index, image, arguments.compression,
+                                exposure_time=arguments.frame_time)
             sent = index + 1
-        sender.send(series_end_message(sent + 1))
-        print(f"sender: sent {sent} images in {time.monotonic() - started:.1f} s", flush=True)
-        return 0
-    except zmq.Again:
-        print("sender: error: no client took a message within 30 s", file=sys.stderr, flush=True)
-        return 1
-    finally:
-        sender.close()
+        yield series_end_message(sent + 1)
+
+    return run_series(arguments, series)
 
 
 if __name__ == "__main__":
