@@ -76,6 +76,11 @@ def simulator_command(urls: str, *arguments: str) -> list[str]:
     return [str(BIN / "om_jungfrau_zmq_simulator.py"), "--urls", urls, *arguments]
 
 
+def simulator_mode_command(mode: str, *arguments: str) -> list[str]:
+    """``om_simulator.py mode ...``: the simulator in one of its modes (one per format)."""
+    return [str(BIN / "om_simulator.py"), mode, *arguments]
+
+
 @contextlib.contextmanager
 def subscriber(url: str, tag: bytes) -> Iterator[zmq.Socket]:
     """A SUB socket connected to ``url`` for ``tag``."""
