@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """DECTRIS Stream V2 (DECTRIS SIMPLON 1.8+, Jungfraujoch): decoding, Data Sources, bad input,
-and the whole monitor fed by the sender over real sockets on 127.0.0.1.
+and the whole monitor fed by ``om_simulator.py dectris-stream`` over real sockets on 127.0.0.1.
 
 The messages are made by :mod:`om.simulation.dectris_stream_sender` or by cbor2 here, both
 written from the published format, never with om's decoder.
@@ -11,7 +11,6 @@ import pathlib
 import re
 import signal
 import struct
-import sys
 import threading
 import time
 
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 import zmq
 from helpers import (SPOT_PEAKFINDER8, Process, configure_single_panel, free_port,
-                     monitor_command, receive_until, subscriber)
+                     monitor_command, receive_until, simulator_mode_command, subscriber)
 
 from om.data_retrieval_layer.cbor_stream_v2 import (
     MAX_IMAGE_PIXELS,
@@ -414,10 +413,10 @@ def test_monitor_end_to_end(tmp_path):
     frames = 16
     config, broadcast = _configuration(tmp_path)
     url = f"tcp://127.0.0.1:{free_port()}"
-    sender = Process([sys.executable, "-m", "om.simulation.dectris_stream_sender", "--url", url,
-                      "--frames", str(frames), "--rate", "20", "--compression", "bslz4",
-                      "--jungfraujoch-spots", "--wait-for-clients", "2",
-                      "--wait-timeout", "180"], tmp_path, "sender")
+    sender = Process(simulator_mode_command(
+        "dectris-stream", "--url", url, "--frames", str(frames), "--rate", "20",
+        "--compression", "bslz4", "--jungfraujoch-spots", "--wait-for-clients", "2",
+        "--wait-timeout", "180"), tmp_path, "sender")
     monitor = Process(monitor_command(url, config), tmp_path, "monitor")
     try:
         with subscriber(broadcast, b"omdata") as omdata, \

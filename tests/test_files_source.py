@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """HDF5 files as events (``Hdf5FilesDataRetrieval``): NXmx master and data files written by
-``om.simulation.nxmx_writer``, the real JUNGFRAU module file, bad input, and the whole monitor
-(``mpiexec -n 3 om_monitor.py``) on listed files and on files announced like Jungfraujoch's
-writer does (follow mode). Files are real files in ``tmp_path``.
+``om.simulation.nxmx_writer`` (``om_simulator.py files``), the real JUNGFRAU module file, bad
+input, and the whole monitor (``mpiexec -n 3 om_monitor.py``) on listed files and on files
+announced like Jungfraujoch's writer does (follow mode). Files are real files in ``tmp_path``.
 """
 
 import json
@@ -10,7 +10,6 @@ import os
 import pathlib
 import re
 import subprocess
-import sys
 import time
 
 import h5py
@@ -29,7 +28,8 @@ from om.lib.serialization import pack, unpack
 from om.simulation import nxmx_writer
 from om.simulation.nxmx_writer import NxmxMetadata, gaussian_spot_images, write_nxmx
 
-from helpers import Process, configure_single_panel, free_port, monitor_command, subscriber
+from helpers import (Process, configure_single_panel, free_port, monitor_command,
+                     simulator_mode_command, subscriber)
 
 SHAPE = (512, 512)
 N_SPOTS = 15
@@ -366,9 +366,11 @@ def _check_frames(frames, spots_by_id, geometry):
 
 @pytest.mark.slow
 def test_monitor_reads_nxmx_files_and_exits_at_their_end(tmp_path):
-    assert nxmx_writer.main([str(tmp_path / "data"), "lyso", "--images", "10",
-                             "--images-per-file", "5", "--spots", str(N_SPOTS),
-                             "--compression", "bslz4", "--seed", "7"]) == 0
+    writer = subprocess.run(simulator_mode_command(
+        "files", str(tmp_path / "data"), "lyso", "--images", "10", "--images-per-file", "5",
+        "--spots", str(N_SPOTS), "--compression", "bslz4", "--seed", "7"),
+        check=False, capture_output=True, text=True, timeout=120)
+    assert writer.returncode == 0, writer.stderr
     _, spots = gaussian_spot_images(10, SHAPE, n_spots=N_SPOTS, seed=7)
     master = tmp_path / "data" / "lyso_master.h5"
     config, broadcast, geometry = _configuration(tmp_path)
@@ -441,12 +443,11 @@ def test_monitor_follows_files_announced_like_jungfraujoch(tmp_path):
             # The writer waits (bounded) for both processing ranks to subscribe, sends a
             # message that is not JSON and a notification of a missing file, then writes 2
             # data files of 3 images, announcing each when complete.
-            writer = subprocess.run(
-                [sys.executable, "-m", "om.simulation.nxmx_writer", str(writer_dir), "run",
-                 "--images", "6", "--images-per-file", "3", "--spots", str(N_SPOTS),
-                 "--seed", "11", "--notify", notify, "--wait-subscribers", "2",
-                 "--subscriber-timeout", "180", "--bad-notifications"],
-                capture_output=True, text=True, timeout=240)
+            writer = subprocess.run(simulator_mode_command(
+                "files", str(writer_dir), "run", "--images", "6", "--images-per-file", "3",
+                "--spots", str(N_SPOTS), "--seed", "11", "--notify", notify,
+                "--wait-subscribers", "2", "--subscriber-timeout", "180", "--bad-notifications"),
+                check=False, capture_output=True, text=True, timeout=240)
             print(writer.stdout, writer.stderr)
             assert writer.returncode == 0
             messages = _collect((omdata, omframedata), monitor,

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """MAX IV streaming-receiver secondary port: decoding, header values, msg_number gaps, bad
-input, Data Sources, and the whole monitor fed by the sender over real sockets on 127.0.0.1.
+input, Data Sources, and the whole monitor fed by ``om_simulator.py streaming-receiver`` over
+real sockets on 127.0.0.1.
 
 The messages are made by :mod:`om.simulation.streaming_receiver_sender` or by json/struct
 here, written from the published format, never with om's decoder.
@@ -11,7 +12,6 @@ import pathlib
 import re
 import signal
 import struct
-import sys
 import threading
 import time
 
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import zmq
 from helpers import (SPOT_PEAKFINDER8, Process, configure_single_panel, free_port,
-                     monitor_command, receive_until, subscriber)
+                     monitor_command, receive_until, simulator_mode_command, subscriber)
 
 from om.data_retrieval_layer import (
     data_event_handler_streaming_receiver as handler_module,
@@ -525,11 +525,11 @@ def test_monitor_end_to_end(tmp_path):
     frames = 16
     config, broadcast = _configuration(tmp_path)
     url = f"tcp://127.0.0.1:{free_port()}"
-    sender = Process([sys.executable, "-m", "om.simulation.streaming_receiver_sender", "--url",
-                      url, "--frames", str(frames), "--rate", "20", "--compression", "bslz4",
-                      "--dtype", "uint32", "--filename", FILENAME, "--photon-energy", "12000",
-                      "--detector-distance", "0.15", "--wait-for-clients", "2",
-                      "--wait-timeout", "180"], tmp_path, "sender")
+    sender = Process(simulator_mode_command(
+        "streaming-receiver", "--url", url, "--frames", str(frames), "--rate", "20",
+        "--compression", "bslz4", "--dtype", "uint32", "--filename", FILENAME,
+        "--photon-energy", "12000", "--detector-distance", "0.15", "--wait-for-clients", "2",
+        "--wait-timeout", "180"), tmp_path, "sender")
     monitor = Process(monitor_command(url, config), tmp_path, "monitor")
     frames_seen = []
     try:
