@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """A DECTRIS Stream V2 source for tests and demos: a detector (or Jungfraujoch) in miniature.
 
-``python -m om.simulation.dectris_stream_sender --url tcp://127.0.0.1:31001 --frames 20
---rate 10 --compression bslz4`` binds a ZeroMQ **PUSH** socket, waits for the clients (the
+``om_simulator.py dectris-stream --url tcp://127.0.0.1:31001 --frames 20 --rate 10
+--compression bslz4`` binds a ZeroMQ **PUSH** socket, waits for the clients (the
 monitor's processing ranks), then sends a start message, the images and an end message.
 
 Written from the published format alone (DECTRIS' ``stream_v2/README.md`` and

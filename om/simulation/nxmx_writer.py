@@ -24,7 +24,7 @@ Layout (the published one: Jungfraujoch writer README, DECTRIS FileWriter, NeXus
   ``saturation``, ``underload``, ``sample_name``, ``run_name``, ``run_number``, ``user_data``).
   The socket is an XPUB (subscribers see a PUB socket) so the writer can wait for subscribers.
 
-``python -m om.simulation.nxmx_writer DIRECTORY PREFIX [options]`` writes synthetic images
+``om_simulator.py files DIRECTORY PREFIX [options]`` writes synthetic images
 with Gaussian Bragg spots (``--help`` lists the options).
 """
 

@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """A MAX IV streaming-receiver secondary port in miniature, for tests and demos.
 
-``python -m om.simulation.streaming_receiver_sender --url tcp://127.0.0.1:9999 --frames 20
---rate 10 --compression bslz4 --dtype uint32`` binds a ZeroMQ **PUSH** socket, waits for the
+``om_simulator.py streaming-receiver --url tcp://127.0.0.1:9999 --frames 20 --rate 10
+--compression bslz4 --dtype uint32`` binds a ZeroMQ **PUSH** socket, waits for the
 clients (the monitor's processing ranks), then sends a header, the images and a series end.
 
 Written from the published format alone (the streaming-receiver README, "Secondary zmq data
