@@ -78,11 +78,19 @@ class SyntheticFrameSource:
         pool_size: how many distinct frames to make (making one takes tens of ms).
         hit_fraction: the fraction of frames with Bragg spots.
         seed: the seed of the simulated detector and frames.
+        dark_stage: None for frames with photons; 0, 1 or 2 for the frames of a dark run with
+            the gain forced to G0, G1 or G2 (:meth:`SyntheticJungfrau.dark_frame`).
     """
 
-    def __init__(self, pool_size: int = 20, hit_fraction: float = 0.5, seed: int = 0) -> None:
+    def __init__(self, pool_size: int = 20, hit_fraction: float = 0.5, seed: int = 0,
+                 dark_stage: int | None = None) -> None:
         self.detector = SyntheticJungfrau(n_modules=2, hit_fraction=hit_fraction, seed=seed)
-        self._frames = [self.detector.raw_frame(index)[0].copy() for index in range(pool_size)]
+        if dark_stage is None:
+            self._frames = [self.detector.raw_frame(index)[0].copy()
+                            for index in range(pool_size)]
+        else:
+            self._frames = [self.detector.dark_frame(index, dark_stage)
+                            for index in range(pool_size)]
 
     def __len__(self) -> int:
         return len(self._frames)

@@ -213,6 +213,55 @@ class SyntheticJungfrau:
         self._last = (index, frame)
         return frame
 
+    def noise_adu(self, stage: int) -> NDArray[np.float32]:
+        """Returns the electronic noise (RMS, ADU) of every pixel in gain stage ``stage``.
+
+        Args:
+            stage: 0, 1 or 2 for G0, G1, G2.
+
+        Returns:
+            float32 (n_modules * 512, 1024), ADU.
+
+        Raises:
+            ValueError: on a stage other than 0, 1, 2.
+        """
+        if stage not in (0, 1, 2):
+            raise ValueError(f"gain stage must be 0, 1 or 2, not {stage!r}")
+        if stage == 0:
+            return self.g0_noise
+        noise = self.g1_noise_adu if stage == 1 else self.g2_noise_adu
+        return np.full(self.frame_shape, noise, dtype=np.float32)
+
+    def dark_frame(self, index: int, stage: int) -> NDArray[np.uint16]:
+        """Returns frame ``index`` of a dark run with the gain forced to ``stage``.
+
+        No photons: every pixel reads its pedestal of the stage plus Gaussian noise of the
+        stage (:meth:`noise_adu`), rounded to the 14-bit ADC, with the stage's gain code
+        (``0b00``, ``0b01``, ``0b11``), as in PSI's dark runs (G0 in dynamic gain without beam,
+        then G1 and G2 forced). Deterministic in seed, stage and index.
+
+        Args:
+            index: the frame index (>= 0).
+            stage: 0, 1 or 2 for G0, G1, G2.
+
+        Returns:
+            uint16 (n_modules * 512, 1024) raw words.
+
+        Raises:
+            ValueError: on a negative index or a stage other than 0, 1, 2.
+        """
+        noise = self.noise_adu(stage)
+        if int(index) < 0:
+            raise ValueError(f"frame index must be >= 0, not {index}")
+        rng = np.random.default_rng([self.seed, 2, stage, int(index)])
+        value = rng.standard_normal(self.frame_shape, dtype=np.float32)
+        value *= noise
+        value += self.pedestals_adc[:, stage].reshape(self.frame_shape)
+        np.rint(value, out=value)
+        np.clip(value, 0, _ADC_MAX, out=value)
+        code = (0b00, 0b01, 0b11)[stage]
+        return value.astype(np.uint16) | np.uint16(code << 14)
+
     def write_calibration_files(
         self, directory: str | os.PathLike, pedestal_convention: Literal["word", "adc"] = "word"
     ) -> tuple[list[str], list[str]]:

@@ -6,6 +6,7 @@ until stopped (SIGINT/SIGTERM), then the end-of-acquisition message. Frames come
 file (``--file``, e.g. the real module frames of ``jungfrau_module_real.h5`` as both modules)
 or, by default, from the simulated detector of :mod:`om.simulation.jungfrau_frames`.
 ``--write-calibration DIR`` writes the matching calibration files (OM's layout) and exits.
+``--dark-stage G0|G1|G2`` sends a dark run of the simulated detector (for ``om_jungfrau_dark.py``).
 """
 
 import argparse
@@ -40,6 +41,9 @@ def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pool", type=int, default=20,
                         help="distinct simulated frames, cycled (default 20)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the simulated detector")
+    parser.add_argument("--dark-stage", choices=("G0", "G1", "G2"),
+                        help="send a dark run of the simulated detector instead: no photons, "
+                        "the gain forced to this stage (see om_jungfrau_dark.py)")
     parser.add_argument("--first-frame-number", type=int, default=1)
     parser.add_argument("--wait-for-subscribers", type=float, default=60.0, metavar="S",
                         help="wait up to S s for a subscriber on every stream before sending "
@@ -51,6 +55,11 @@ def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 def run(arguments: argparse.Namespace) -> int:
     """Runs the simulator; returns the exit code."""
+    dark_stage = None if arguments.dark_stage is None else int(arguments.dark_stage[1])
+    if arguments.file and dark_stage is not None:
+        print("om_jungfrau_zmq_simulator.py: error: --dark-stage simulates the dark run; it "
+              "does not apply to --file", file=sys.stderr)
+        return 1
     if arguments.file:
         try:
             source: Any = HDF5FrameSource(arguments.file, arguments.dataset)
@@ -59,7 +68,8 @@ def run(arguments: argparse.Namespace) -> int:
             return 1
     else:
         source = SyntheticFrameSource(pool_size=arguments.pool,
-                                      hit_fraction=arguments.hit_fraction, seed=arguments.seed)
+                                      hit_fraction=arguments.hit_fraction, seed=arguments.seed,
+                                      dark_stage=dark_stage)
     if arguments.write_calibration:
         written = source.write_calibration(pathlib.Path(arguments.write_calibration))
         if written is None:
