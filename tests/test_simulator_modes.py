@@ -70,6 +70,22 @@ def _finish(process: Process) -> None:
     assert code == 0, (process.stdout, process.stderr)
 
 
+def _pull_series(mode: str, tmp_path, *options: str) -> list[list[bytes]]:
+    """Runs a PUSH mode sending ``FRAMES`` images as fast as it can and pulls its series (the
+    first message, the images, the last one) as this process's one client."""
+    url = f"tcp://127.0.0.1:{free_port()}"
+    pull = _socket(zmq.PULL, url)
+    sender = Process(simulator_mode_command(mode, "--url", url, "--frames", str(FRAMES),
+                                            "--rate", "0", "--wait-timeout", "60", *options),
+                     tmp_path, "sender")
+    try:
+        messages = [parts for _, parts in _receive([pull], FRAMES + 2)]
+        _finish(sender)
+    finally:
+        pull.close()
+    return messages
+
+
 def test_help_names_the_modes():
     result = subprocess.run(simulator_mode_command("--help"), check=False, capture_output=True, text=True,
                             timeout=60)
@@ -122,17 +138,8 @@ def test_jungfrau_mode_sends_slsreceiver_messages(tmp_path):
 
 
 def test_streaming_receiver_mode_sends_header_images_series_end(tmp_path):
-    url = f"tcp://127.0.0.1:{free_port()}"
-    pull = _socket(zmq.PULL, url)
-    sender = Process(simulator_mode_command(
-        "streaming-receiver", "--url", url, "--frames", str(FRAMES), "--rate", "0",
-        "--compression", "bslz4", "--dtype", "uint16", "--shape", "128x192",
-        "--photon-energy", "9000", "--wait-timeout", "60"), tmp_path, "sender")
-    try:
-        messages = [parts for _, parts in _receive([pull], FRAMES + 2)]
-        _finish(sender)
-    finally:
-        pull.close()
+    messages = _pull_series("streaming-receiver", tmp_path, "--compression", "bslz4",
+                            "--dtype", "uint16", "--shape", "128x192", "--photon-energy", "9000")
     headers = [json.loads(parts[0]) for parts in messages]
     assert [h["htype"] for h in headers] == ["header"] + ["image"] * FRAMES + ["series_end"]
     assert [h["msg_number"] for h in headers] == list(range(FRAMES + 2))
@@ -146,17 +153,9 @@ def test_streaming_receiver_mode_sends_header_images_series_end(tmp_path):
 
 
 def test_dectris_stream_mode_sends_start_images_end(tmp_path):
-    url = f"tcp://127.0.0.1:{free_port()}"
-    pull = _socket(zmq.PULL, url)
-    sender = Process(simulator_mode_command(
-        "dectris-stream", "--url", url, "--frames", str(FRAMES), "--rate", "0",
-        "--compression", "bslz4", "--shape", "160x128", "--series-id", "7",
-        "--jungfraujoch-spots", "--wait-timeout", "60"), tmp_path, "sender")
-    try:
-        messages = [cbor2.loads(parts[0]) for _, parts in _receive([pull], FRAMES + 2)]
-        _finish(sender)
-    finally:
-        pull.close()
+    messages = [cbor2.loads(parts[0]) for parts in _pull_series(
+        "dectris-stream", tmp_path, "--compression", "bslz4", "--shape", "160x128",
+        "--series-id", "7", "--jungfraujoch-spots")]
     assert [m["type"] for m in messages] == ["start"] + ["image"] * FRAMES + ["end"]
     assert {m["series_id"] for m in messages} == {7}
     assert len({m["series_unique_id"] for m in messages}) == 1
