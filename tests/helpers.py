@@ -1,22 +1,33 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Helpers for tests that run the monitor as a real ``mpiexec`` job on 127.0.0.1."""
+"""Helpers for the tests: the monitor as a real ``mpiexec`` job on 127.0.0.1, its configuration,
+and what the tests of the stream sources and their documentation share."""
 
 import contextlib
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from types import ModuleType
+from typing import Any
 
+import numpy as np
+import pytest
 import zmq
 
+from om.lib.exceptions import OmConfigurationError
+from om.lib.parameters import MonitorParameters
+from om.lib.problems import problems
 from om.lib.serialization import unpack
 from om.simulation.configuration import write_monitor_configuration
 
 BIN = pathlib.Path(sys.executable).parent
+DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
 
 
 def free_port() -> int:
@@ -180,3 +191,243 @@ def configure_single_panel(tmp_path: pathlib.Path, data_retrieval_class: str,
                             "responding_url": None, **crystallography},
     }, replace_groups=replace)
     return config, broadcast, geometry
+
+
+# Stream sources (DECTRIS Stream V2, streaming-receiver): one PUSH URL pulled by every rank ------
+
+FALLBACK_EV, FALLBACK_MM = 9000.0, 250.0
+"""The configured fallback beam energy (eV) and detector distance (mm) of the stream tests."""
+
+
+def configure_stream(tmp_path: pathlib.Path, data_retrieval_class: str,
+                     data_retrieval: dict[str, Any] | None = None,
+                     **crystallography: Any) -> tuple[pathlib.Path, str]:
+    """Writes a monitor.yaml for a stream ``data_retrieval_class`` with the fallbacks above,
+    the 512x512 geometry and peakfinder8 settings that find the senders' spots; returns
+    (path, broadcast URL)."""
+    path, broadcast, _ = configure_single_panel(
+        tmp_path, data_retrieval_class,
+        {"fallback_beam_energy_in_eV": FALLBACK_EV, "fallback_detector_distance_in_mm": FALLBACK_MM,
+         "stream_queue_size": 16, **(data_retrieval or {})},
+        {"data_broadcast_interval": 4, "min_num_peaks_for_hit": 5, "speed_report_interval": 100,
+         "crystfel_frames": "none", **crystallography},
+        peakfinder8=SPOT_PEAKFINDER8)
+    return path, broadcast
+
+
+def monitor_parameters(config: pathlib.Path, data_retrieval_class: type) -> MonitorParameters:
+    """The configuration at ``config``, validated as ``om_monitor.py`` does for
+    ``data_retrieval_class`` and the crystallography processing."""
+    from om.monitor import OM_GROUP
+    from om.processing_layer.crystallography import CrystallographyProcessing
+
+    parameters = MonitorParameters(config)
+    parameters.validate([OM_GROUP, *data_retrieval_class.parameter_groups,
+                         *CrystallographyProcessing.parameter_groups])
+    return parameters
+
+
+def counts_during(action: Callable[[], Any]) -> tuple[Any, dict[str, int]]:
+    """Runs ``action``; returns its result and the problems it counted, by kind."""
+    before = problems.counts()
+    result = action()
+    after = problems.counts()
+    return result, {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+
+
+def extract_messages(handler: Any, messages: list[Any],
+                     received_time: float = 123.0) -> list[dict[str, Any]]:
+    """Runs messages through the message handling of processing rank 1 of 2 and through the
+    Data Sources of a pull-stream ``handler`` (initialized here, no socket); returns the data
+    of each image, with the decoded image under ``image``."""
+    for source in handler._data_sources.values():
+        source.initialize_data_source()
+    state = handler.make_message_handler(node_rank=1, node_pool_size=2)
+    data = []
+    for message in messages:
+        event = state.handle(message, received_time)
+        if event is not None:
+            data.append(handler.extract_data(event=event) | {"image": event["image"]})
+    return data
+
+
+def receive_sent_events(handler: Any, sender: Any, count: int,
+                        send: Callable[[], None]) -> list[tuple[Any, dict[str, Any]]]:
+    """Connects ``handler`` as processing rank 1 of 2 to ``sender``, calls ``send`` once the
+    rank is connected and returns (decoded image, extracted data) of the first ``count`` events.
+    Stops the handler and closes the sender in any case."""
+    handler.initialize_event_handling_on_processing_node(node_rank=1, node_pool_size=2)
+    watchdog = threading.Timer(60, handler.stop)  # bounds the test if an image never comes
+    watchdog.start()
+    received = []
+    try:
+        assert sender.wait_for_clients(1, 30)
+        send()
+        for event in handler.event_generator(node_rank=1, node_pool_size=2):
+            received.append((event["image"], handler.extract_data(event=event)))
+            handler.close_event(event=event)
+            if len(received) == count:
+                break
+    finally:
+        watchdog.cancel()
+        handler.stop()
+        sender.close()
+    return received
+
+
+def assert_one_zeromq_url_source(data_retrieval_class: type, parameters: MonitorParameters,
+                                 source: str, event_id: str, unreachable: str) -> None:
+    """Checks a pull-stream set-up: ``source`` (padded with blanks) is accepted, the first rank
+    collects, single events cannot be retrieved, anything but one ZeroMQ URL is refused, and an
+    unreachable host stops the processing rank's start with ``unreachable`` in the message."""
+    handler = data_retrieval_class(parameters=parameters,
+                                   source=f" {source} ").get_data_event_handler()
+    assert handler.designated_collector_rank() == "first" and handler.skip_rank_finalization()
+    assert handler.initialize_event_handling_on_collecting_node(node_rank=0,
+                                                                node_pool_size=3) is None
+    with pytest.raises(NotImplementedError):
+        handler.retrieve_event_data(event_id)
+    for bad in (source.replace("tcp://", "http://"), "tcp://a:1,tcp://b:2"):
+        with pytest.raises(OmConfigurationError, match="one ZeroMQ URL"):
+            data_retrieval_class(parameters=parameters, source=bad)
+    handler = data_retrieval_class(parameters=parameters,
+                                   source="tcp://not a host:1").get_data_event_handler()
+    with pytest.raises(OmConfigurationError, match=unreachable):
+        handler.initialize_event_handling_on_processing_node(node_rank=1, node_pool_size=2)
+
+
+def run_sender_main(main: Callable[[list[str]], int], arguments: list[str],
+                    count: int) -> tuple[int | None, list[list[bytes]]]:
+    """Runs a sender's ``main(["--url", URL, *arguments])`` in a thread with a PULL client in
+    this process; returns its exit code (None if it did not end) and the first ``count``
+    messages, as lists of parts."""
+    port = free_port()
+    pull = zmq.Context.instance().socket(zmq.PULL)
+    pull.setsockopt(zmq.LINGER, 0)
+    pull.connect(f"tcp://127.0.0.1:{port}")
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault("code", main(
+        ["--url", f"tcp://127.0.0.1:{port}", *arguments])))
+    thread.start()
+    messages = []
+    deadline = time.monotonic() + 60
+    while len(messages) < count and time.monotonic() < deadline:
+        if pull.poll(200):
+            messages.append(pull.recv_multipart())
+    thread.join(30)
+    pull.close(0)
+    return result.get("code"), messages
+
+
+def wait_for_processing_ranks(sender: Any, monitor: Process, timeout: float = 180) -> None:
+    """Waits until both processing ranks of ``monitor`` are connected to ``sender``.
+
+    Raises:
+        AssertionError: when the monitor ends or ``timeout`` s pass first, with its stderr.
+    """
+    deadline = time.monotonic() + timeout
+    while not sender.wait_for_clients(2, 1):
+        assert monitor.popen.poll() is None and time.monotonic() < deadline, \
+            monitor.stderr[-3000:]
+
+
+# Documentation --------------------------------------------------------------------------------
+
+def problem_kinds(*modules: ModuleType) -> set[str]:
+    """The problem kinds ``modules`` declare: their public upper-case constants whose value is
+    a lower-case snake_case word."""
+    return {value for module in modules for name, value in vars(module).items()
+            if name.isupper() and name[0] != "_" and isinstance(value, str)
+            and re.fullmatch(r"[a-z_]+", value)}
+
+
+def assert_source_documented(source_doc: str, data_retrieval_class: type,
+                             kinds: set[str]) -> None:
+    """Checks that docs/``source_doc`` has a row for every configuration key of
+    ``data_retrieval_class`` and that it and docs/broadcast.md have one for every kind."""
+    source_text = (DOCS / source_doc).read_text()
+    broadcast_text = (DOCS / "broadcast.md").read_text()
+    for group in data_retrieval_class.parameter_groups:
+        for parameter in group.parameters:
+            assert f"| `{parameter.name}` |" in source_text, parameter.name
+    for kind in kinds:
+        assert f"| `{kind}` |" in broadcast_text, kind
+        assert f"| `{kind}` |" in source_text, kind
+
+
+def assert_damaged_messages_are_dropped(state: Any, messages: list[Any],
+                                        damage: Callable[[Any, int, Any], Any], seed: int,
+                                        max_pixels: int, trials: int = 600) -> None:
+    """Feeds ``state`` (a stream decoder) ``trials`` messages, each one of ``messages`` damaged
+    by ``damage(message, trial, rng)``; checks that each gives a plausible image or is dropped
+    and counted as a problem, and that nothing raises."""
+    rng = np.random.default_rng(seed)
+    before = sum(problems.counts().values())
+    for trial in range(trials):
+        event = state.handle(damage(messages[trial % len(messages)], trial, rng), 0.0)
+        if event is not None:
+            assert event["image"].ndim == 2 and event["image"].size <= max_pixels
+    assert state.counts["dropped"] > 100
+    assert sum(problems.counts().values()) - before >= state.counts["dropped"]
+
+
+def run_monitor_on_simulator(tmp_path: pathlib.Path, config: pathlib.Path, broadcast: str,
+                             mode: str, frames: int,
+                             *arguments: str) -> tuple[dict[str, Any], list[dict[str, Any]],
+                                                       Process]:
+    """Runs ``om_simulator.py mode --url URL --frames frames ...`` and the monitor (3 ranks)
+    on URL until omdata counts ``frames`` events; checks that both exit with 0 and returns
+    (that omdata message, the omframedata messages received by then, the monitor)."""
+    url = f"tcp://127.0.0.1:{free_port()}"
+    sender = Process(simulator_mode_command(mode, "--url", url, "--frames", str(frames),
+                                            *arguments), tmp_path, "sender")
+    monitor = Process(monitor_command(url, config), tmp_path, "monitor")
+    frames_seen = []
+    try:
+        with subscriber(broadcast, b"omdata") as omdata, \
+                subscriber(broadcast, b"omframedata") as omframedata:
+            alive = lambda: monitor.popen.poll() is None
+            frames_seen.append(receive_until(omframedata, lambda m: True, 180, alive))
+            data = receive_until(omdata, lambda m: m["num_events"] >= frames, 60, alive)
+            while omframedata.poll(0):
+                frames_seen.append(receive_until(omframedata, lambda m: True, 1))
+        assert sender.wait(60) == 0
+    finally:
+        code = monitor.stop()
+        sender.stop()
+    print(sender.stdout, sender.stderr, monitor.stdout, monitor.stderr[-3000:])
+    assert code == 0
+    return data, frames_seen, monitor
+
+
+def run_monitor_on_sent(tmp_path: pathlib.Path, config: pathlib.Path, broadcast: str,
+                        sender: Any, send: Callable[[], None],
+                        until: Callable[[dict[str, Any]], bool]) -> tuple[dict[str, Any],
+                                                                          Process]:
+    """Runs the monitor (3 ranks) on ``sender``'s URL, calls ``send`` once both processing
+    ranks are connected, and stops the monitor with SIGTERM at the first omdata message that
+    satisfies ``until``; checks that it exits with 0 and returns (that message, the monitor).
+    Closes the sender in any case."""
+    monitor = Process(monitor_command(sender.url, config), tmp_path, "monitor")
+    try:
+        with subscriber(broadcast, b"omdata") as omdata:
+            wait_for_processing_ranks(sender, monitor)
+            send()
+            data = receive_until(omdata, until, 60, lambda: monitor.popen.poll() is None)
+    finally:
+        code = monitor.stop(signum=signal.SIGTERM)
+        sender.close()
+    print(monitor.stdout, monitor.stderr[-3000:])
+    assert code == 0
+    return data, monitor
+
+
+def reported_lines(stderr: str, kinds: Iterable[str]) -> list[str]:
+    """The lines of ``stderr`` reporting ``kinds``; checks that each kind has one or two (one
+    per processing rank: the reports are rate-limited)."""
+    found = []
+    for kind in kinds:
+        lines = [line for line in stderr.splitlines() if f"{kind}: " in line]
+        assert 1 <= len(lines) <= 2, (kind, lines)
+        found += lines
+    return found

@@ -7,19 +7,29 @@ written from the published format, never with om's decoder.
 """
 
 import datetime
-import pathlib
-import re
-import signal
 import struct
-import threading
-import time
 
 import cbor2
 import numpy as np
 import pytest
-import zmq
-from helpers import (SPOT_PEAKFINDER8, Process, configure_single_panel, free_port,
-                     monitor_command, receive_until, simulator_mode_command, subscriber)
+from helpers import (
+    FALLBACK_EV,
+    FALLBACK_MM,
+    assert_damaged_messages_are_dropped,
+    assert_one_zeromq_url_source,
+    assert_source_documented,
+    configure_stream,
+    counts_during,
+    extract_messages,
+    free_port,
+    monitor_parameters,
+    problem_kinds,
+    receive_sent_events,
+    reported_lines,
+    run_monitor_on_sent,
+    run_monitor_on_simulator,
+    run_sender_main,
+)
 
 from om.data_retrieval_layer.cbor_stream_v2 import (
     MAX_IMAGE_PIXELS,
@@ -34,9 +44,7 @@ from om.data_retrieval_layer.data_event_handler_dectris_stream import (
 from om.data_retrieval_layer.data_retrieval_dectris_stream import (
     DectrisStreamDataRetrieval,
 )
-from om.lib.exceptions import OmConfigurationError
 from om.lib.parameters import MonitorParameters
-from om.lib.problems import problems
 from om.simulation import dectris_stream_sender as sender_module
 from om.simulation.dectris_stream_sender import (
     DectrisStreamSender,
@@ -49,38 +57,16 @@ from om.simulation.dectris_stream_sender import (
 )
 
 SHAPE = (512, 512)
-FALLBACK_EV, FALLBACK_MM = 9000.0, 250.0
 
 
 def _configuration(tmp_path, **crystallography):
-    """A monitor.yaml for DectrisStreamDataRetrieval, the 512x512 geometry and peakfinder8
-    settings that find the sender's spots; returns (path, broadcast URL)."""
-    path, broadcast, _ = configure_single_panel(
-        tmp_path, "DectrisStreamDataRetrieval",
-        {"fallback_beam_energy_in_eV": FALLBACK_EV, "fallback_detector_distance_in_mm": FALLBACK_MM,
-         "stream_channel": None, "stream_queue_size": 16},
-        {"data_broadcast_interval": 4, "min_num_peaks_for_hit": 5, "speed_report_interval": 100,
-         "crystfel_frames": "none", **crystallography},
-        peakfinder8=SPOT_PEAKFINDER8)
-    return path, broadcast
+    """A monitor.yaml for DectrisStreamDataRetrieval; returns (path, broadcast URL)."""
+    return configure_stream(tmp_path, "DectrisStreamDataRetrieval", {"stream_channel": None},
+                            **crystallography)
 
 
 def _parameters(tmp_path) -> MonitorParameters:
-    path, _ = _configuration(tmp_path)
-    parameters = MonitorParameters(path)
-    from om.monitor import OM_GROUP
-    from om.processing_layer.crystallography import CrystallographyProcessing
-
-    parameters.validate([OM_GROUP, *DectrisStreamDataRetrieval.parameter_groups,
-                         *CrystallographyProcessing.parameter_groups])
-    return parameters
-
-
-def _counts_during(action):
-    before = problems.counts()
-    result = action()
-    after = problems.counts()
-    return result, {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+    return monitor_parameters(_configuration(tmp_path)[0], DectrisStreamDataRetrieval)
 
 
 # Decoding --------------------------------------------------------------------------------------
@@ -159,16 +145,7 @@ def _extract(tmp_path, messages: list[bytes]) -> list[dict]:
     """Runs messages through one rank's message handling and the Data Sources."""
     retrieval = DectrisStreamDataRetrieval(parameters=_parameters(tmp_path),
                                            source="tcp://127.0.0.1:1")
-    handler = retrieval.get_data_event_handler()
-    for source in handler._data_sources.values():
-        source.initialize_data_source()
-    state = DectrisStreamMessages()
-    data = []
-    for message in messages:
-        event = state.handle(message, received_time=123.0)
-        if event is not None:
-            data.append(handler.extract_data(event=event) | {"image": event["image"]})
-    return data
+    return extract_messages(retrieval.get_data_event_handler(), messages)
 
 
 def test_data_sources_use_the_start_message_and_fall_back_without_it(tmp_path):
@@ -182,7 +159,7 @@ def test_data_sources_use_the_start_message_and_fall_back_without_it(tmp_path):
         image_message(6, "u6", 0, image),  # a later series whose start went elsewhere
         end_message(5, "u5"),
     ]
-    data, counts = _counts_during(lambda: _extract(tmp_path, messages))
+    data, counts = counts_during(lambda: _extract(tmp_path, messages))
     assert counts == {"image_without_start": 2}
     assert [d["event_id"] for d in data] == ["4:0", "5:1", "6:0"]
     assert [d["beam_energy"] for d in data] == [FALLBACK_EV, 8000.0, FALLBACK_EV]
@@ -283,7 +260,7 @@ def _bad_messages():
 def test_bad_messages_are_counted_and_the_next_image_is_processed(name, message, kind):
     state = DectrisStreamMessages()
     image, _ = synthetic_frame(1, SHAPE)
-    event, counts = _counts_during(lambda: state.handle(message, 0.0))
+    event, counts = counts_during(lambda: state.handle(message, 0.0))
     assert event is None and counts == {kind: 1}
     event = state.handle(image_message(1, "u", 1, image), 0.0)
     assert event["image"].tobytes() == image.tobytes()
@@ -292,25 +269,22 @@ def test_bad_messages_are_counted_and_the_next_image_is_processed(name, message,
 def test_damaged_messages_never_raise():
     # Random damage to good messages (bytes changed, cut short): each is either a correct
     # image or counted and dropped; nothing raises, nothing crashes the process.
-    rng = np.random.default_rng(5)
     image, spots = synthetic_frame(0, (128, 128))
     messages = [image_message(1, "u", 0, image, compression=c, spots=spots)
                 for c in ("bslz4", "bszstd", "none")]
     messages.append(start_message(1, "u", image_shape=(128, 128), number_of_images=1))
-    state = DectrisStreamMessages()
-    before = sum(problems.counts().values())
-    for trial in range(600):
-        damaged = bytearray(messages[trial % len(messages)])
+
+    def damage(message, trial, rng):
+        damaged = bytearray(message)
         if trial % 3 == 0:
             damaged = damaged[:rng.integers(len(damaged))]
         else:
             for _ in range(rng.integers(1, 6)):
                 damaged[rng.integers(len(damaged))] = rng.integers(256)
-        event = state.handle(bytes(damaged), 0.0)
-        if event is not None:
-            assert event["image"].ndim == 2 and event["image"].size <= MAX_IMAGE_PIXELS
-    assert state.counts["dropped"] > 100
-    assert sum(problems.counts().values()) - before >= state.counts["dropped"]
+        return bytes(damaged)
+
+    assert_damaged_messages_are_dropped(DectrisStreamMessages(), messages, damage, 5,
+                                        MAX_IMAGE_PIXELS)
 
 
 def test_huge_declared_sizes_allocate_nothing():
@@ -325,7 +299,7 @@ def test_images_of_another_size_than_the_start_message_says_are_dropped():
     state = DectrisStreamMessages()
     state.handle(start_message(1, "u", image_shape=(256, 512), number_of_images=1), 0.0)
     image, _ = synthetic_frame(0, SHAPE)
-    event, counts = _counts_during(lambda: state.handle(image_message(1, "u", 0, image), 0.0))
+    event, counts = counts_during(lambda: state.handle(image_message(1, "u", 0, image), 0.0))
     assert event is None and counts == {"wrong_size": 1}
 
 
@@ -337,7 +311,7 @@ def test_malformed_optional_fields_are_ignored_and_counted():
     bad_spots = cbor2.dumps(_image_content(image, series_id=2, spots=[{"x": 1.0}],
                                            start_time="soon", series_date=datetime.datetime(
                                                2024, 1, 1, tzinfo=datetime.timezone.utc)))
-    (_, event), counts = _counts_during(lambda: (state.handle(start, 0.0),
+    (_, event), counts = counts_during(lambda: (state.handle(start, 0.0),
                                                  state.handle(bad_spots, 42.0)))
     assert counts == {"bad_stream_metadata": 4}
     assert event["beam_energy"] is None and event["detector_distance"] is None
@@ -345,21 +319,8 @@ def test_malformed_optional_fields_are_ignored_and_counted():
 
 
 def test_the_source_must_be_one_zeromq_url(tmp_path):
-    parameters = _parameters(tmp_path)
-    handler = DectrisStreamDataRetrieval(parameters=parameters,
-                                         source=" tcp://dcu:31001 ").get_data_event_handler()
-    assert handler.designated_collector_rank() == "first" and handler.skip_rank_finalization()
-    assert handler.initialize_event_handling_on_collecting_node(node_rank=0,
-                                                                node_pool_size=3) is None
-    with pytest.raises(NotImplementedError):
-        handler.retrieve_event_data("1:0")
-    for source in ("http://dcu:31001", "tcp://a:1,tcp://b:2"):
-        with pytest.raises(OmConfigurationError, match="one ZeroMQ URL"):
-            DectrisStreamDataRetrieval(parameters=parameters, source=source)
-    handler = DectrisStreamDataRetrieval(parameters=parameters,
-                                         source="tcp://not a host:1").get_data_event_handler()
-    with pytest.raises(OmConfigurationError, match="cannot connect to the detector stream"):
-        handler.initialize_event_handling_on_processing_node(node_rank=1, node_pool_size=2)
+    assert_one_zeromq_url_source(DectrisStreamDataRetrieval, _parameters(tmp_path),
+                                 "tcp://dcu:31001", "1:0", "cannot connect to the detector stream")
 
 
 # Real PUSH/PULL sockets, in process -------------------------------------------------------------
@@ -368,30 +329,17 @@ def test_the_source_must_be_one_zeromq_url(tmp_path):
 def test_handler_receives_the_sent_images_bit_for_bit(tmp_path, compression):
     sender = DectrisStreamSender("tcp://127.0.0.1:0")
     retrieval = DectrisStreamDataRetrieval(parameters=_parameters(tmp_path), source=sender.url)
-    handler = retrieval.get_data_event_handler()
-    handler.initialize_event_handling_on_processing_node(node_rank=1, node_pool_size=2)
-    watchdog = threading.Timer(60, handler.stop)  # bounds the test if an image never comes
-    watchdog.start()
-    try:
-        assert sender.wait_for_clients(1, 30)
-        sent = [synthetic_frame(i, SHAPE, dtype="uint16" if i % 2 else "uint32")
-                for i in range(6)]
+    sent = [synthetic_frame(i, SHAPE, dtype="uint16" if i % 2 else "uint32") for i in range(6)]
+
+    def send():
         sender.send(start_message(3, "u3", image_shape=SHAPE, number_of_images=6,
                                   incident_energy=11000.0, detector_distance=0.2))
         for index, (image, spots) in enumerate(sent):
             sender.send(image_message(3, "u3", index, image, compression=compression,
                                       spots=spots))
         sender.send(end_message(3, "u3"))
-        received = []
-        for event in handler.event_generator(node_rank=1, node_pool_size=2):
-            received.append((event["image"], handler.extract_data(event=event)))
-            handler.close_event(event=event)
-            if len(received) == len(sent):
-                break
-    finally:
-        watchdog.cancel()
-        handler.stop()
-        sender.close()
+
+    received = receive_sent_events(retrieval.get_data_event_handler(), sender, len(sent), send)
     assert len(received) == len(sent)
     for (image, spots), (decoded, data) in zip(sent, received):
         assert decoded.dtype == image.dtype and decoded.tobytes() == image.tobytes()
@@ -402,7 +350,7 @@ def test_handler_receives_the_sent_images_bit_for_bit(tmp_path, compression):
         assert data["beam_energy"] == 11000.0 and data["detector_distance"] == 200.0
         np.testing.assert_array_equal(data["detector_spots"]["ss"], spots["ss"])
     assert [d["event_id"] for _, d in received] == [f"3:{i}" for i in range(6)]
-    counts = handler.counters()
+    counts = retrieval.get_data_event_handler().counters()
     assert counts["starts"] == 1 and counts["images"] == 6 and counts["dropped"] == 0
 
 
@@ -412,24 +360,10 @@ def test_handler_receives_the_sent_images_bit_for_bit(tmp_path, compression):
 def test_monitor_end_to_end(tmp_path):
     frames = 16
     config, broadcast = _configuration(tmp_path)
-    url = f"tcp://127.0.0.1:{free_port()}"
-    sender = Process(simulator_mode_command(
-        "dectris-stream", "--url", url, "--frames", str(frames), "--rate", "20",
+    data, (frame, *_), _ = run_monitor_on_simulator(
+        tmp_path, config, broadcast, "dectris-stream", frames, "--rate", "20",
         "--compression", "bslz4", "--jungfraujoch-spots", "--wait-for-clients", "2",
-        "--wait-timeout", "180"), tmp_path, "sender")
-    monitor = Process(monitor_command(url, config), tmp_path, "monitor")
-    try:
-        with subscriber(broadcast, b"omdata") as omdata, \
-                subscriber(broadcast, b"omframedata") as omframedata:
-            alive = lambda: monitor.popen.poll() is None
-            frame = receive_until(omframedata, lambda m: True, 180, alive)
-            data = receive_until(omdata, lambda m: m["num_events"] >= frames, 60, alive)
-        assert sender.wait(60) == 0
-    finally:
-        code = monitor.stop()
-        sender.stop()
-    print(sender.stdout, sender.stderr, monitor.stdout, monitor.stderr[-3000:])
-    assert code == 0
+        "--wait-timeout", "180")
     assert data["num_events"] == frames
     per_rank = data["num_events_per_rank"]
     assert set(per_rank) == {"1", "2"} and min(per_rank.values()) >= 1
@@ -455,7 +389,6 @@ def test_monitor_end_to_end(tmp_path):
 def test_bad_input_end_to_end(tmp_path):
     config, broadcast = _configuration(tmp_path)
     sender = DectrisStreamSender(f"tcp://127.0.0.1:{free_port()}")
-    monitor = Process(monitor_command(sender.url, config), tmp_path, "monitor")
     good = 8
     bad = {name: (message, kind) for name, message, kind in _bad_messages()
            if name in ("undecodable bytes", "not a map", "missing keys", "wrong series_id type",
@@ -463,78 +396,46 @@ def test_bad_input_end_to_end(tmp_path):
     expected = {}
     for _, kind in bad.values():
         expected[kind] = expected.get(kind, 0) + 1
-    try:
-        with subscriber(broadcast, b"omdata") as omdata:
-            alive = lambda: monitor.popen.poll() is None
-            deadline = time.monotonic() + 180
-            while not sender.wait_for_clients(2, 1):  # both processing ranks connected
-                assert alive() and time.monotonic() < deadline, monitor.stderr[-3000:]
-            for message, _ in bad.values():
-                sender.send(message)
-            image, _ = synthetic_frame(0, SHAPE)
-            sender.send(image_message(1, "u1", 0, image))  # an image before any start
-            sender.send(start_message(1, "u1", image_shape=SHAPE, number_of_images=good))
-            for index in range(1, good + 1):
-                sender.send(image_message(1, "u1", index, synthetic_frame(index, SHAPE)[0]))
-            sender.send(end_message(1, "u1"))
-            data = receive_until(
-                omdata, lambda m: m["num_events"] >= good + 1 and all(
-                    m["problems"].get(kind, 0) >= n for kind, n in expected.items()), 60, alive)
-    finally:
-        code = monitor.stop(signum=signal.SIGTERM)
-        sender.close()
-    print(monitor.stdout, monitor.stderr[-3000:])
-    assert code == 0
+
+    def send():
+        for message, _ in bad.values():
+            sender.send(message)
+        image, _ = synthetic_frame(0, SHAPE)
+        sender.send(image_message(1, "u1", 0, image))  # an image before any start
+        sender.send(start_message(1, "u1", image_shape=SHAPE, number_of_images=good))
+        for index in range(1, good + 1):
+            sender.send(image_message(1, "u1", index, synthetic_frame(index, SHAPE)[0]))
+        sender.send(end_message(1, "u1"))
+
+    data, monitor = run_monitor_on_sent(
+        tmp_path, config, broadcast, sender, send, lambda m: m["num_events"] >= good + 1 and all(
+            m["problems"].get(kind, 0) >= n for kind, n in expected.items()))
     assert data["num_events"] == good + 1
     counts = dict(data["problems"])
     assert 1 <= counts.pop("image_without_start") <= 2  # once per rank without the start
     assert counts == expected
-    for kind in expected:
-        lines = [line for line in monitor.stderr.splitlines() if f"{kind}: " in line]
-        assert 1 <= len(lines) <= 2, (kind, lines)  # one line each (rate-limited)
+    reported_lines(monitor.stderr, expected)  # one line each (rate-limited)
     assert f"final summary: {good + 1} events" in monitor.stdout
 
 
 def test_the_sender_runs_as_a_module(tmp_path):
     # main(argv) with a client pulling in this process: exit code 0, start/images/end sent.
-    port = free_port()
-    pull = zmq.Context.instance().socket(zmq.PULL)
-    pull.setsockopt(zmq.LINGER, 0)
-    pull.connect(f"tcp://127.0.0.1:{port}")
-    result = {}
-    thread = threading.Thread(target=lambda: result.setdefault("code", sender_module.main(
-        ["--url", f"tcp://127.0.0.1:{port}", "--frames", "3", "--rate", "0",
-         "--compression", "bszstd", "--no-self-described", "--wait-timeout", "30"])))
-    thread.start()
-    types = []
-    deadline = time.monotonic() + 60
-    while len(types) < 5 and time.monotonic() < deadline:
-        if pull.poll(200):
-            types.append(decode_message(pull.recv())["type"])
-    thread.join(30)
-    pull.close(0)
-    assert result.get("code") == 0
+    code, messages = run_sender_main(sender_module.main, [
+        "--frames", "3", "--rate", "0", "--compression", "bszstd", "--no-self-described",
+        "--wait-timeout", "30"], 5)
+    types = [decode_message(parts[0])["type"] for parts in messages]
+    assert code == 0
     assert types == ["start", "image", "image", "image", "end"]
 
 
 # Documentation -----------------------------------------------------------------------------------
 
 def test_keys_and_problem_kinds_are_documented():
-    docs = pathlib.Path(__file__).resolve().parents[1] / "docs"
-    source_doc = (docs / "source_dectris_stream.md").read_text()
-    broadcast_doc = (docs / "broadcast.md").read_text()
-    for group in DectrisStreamDataRetrieval.parameter_groups:
-        for parameter in group.parameters:
-            assert f"| `{parameter.name}` |" in source_doc, parameter.name
     from om.data_retrieval_layer import (
         cbor_stream_v2,
         data_event_handler_dectris_stream,
     )
 
-    kinds = {value for module in (cbor_stream_v2, data_event_handler_dectris_stream)
-             for name, value in vars(module).items() if name.isupper() and name[0] != "_"
-             and isinstance(value, str) and re.fullmatch(r"[a-z_]+", value)}
+    kinds = problem_kinds(cbor_stream_v2, data_event_handler_dectris_stream)
     assert {"bad_cbor", "unknown_compression", "image_without_start"} <= kinds
-    for kind in kinds:
-        assert f"| `{kind}` |" in broadcast_doc, kind
-        assert f"| `{kind}` |" in source_doc, kind
+    assert_source_documented("source_dectris_stream.md", DectrisStreamDataRetrieval, kinds)

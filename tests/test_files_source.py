@@ -7,7 +7,6 @@ announced like Jungfraujoch's writer does (follow mode). Files are real files in
 
 import json
 import os
-import pathlib
 import re
 import subprocess
 import time
@@ -16,6 +15,16 @@ import h5py
 import numpy as np
 import pytest
 import zmq
+from helpers import (
+    Process,
+    assert_source_documented,
+    configure_single_panel,
+    free_port,
+    monitor_command,
+    problem_kinds,
+    simulator_mode_command,
+    subscriber,
+)
 
 from om.data_retrieval_layer.data_retrieval_files import Hdf5FilesDataRetrieval
 from om.data_retrieval_layer.jungfrau_calibration import JungfrauCalibration
@@ -27,9 +36,6 @@ from om.lib.problems import problems
 from om.lib.serialization import pack, unpack
 from om.simulation import nxmx_writer
 from om.simulation.nxmx_writer import NxmxMetadata, gaussian_spot_images, write_nxmx
-
-from helpers import (Process, configure_single_panel, free_port, monitor_command,
-                     simulator_mode_command, subscriber)
 
 SHAPE = (512, 512)
 N_SPOTS = 15
@@ -476,19 +482,8 @@ def test_monitor_follows_files_announced_like_jungfraujoch(tmp_path):
 
 
 def test_keys_and_problem_kinds_are_documented():
-    docs = pathlib.Path(__file__).resolve().parents[1] / "docs"
-    source_doc = (docs / "source_files.md").read_text()
-    broadcast_doc = (docs / "broadcast.md").read_text()
-    for group in Hdf5FilesDataRetrieval.parameter_groups:
-        for parameter in group.parameters:
-            assert f"| `{parameter.name}` |" in source_doc, parameter.name
     from om.data_retrieval_layer import data_event_handler_files, nxmx_files
 
-    kinds = {value for module in (nxmx_files, data_event_handler_files)
-             for name, value in vars(module).items() if name.isupper() and name[0] != "_"
-             and isinstance(value, str)
-             and re.fullmatch(r"[a-z_]+", value)}
+    kinds = problem_kinds(nxmx_files, data_event_handler_files)
     assert {"missing_file", "bad_notification", "image_read_error"} <= kinds
-    for kind in kinds:
-        assert f"| `{kind}` |" in broadcast_doc, kind
-        assert f"| `{kind}` |" in source_doc, kind
+    assert_source_documented("source_files.md", Hdf5FilesDataRetrieval, kinds)

@@ -8,18 +8,30 @@ here, written from the published format, never with om's decoder.
 """
 
 import json
-import pathlib
-import re
-import signal
 import struct
-import threading
-import time
 
 import numpy as np
 import pytest
-import zmq
-from helpers import (SPOT_PEAKFINDER8, Process, configure_single_panel, free_port,
-                     monitor_command, receive_until, simulator_mode_command, subscriber)
+from helpers import (
+    FALLBACK_EV,
+    FALLBACK_MM,
+    Process,
+    assert_damaged_messages_are_dropped,
+    assert_one_zeromq_url_source,
+    assert_source_documented,
+    configure_stream,
+    counts_during,
+    extract_messages,
+    free_port,
+    monitor_command,
+    monitor_parameters,
+    problem_kinds,
+    receive_sent_events,
+    reported_lines,
+    run_monitor_on_sent,
+    run_monitor_on_simulator,
+    run_sender_main,
+)
 
 from om.data_retrieval_layer import (
     data_event_handler_streaming_receiver as handler_module,
@@ -32,9 +44,7 @@ from om.data_retrieval_layer.data_event_handler_streaming_receiver import (
 from om.data_retrieval_layer.data_retrieval_streaming_receiver import (
     StreamingReceiverDataRetrieval,
 )
-from om.lib.exceptions import OmConfigurationError
 from om.lib.parameters import MonitorParameters
-from om.lib.problems import problems
 from om.simulation import streaming_receiver_sender as sender_module
 from om.simulation.streaming_receiver_sender import (
     MASKED_BLOCK,
@@ -49,61 +59,26 @@ from om.simulation.streaming_receiver_sender import (
 )
 
 SHAPE = (512, 512)
-FALLBACK_EV, FALLBACK_MM = 9000.0, 250.0
 FILENAME = "/data/visitors/biomax/2024/raw/lysozyme_000001.h5"
 
 
 def _configuration(tmp_path, data_retrieval=None, **crystallography):
-    """A monitor.yaml for StreamingReceiverDataRetrieval, the 512x512 geometry and peakfinder8
-    settings that find the sender's spots; returns (path, broadcast URL)."""
-    path, broadcast, _ = configure_single_panel(
-        tmp_path, "StreamingReceiverDataRetrieval",
-        {"fallback_beam_energy_in_eV": FALLBACK_EV, "fallback_detector_distance_in_mm": FALLBACK_MM,
-         "stream_queue_size": 16, **(data_retrieval or {})},
-        {"data_broadcast_interval": 4, "min_num_peaks_for_hit": 5, "speed_report_interval": 100,
-         "crystfel_frames": "none", **crystallography},
-        peakfinder8=SPOT_PEAKFINDER8)
-    return path, broadcast
+    """A monitor.yaml for StreamingReceiverDataRetrieval; returns (path, broadcast URL)."""
+    return configure_stream(tmp_path, "StreamingReceiverDataRetrieval", data_retrieval,
+                            **crystallography)
 
 
 def _parameters(tmp_path, **data_retrieval) -> MonitorParameters:
-    path, _ = _configuration(tmp_path, data_retrieval)
-    parameters = MonitorParameters(path)
-    from om.monitor import OM_GROUP
-    from om.processing_layer.crystallography import CrystallographyProcessing
-
-    parameters.validate([OM_GROUP, *StreamingReceiverDataRetrieval.parameter_groups,
-                         *CrystallographyProcessing.parameter_groups])
-    return parameters
+    return monitor_parameters(_configuration(tmp_path, data_retrieval)[0],
+                              StreamingReceiverDataRetrieval)
 
 
-def _counts_during(action):
-    before = problems.counts()
-    result = action()
-    after = problems.counts()
-    return result, {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
-
-
-def _handler(tmp_path, **data_retrieval):
-    retrieval = StreamingReceiverDataRetrieval(parameters=_parameters(tmp_path, **data_retrieval),
-                                               source="tcp://127.0.0.1:1")
-    handler = retrieval.get_data_event_handler()
-    for source in handler._data_sources.values():
-        source.initialize_data_source()
-    return handler
-
-
-def _extract(tmp_path, messages, received_time=123.0, **data_retrieval):
+def _extract(tmp_path, messages, **data_retrieval):
     """Runs messages through one rank's message handling (one processing rank) and the Data
     Sources; returns the data of each image, with the decoded image under ``image``."""
-    handler = _handler(tmp_path, **data_retrieval)
-    state = handler.make_message_handler(node_rank=1, node_pool_size=2)
-    data = []
-    for message in messages:
-        event = state.handle(message, received_time)
-        if event is not None:
-            data.append(handler.extract_data(event=event) | {"image": event["image"]})
-    return data
+    retrieval = StreamingReceiverDataRetrieval(parameters=_parameters(tmp_path, **data_retrieval),
+                                               source="tcp://127.0.0.1:1")
+    return extract_messages(retrieval.get_data_event_handler(), messages)
 
 
 # Decoding ----------------------------------------------------------------------------------------
@@ -161,7 +136,7 @@ def test_header_values_reach_the_images_of_its_series(tmp_path):
         image_message(4, 3, image),
         image_message(1, 0, image),  # the count restarted: yet another series
     ]
-    data, counts = _counts_during(lambda: _extract(tmp_path, messages))
+    data, counts = counts_during(lambda: _extract(tmp_path, messages))
     # One processing rank: missing the first series' series_end, msg_number 2, the second
     # series' 0-1 and 3, the third series' header and the second's series_end.
     assert counts == {"image_without_header": 3, "msg_number_gap": 7}
@@ -181,7 +156,7 @@ def test_a_header_without_metadata_and_keys_of_nested_maps(tmp_path):
     nested = {"detector": {"config": {"energy_keV": 12.0, "distance": 150.0}}}
     messages = [header_message(0, FILENAME), image_message(1, 0, image), series_end_message(2),
                 header_message(0, FILENAME, nested), image_message(1, 0, image)]
-    data, counts = _counts_during(lambda: _extract(
+    data, counts = counts_during(lambda: _extract(
         tmp_path, messages, header_beam_energy_key="detector/config/energy_eV",
         header_detector_distance_key="detector/config/distance",
         header_detector_distance_unit="mm"))
@@ -205,7 +180,7 @@ def test_bad_header_metadata_is_counted_and_the_fallbacks_used(tmp_path):
     ]
     for parts, expected in zip(cases, (1, 1, 2, 1, 1, 2, 2), strict=True):
         messages = [parts, image_message(1, 0, image)]
-        data, counts = _counts_during(lambda: _extract(tmp_path, messages))  # noqa: B023
+        data, counts = counts_during(lambda: _extract(tmp_path, messages))  # noqa: B023
         assert counts == {"bad_header_metadata": expected}
         assert data[0]["beam_energy"] == FALLBACK_EV
         assert data[0]["detector_distance"] == FALLBACK_MM
@@ -258,7 +233,7 @@ def _deal(messages, ranks, lost=(), phase=0):
         for index, message in enumerate(kept):
             states[(index + phase) % ranks].handle(message, 0.0)
 
-    _, counts = _counts_during(run)
+    _, counts = counts_during(run)
     return counts, [state.counts["missing_msg_numbers"] for state in states]
 
 
@@ -308,7 +283,7 @@ def test_messages_whose_number_cannot_be_read_are_no_gaps(ranks, phase):
 def test_the_first_message_after_start_up_only_sets_the_reference():
     image = np.zeros((8, 8), dtype=np.uint16)
     state = StreamingReceiverMessages()
-    _, counts = _counts_during(lambda: [state.handle(image_message(n, n - 1, image, "none"), 0.0)
+    _, counts = counts_during(lambda: [state.handle(image_message(n, n - 1, image, "none"), 0.0)
                                         for n in (500, 501, 504)])
     assert counts == {"image_without_header": 1, "msg_number_gap": 2}
 
@@ -380,7 +355,7 @@ def _bad_messages():
                          ids=[case[0] for case in _bad_messages()])
 def test_bad_messages_are_counted_and_the_next_image_is_processed(name, parts, kind):
     state = StreamingReceiverMessages()
-    event, counts = _counts_during(lambda: state.handle(parts, 0.0))
+    event, counts = counts_during(lambda: state.handle(parts, 0.0))
     assert event is None and counts == {kind: 1}
     assert state.counts["dropped"] == 1
     image, _ = synthetic_image(1, SHAPE)
@@ -393,7 +368,7 @@ def test_a_huge_declared_shape_allocates_nothing():
     header = {"htype": "image", "msg_number": 1, "frame": 0, "shape": [1 << 14, 1 << 12],
               "type": "uint64", "compression": "bslz4"}
     blob = struct.pack(">QI", (1 << 26) * 8, 8192)  # a header that agrees, and nothing else
-    _, counts = _counts_during(lambda: StreamingReceiverMessages().handle(
+    _, counts = counts_during(lambda: StreamingReceiverMessages().handle(
         [json.dumps(header).encode(), blob], 0.0))
     assert counts == {"bad_compressed_data": 1}
 
@@ -401,43 +376,28 @@ def test_a_huge_declared_shape_allocates_nothing():
 def test_damaged_messages_never_raise():
     # Random damage to good messages (bytes changed, cut short): each is either an image or
     # counted and dropped; nothing raises, nothing crashes the process.
-    rng = np.random.default_rng(11)
     image, _ = synthetic_image(0, (128, 128), dtype="uint32")
     messages = [image_message(1, 0, image, c) for c in ("bslz4", "none")]
     messages.append(header_message(0, FILENAME, detector_metadata()))
-    state = StreamingReceiverMessages()
-    before = sum(problems.counts().values())
-    for trial in range(600):
-        parts = [bytearray(part) for part in messages[trial % len(messages)]]
+
+    def damage(message, trial, rng):
+        parts = [bytearray(part) for part in message]
         part = parts[rng.integers(len(parts))]
         if trial % 3 == 0:
             del part[rng.integers(len(part)):]
         else:
             for _ in range(rng.integers(1, 6)):
                 part[rng.integers(len(part))] = rng.integers(256)
-        event = state.handle([bytes(p) for p in parts], 0.0)
-        if event is not None:
-            assert event["image"].ndim == 2 and event["image"].size <= MAX_IMAGE_PIXELS
-    assert state.counts["dropped"] > 100
-    assert sum(problems.counts().values()) - before >= state.counts["dropped"]
+        return [bytes(p) for p in parts]
+
+    assert_damaged_messages_are_dropped(StreamingReceiverMessages(), messages, damage, 11,
+                                        MAX_IMAGE_PIXELS)
 
 
 def test_the_source_must_be_one_zeromq_url(tmp_path):
-    parameters = _parameters(tmp_path)
-    handler = StreamingReceiverDataRetrieval(
-        parameters=parameters, source=" tcp://receiver:9999 ").get_data_event_handler()
-    assert handler.designated_collector_rank() == "first" and handler.skip_rank_finalization()
-    assert handler.initialize_event_handling_on_collecting_node(node_rank=0,
-                                                                node_pool_size=3) is None
-    with pytest.raises(NotImplementedError):
-        handler.retrieve_event_data(f"{FILENAME}:0")
-    for source in ("http://receiver:9999", "tcp://a:1,tcp://b:2"):
-        with pytest.raises(OmConfigurationError, match="one ZeroMQ URL"):
-            StreamingReceiverDataRetrieval(parameters=parameters, source=source)
-    handler = StreamingReceiverDataRetrieval(
-        parameters=parameters, source="tcp://not a host:1").get_data_event_handler()
-    with pytest.raises(OmConfigurationError, match="cannot connect to the streaming-receiver"):
-        handler.initialize_event_handling_on_processing_node(node_rank=1, node_pool_size=2)
+    assert_one_zeromq_url_source(StreamingReceiverDataRetrieval, _parameters(tmp_path),
+                                 "tcp://receiver:9999", f"{FILENAME}:0",
+                                 "cannot connect to the streaming-receiver")
 
 
 # Real PUSH/PULL sockets, in process -------------------------------------------------------------
@@ -447,31 +407,19 @@ def test_handler_receives_the_sent_images_bit_for_bit(tmp_path, compression):
     sender = StreamingReceiverSender("tcp://127.0.0.1:0")
     retrieval = StreamingReceiverDataRetrieval(parameters=_parameters(tmp_path),
                                                source=sender.url)
-    handler = retrieval.get_data_event_handler()
-    handler.initialize_event_handling_on_processing_node(node_rank=1, node_pool_size=2)
-    watchdog = threading.Timer(60, handler.stop)  # bounds the test if an image never comes
-    watchdog.start()
     sent = [synthetic_image(i, SHAPE, dtype=dtype, thresholds=thresholds)[0]
             for i, (dtype, thresholds) in enumerate([
                 ("uint32", 0), ("uint16", 0), ("int32", 0), ("float32", 0), ("uint32", 2),
                 ("uint16", 3)])]
-    try:
-        assert sender.wait_for_clients(1, 30)
+
+    def send():
         sender.send(header_message(0, FILENAME, detector_metadata(photon_energy=11000.0,
                                                                   detector_distance=0.2)))
         for index, image in enumerate(sent):
             sender.send(image_message(index + 1, index, image, compression))
         sender.send(series_end_message(len(sent) + 1))
-        received = []
-        for event in handler.event_generator(node_rank=1, node_pool_size=2):
-            received.append((event["image"], handler.extract_data(event=event)))
-            handler.close_event(event=event)
-            if len(received) == len(sent):
-                break
-    finally:
-        watchdog.cancel()
-        handler.stop()
-        sender.close()
+
+    received = receive_sent_events(retrieval.get_data_event_handler(), sender, len(sent), send)
     assert len(received) == len(sent)
     for image, (decoded, data) in zip(sent, received):
         first = image if image.ndim == 2 else image[0]
@@ -485,30 +433,16 @@ def test_handler_receives_the_sent_images_bit_for_bit(tmp_path, compression):
         assert np.isnan(frame[masked]).all() and np.isnan(frame).sum() == masked.sum()
         assert data["beam_energy"] == 11000.0 and data["detector_distance"] == 200.0
     assert [d["event_id"] for _, d in received] == [f"{FILENAME}:{i}" for i in range(len(sent))]
-    counts = handler.counters()
+    counts = retrieval.get_data_event_handler().counters()
     assert counts["headers"] == 1 and counts["images"] == len(sent) and counts["dropped"] == 0
 
 
 def test_the_sender_runs_as_a_module():
     # main(argv) with a client pulling in this process: exit code 0, header/images/end sent.
-    port = free_port()
-    pull = zmq.Context.instance().socket(zmq.PULL)
-    pull.setsockopt(zmq.LINGER, 0)
-    pull.connect(f"tcp://127.0.0.1:{port}")
-    result = {}
-    thread = threading.Thread(target=lambda: result.setdefault("code", sender_module.main(
-        ["--url", f"tcp://127.0.0.1:{port}", "--frames", "3", "--rate", "0", "--compression",
-         "none", "--dtype", "uint16", "--shape", "128x256", "--thresholds", "2",
-         "--wait-timeout", "30"])))
-    thread.start()
-    messages = []
-    deadline = time.monotonic() + 60
-    while len(messages) < 5 and time.monotonic() < deadline:
-        if pull.poll(200):
-            messages.append(pull.recv_multipart())
-    thread.join(30)
-    pull.close(0)
-    assert result.get("code") == 0
+    code, messages = run_sender_main(sender_module.main, [
+        "--frames", "3", "--rate", "0", "--compression", "none", "--dtype", "uint16",
+        "--shape", "128x256", "--thresholds", "2", "--wait-timeout", "30"], 5)
+    assert code == 0
     headers = [json.loads(parts[0]) for parts in messages]
     assert [h["htype"] for h in headers] == ["header", "image", "image", "image", "series_end"]
     assert [h["msg_number"] for h in headers] == [0, 1, 2, 3, 4]
@@ -524,28 +458,11 @@ def test_the_sender_runs_as_a_module():
 def test_monitor_end_to_end(tmp_path):
     frames = 16
     config, broadcast = _configuration(tmp_path)
-    url = f"tcp://127.0.0.1:{free_port()}"
-    sender = Process(simulator_mode_command(
-        "streaming-receiver", "--url", url, "--frames", str(frames), "--rate", "20",
+    data, frames_seen, monitor = run_monitor_on_simulator(
+        tmp_path, config, broadcast, "streaming-receiver", frames, "--rate", "20",
         "--compression", "bslz4", "--dtype", "uint32", "--filename", FILENAME,
         "--photon-energy", "12000", "--detector-distance", "0.15", "--wait-for-clients", "2",
-        "--wait-timeout", "180"), tmp_path, "sender")
-    monitor = Process(monitor_command(url, config), tmp_path, "monitor")
-    frames_seen = []
-    try:
-        with subscriber(broadcast, b"omdata") as omdata, \
-                subscriber(broadcast, b"omframedata") as omframedata:
-            alive = lambda: monitor.popen.poll() is None
-            frames_seen.append(receive_until(omframedata, lambda m: True, 180, alive))
-            data = receive_until(omdata, lambda m: m["num_events"] >= frames, 60, alive)
-            while omframedata.poll(0):
-                frames_seen.append(receive_until(omframedata, lambda m: True, 1))
-        assert sender.wait(60) == 0
-    finally:
-        code = monitor.stop()
-        sender.stop()
-    print(sender.stdout, sender.stderr, monitor.stdout, monitor.stderr[-3000:])
-    assert code == 0
+        "--wait-timeout", "180")
     assert data["num_events"] == frames
     per_rank = data["num_events_per_rank"]
     assert set(per_rank) == {"1", "2"} and sum(per_rank.values()) == frames
@@ -585,7 +502,6 @@ def _renumbered(parts, msg_number):
 def test_bad_input_end_to_end(tmp_path):
     config, broadcast = _configuration(tmp_path)
     sender = StreamingReceiverSender(f"tcp://127.0.0.1:{free_port()}")
-    monitor = Process(monitor_command(sender.url, config), tmp_path, "monitor")
     bad = [(parts, kind) for name, parts, kind in _bad_messages()
            if name in ("not JSON", "no htype", "unknown htype", "image without its blob",
                        "no shape", "unknown dtype", "unknown compression", "raw bytes short",
@@ -599,33 +515,23 @@ def test_bad_input_end_to_end(tmp_path):
     expected["msg_number_gap"] = lost
     numbers = list(range(len(bad) + 1, len(bad) + good + lost + 1))
     del numbers[4:4 + lost]
-    try:
-        with subscriber(broadcast, b"omdata") as omdata:
-            alive = lambda: monitor.popen.poll() is None
-            deadline = time.monotonic() + 180
-            while not sender.wait_for_clients(2, 1):  # both processing ranks connected
-                assert alive() and time.monotonic() < deadline, monitor.stderr[-3000:]
-            sender.send(header_message(0, FILENAME, detector_metadata()))
-            for number, (parts, _) in enumerate(bad, start=1):
-                sender.send(_renumbered(parts, number))
-            for frame, number in enumerate(numbers):
-                sender.send(image_message(number, frame, synthetic_image(frame, SHAPE)[0]))
-            sender.send(series_end_message(numbers[-1] + 1))
-            data = receive_until(
-                omdata, lambda m: m["num_events"] >= good and all(
-                    m["problems"].get(kind, 0) >= n for kind, n in expected.items()), 60, alive)
-    finally:
-        code = monitor.stop(signum=signal.SIGTERM)
-        sender.close()
-    print(monitor.stdout, monitor.stderr[-3000:])
-    assert code == 0
+
+    def send():
+        sender.send(header_message(0, FILENAME, detector_metadata()))
+        for number, (parts, _) in enumerate(bad, start=1):
+            sender.send(_renumbered(parts, number))
+        for frame, number in enumerate(numbers):
+            sender.send(image_message(number, frame, synthetic_image(frame, SHAPE)[0]))
+        sender.send(series_end_message(numbers[-1] + 1))
+
+    data, monitor = run_monitor_on_sent(
+        tmp_path, config, broadcast, sender, send, lambda m: m["num_events"] >= good and all(
+            m["problems"].get(kind, 0) >= n for kind, n in expected.items()))
     assert data["num_events"] == good
     # One rank received the header, the other processed its images with the fallbacks.
     assert data["problems"] == expected | {"image_without_header": 1}
-    for kind in expected:
-        lines = [line for line in monitor.stderr.splitlines() if f"{kind}: " in line]
-        assert 1 <= len(lines) <= 2, (kind, lines)  # one line each (rate-limited)
-        assert all(len(line) < 400 for line in lines)
+    lines = reported_lines(monitor.stderr, expected)  # one line each (rate-limited)
+    assert all(len(line) < 400 for line in lines)
     assert f"final summary: {good} events" in monitor.stdout
 
 
@@ -656,16 +562,7 @@ def test_start_up_errors_stop_every_rank(tmp_path, source, remove, expected):
 # Documentation -----------------------------------------------------------------------------------
 
 def test_keys_and_problem_kinds_are_documented():
-    docs = pathlib.Path(__file__).resolve().parents[1] / "docs"
-    source_doc = (docs / "source_streaming_receiver.md").read_text()
-    broadcast_doc = (docs / "broadcast.md").read_text()
-    for group in StreamingReceiverDataRetrieval.parameter_groups:
-        for parameter in group.parameters:
-            assert f"| `{parameter.name}` |" in source_doc, parameter.name
-    kinds = {value for name, value in vars(handler_module).items()
-             if name.isupper() and not name.startswith("_") and isinstance(value, str)
-             and re.fullmatch(r"[a-z_]+", value)}
+    kinds = problem_kinds(handler_module)
     assert kinds == set(PROBLEM_KINDS)
-    for kind in kinds:
-        assert f"| `{kind}` |" in broadcast_doc, kind
-        assert f"| `{kind}` |" in source_doc, kind
+    assert_source_documented("source_streaming_receiver.md", StreamingReceiverDataRetrieval,
+                             kinds)
