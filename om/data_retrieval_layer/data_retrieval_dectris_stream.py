@@ -13,20 +13,21 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from om.data_retrieval_layer.data_sources_generic import (
-    TimestampFromEvent,
-    EventIdFromEvent,
-    FloatFromEventOrConfiguration,
-)
 from om.data_retrieval_layer.data_event_handler_dectris_stream import (
     DectrisStreamDataEventHandler,
 )
-from om.lib.parameters import MonitorParameters, Parameter, ParameterGroup
+from om.data_retrieval_layer.data_sources_generic import (
+    FALLBACK_PARAMETERS,
+    DataSourceFromEvent,
+    EventIdFromEvent,
+    FloatFromEventOrConfiguration,
+    TimestampFromEvent,
+    fallback_sources,
+)
+from om.lib.parameters import MonitorParameters, ParameterGroup
 
-_GROUP = "data_retrieval_layer"
 
-
-class DectrisStreamImage:
+class DectrisStreamImage(DataSourceFromEvent):
     """The image as a float32 (rows, columns) frame, in the detector's units (photons).
 
     Masked pixels are NaN: those holding the all-ones value of an unsigned integer image
@@ -34,14 +35,6 @@ class DectrisStreamImage:
     defective or gap pixels) or the most negative value of a signed integer image (-32768 for
     int16: Jungfraujoch's "underload", pixels to exclude). Float images are passed as float32.
     """
-
-    parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = ()
-
-    def __init__(self, *, data_source_name: str, parameters: MonitorParameters) -> None:
-        self._name = data_source_name
-
-    def initialize_data_source(self) -> None:
-        """Nothing to prepare."""
 
     def get_data(self, *, event: dict[str, Any]) -> np.ndarray:
         """Returns the frame: float32 (rows, columns), NaN at masked pixels.
@@ -79,21 +72,13 @@ class StartValueOrFallback(FloatFromEventOrConfiguration):
     """
 
 
-class DetectorSpotsDectrisStream:
+class DetectorSpotsDectrisStream(DataSourceFromEvent):
     """Spots found by the detector's software (Jungfraujoch), passed through.
 
     A dict of float64 (n,) arrays: ``fs`` (column) and ``ss`` (row) in pixels, with the centre
     of pixel ``i`` at ``i`` as sent, and ``intensity`` (photons); None when the image message
     carries no spots (DECTRIS detectors, Jungfraujoch without spot finding).
     """
-
-    parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = ()
-
-    def __init__(self, *, data_source_name: str, parameters: MonitorParameters) -> None:
-        self._name = data_source_name
-
-    def initialize_data_source(self) -> None:
-        """Nothing to prepare."""
 
     def get_data(self, *, event: dict[str, Any]) -> dict[str, np.ndarray] | None:
         """Returns ``{"fs", "ss", "intensity"}`` float64 arrays, or None."""
@@ -120,13 +105,7 @@ class DectrisStreamDataRetrieval:
     """
 
     parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = (
-        ParameterGroup(_GROUP, (
-            Parameter("fallback_beam_energy_in_eV", float, required=True,
-                      description="beam energy when this rank has no start message, eV"),
-            Parameter("fallback_detector_distance_in_mm", float, required=True,
-                      description="detector distance when this rank has no start message "
-                                  "(or it has none), mm"),
-        )),
+        FALLBACK_PARAMETERS,
         *DectrisStreamDataEventHandler.parameter_groups,
     )
 
@@ -137,12 +116,7 @@ class DectrisStreamDataRetrieval:
             "event_id": EventIdDectrisStream(data_source_name="event_id", parameters=parameters),
             "detector_data": DectrisStreamImage(data_source_name="detector",
                                                 parameters=parameters),
-            "beam_energy": StartValueOrFallback(
-                data_source_name="beam_energy", parameters=parameters,
-                event_key="beam_energy", fallback_key="fallback_beam_energy_in_eV"),
-            "detector_distance": StartValueOrFallback(
-                data_source_name="detector_distance", parameters=parameters,
-                event_key="detector_distance", fallback_key="fallback_detector_distance_in_mm"),
+            **fallback_sources(StartValueOrFallback, parameters),
             "detector_spots": DetectorSpotsDectrisStream(data_source_name="detector_spots",
                                                          parameters=parameters),
         }

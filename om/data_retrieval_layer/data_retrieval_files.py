@@ -17,15 +17,24 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
+from om.data_retrieval_layer.data_event_handler_files import Hdf5FilesDataEventHandler
 from om.data_retrieval_layer.data_sources_generic import (
-    TimestampFromEvent,
+    FALLBACK_PARAMETERS,
     EventIdFromEvent,
     FloatFromEventOrConfiguration,
+    TimestampFromEvent,
+    fallback_sources,
 )
-from om.data_retrieval_layer.data_event_handler_files import Hdf5FilesDataEventHandler
-from om.data_retrieval_layer.jungfrau_calibration import MODULE_SHAPE, JungfrauCalibration
+from om.data_retrieval_layer.jungfrau_calibration import (
+    MODULE_SHAPE,
+    JungfrauCalibration,
+)
 from om.data_retrieval_layer.nxmx_files import to_float32
-from om.lib.exceptions import OmConfigurationError, OmDataExtractionError, OmInvalidDataError
+from om.lib.exceptions import (
+    OmConfigurationError,
+    OmDataExtractionError,
+    OmInvalidDataError,
+)
 from om.lib.parameters import MonitorParameters, Parameter, ParameterGroup
 from om.lib.problems import problems
 
@@ -197,12 +206,7 @@ class Hdf5FilesDataRetrieval:
     """
 
     parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = (
-        ParameterGroup(_GROUP, (
-            Parameter("fallback_beam_energy_in_eV", float, required=True,
-                      description="beam energy when the file gives none, eV"),
-            Parameter("fallback_detector_distance_in_mm", float, required=True,
-                      description="detector distance when the file gives none, mm"),
-        )),
+        FALLBACK_PARAMETERS,
         *DetectorDataHdf5Files.parameter_groups,
         *Hdf5FilesDataEventHandler.parameter_groups,
     )
@@ -213,12 +217,9 @@ class Hdf5FilesDataRetrieval:
             "event_id": EventIdHdf5Files(data_source_name="event_id", parameters=parameters),
             "detector_data": DetectorDataHdf5Files(data_source_name="detector",
                                                    parameters=parameters),
-            "beam_energy": FloatFromFileOrConfiguration(
-                data_source_name="beam_energy", parameters=parameters,
-                event_key="beam_energy_eV", fallback_key="fallback_beam_energy_in_eV"),
-            "detector_distance": FloatFromFileOrConfiguration(
-                data_source_name="detector_distance", parameters=parameters,
-                event_key="detector_distance_mm", fallback_key="fallback_detector_distance_in_mm"),
+            **fallback_sources(FloatFromFileOrConfiguration, parameters,
+                               beam_energy_key="beam_energy_eV",
+                               detector_distance_key="detector_distance_mm"),
         }
         self._handler = Hdf5FilesDataEventHandler(
             source=source, data_sources=data_sources, parameters=parameters)

@@ -6,16 +6,19 @@
 
 from typing import ClassVar
 
-from om.data_retrieval_layer.data_event_handler_jungfrau_zmq import Jungfrau1MZmqDataEventHandler
-from om.data_retrieval_layer.data_sources_generic import FloatValueFromConfiguration
+from om.data_retrieval_layer.data_event_handler_jungfrau_zmq import (
+    Jungfrau1MZmqDataEventHandler,
+)
+from om.data_retrieval_layer.data_sources_generic import (
+    FALLBACK_PARAMETERS,
+    FloatValueFromConfiguration,
+)
 from om.data_retrieval_layer.data_sources_jungfrau_zmq import (
     EventIdJungfrau1MZmq,
     Jungfrau1MZmq,
     TimestampJungfrau1MZmq,
 )
-from om.lib.parameters import MonitorParameters, Parameter, ParameterGroup
-
-_GROUP = "data_retrieval_layer"
+from om.lib.parameters import MonitorParameters, ParameterGroup
 
 
 class Jungfrau1MZmqDataRetrieval:
@@ -31,12 +34,7 @@ class Jungfrau1MZmqDataRetrieval:
     """
 
     parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = (
-        ParameterGroup(_GROUP, (
-            Parameter("fallback_beam_energy_in_eV", float, required=True,
-                      description="beam energy, eV"),
-            Parameter("fallback_detector_distance_in_mm", float, required=True,
-                      description="detector distance, mm"),
-        )),
+        FALLBACK_PARAMETERS,
         *Jungfrau1MZmq.parameter_groups,
         *Jungfrau1MZmqDataEventHandler.parameter_groups,
     )

@@ -14,15 +14,17 @@ from typing import ClassVar
 from om.data_retrieval_layer.data_event_handler_streaming_receiver import (
     StreamingReceiverDataEventHandler,
 )
+from om.data_retrieval_layer.data_sources_generic import (
+    FALLBACK_PARAMETERS,
+    fallback_sources,
+)
 from om.data_retrieval_layer.data_sources_streaming_receiver import (
     EventIdStreamingReceiver,
     HeaderValueOrFallback,
     StreamingReceiverImage,
     TimestampStreamingReceiver,
 )
-from om.lib.parameters import MonitorParameters, Parameter, ParameterGroup
-
-_GROUP = "data_retrieval_layer"
+from om.lib.parameters import MonitorParameters, ParameterGroup
 
 
 class StreamingReceiverDataRetrieval:
@@ -45,12 +47,7 @@ class StreamingReceiverDataRetrieval:
     """
 
     parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = (
-        ParameterGroup(_GROUP, (
-            Parameter("fallback_beam_energy_in_eV", float, required=True,
-                      description="beam energy when this rank has no header value, eV"),
-            Parameter("fallback_detector_distance_in_mm", float, required=True,
-                      description="detector distance when this rank has no header value, mm"),
-        )),
+        FALLBACK_PARAMETERS,
         *StreamingReceiverImage.parameter_groups,
         *StreamingReceiverDataEventHandler.parameter_groups,
     )
@@ -63,12 +60,7 @@ class StreamingReceiverDataRetrieval:
                                                  parameters=parameters),
             "detector_data": StreamingReceiverImage(data_source_name="detector",
                                                     parameters=parameters),
-            "beam_energy": HeaderValueOrFallback(
-                data_source_name="beam_energy", parameters=parameters,
-                event_key="beam_energy", fallback_key="fallback_beam_energy_in_eV"),
-            "detector_distance": HeaderValueOrFallback(
-                data_source_name="detector_distance", parameters=parameters,
-                event_key="detector_distance", fallback_key="fallback_detector_distance_in_mm"),
+            **fallback_sources(HeaderValueOrFallback, parameters),
         }
         self._handler = StreamingReceiverDataEventHandler(
             source=source, data_sources=data_sources, parameters=parameters

@@ -1,11 +1,21 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Data Sources that do not depend on the detector: values from the configuration."""
+"""Data Sources that do not depend on the detector: values from the configuration, values
+the Data Event Handler stored in the event, and the fallback keys the set-ups share."""
 
 from typing import Any, ClassVar
 
 import numpy as np
 
-from om.lib.parameters import MonitorParameters, ParameterGroup
+from om.lib.parameters import MonitorParameters, Parameter, ParameterGroup
+
+FALLBACK_PARAMETERS = ParameterGroup("data_retrieval_layer", (
+    Parameter("fallback_beam_energy_in_eV", float, required=True,
+              description="beam energy when the event carries none, eV"),
+    Parameter("fallback_detector_distance_in_mm", float, required=True,
+              description="detector distance when the event carries none, mm"),
+))
+"""The configured beam energy and detector distance of the events that carry none (every
+event, for a source that never carries them); every Data Retrieval class declares them."""
 
 
 class FloatValueFromConfiguration:
@@ -40,9 +50,14 @@ class FloatValueFromConfiguration:
         return self._value
 
 
-class TimestampFromEvent:
-    """The timestamp the Data Event Handler stored in the event as ``event["timestamp"]``:
-    np.float64, s since the epoch."""
+class DataSourceFromEvent:
+    """Base of the Data Sources that read only the event: no configuration key, nothing to
+    prepare. Subclasses implement ``get_data``.
+
+    Args:
+        data_source_name: the name of the source.
+        parameters: the monitor's configuration (not read).
+    """
 
     parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = ()
 
@@ -51,22 +66,19 @@ class TimestampFromEvent:
 
     def initialize_data_source(self) -> None:
         """Nothing to prepare."""
+
+
+class TimestampFromEvent(DataSourceFromEvent):
+    """The timestamp the Data Event Handler stored in the event as ``event["timestamp"]``:
+    np.float64, s since the epoch."""
 
     def get_data(self, *, event: dict[str, Any]) -> np.float64:
         """Returns the timestamp (np.float64, s since the epoch)."""
         return np.float64(event["timestamp"])
 
 
-class EventIdFromEvent:
+class EventIdFromEvent(DataSourceFromEvent):
     """The identifier the Data Event Handler stored in the event as ``event["event_id"]`` (str)."""
-
-    parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = ()
-
-    def __init__(self, *, data_source_name: str, parameters: MonitorParameters) -> None:
-        self._name = data_source_name
-
-    def initialize_data_source(self) -> None:
-        """Nothing to prepare."""
 
     def get_data(self, *, event: dict[str, Any]) -> str:
         """Returns the event identifier (str)."""
@@ -102,3 +114,27 @@ class FloatFromEventOrConfiguration:
         """Returns the event's value (float), else the fallback."""
         value = event.get(self._event_key)
         return float(value) if value is not None else self._fallback
+
+
+def fallback_sources(
+    source_class: type[FloatFromEventOrConfiguration], parameters: MonitorParameters, *,
+    beam_energy_key: str = "beam_energy", detector_distance_key: str = "detector_distance",
+) -> dict[str, FloatFromEventOrConfiguration]:
+    """The ``beam_energy`` (eV) and ``detector_distance`` (mm) Data Sources of a set-up: the
+    event's values under the given keys, else the keys of :data:`FALLBACK_PARAMETERS`.
+
+    Args:
+        source_class: :class:`FloatFromEventOrConfiguration` or a subclass naming where the
+            set-up's values come from.
+        parameters: the monitor's configuration.
+        beam_energy_key: the event's key of the beam energy.
+        detector_distance_key: the event's key of the detector distance.
+    """
+    return {
+        "beam_energy": source_class(
+            data_source_name="beam_energy", parameters=parameters,
+            event_key=beam_energy_key, fallback_key="fallback_beam_energy_in_eV"),
+        "detector_distance": source_class(
+            data_source_name="detector_distance", parameters=parameters,
+            event_key=detector_distance_key, fallback_key="fallback_detector_distance_in_mm"),
+    }
