@@ -40,7 +40,6 @@ from typing import Any, ClassVar
 
 import zmq
 
-from om.data_retrieval_layer.pull_stream_handler import PullStreamDataEventHandler
 from om.data_retrieval_layer.cbor_stream_v2 import (
     BAD_MESSAGE,
     WRONG_SIZE,
@@ -50,6 +49,10 @@ from om.data_retrieval_layer.cbor_stream_v2 import (
     parse_end,
     parse_image,
     parse_start,
+)
+from om.data_retrieval_layer.pull_stream_handler import (
+    STREAM_QUEUE_SIZE,
+    PullStreamDataEventHandler,
 )
 from om.lib.parameters import Parameter, ParameterGroup
 from om.lib.problems import problems
@@ -181,14 +184,9 @@ class DectrisStreamMessages:
 class DectrisStreamDataEventHandler(PullStreamDataEventHandler):
     """Events from a DECTRIS Stream V2 PUSH socket (DECTRIS detectors, Jungfraujoch).
 
-    Args:
-        source: the detector's PUSH URL, e.g. ``tcp://dcu-address:31001`` (DECTRIS' port) or
-            Jungfraujoch's republish port.
-        data_sources: the Data Sources to extract, by name.
-        parameters: the monitor's configuration.
-
-    Raises:
-        OmConfigurationError: when the source is not one ``tcp://``/``ipc://`` URL.
+    Arguments and errors as :class:`PullStreamDataEventHandler`; the source is the detector's
+    PUSH URL, e.g. ``tcp://dcu-address:31001`` (DECTRIS' port) or Jungfraujoch's republish
+    port.
     """
 
     stream_name = "a DECTRIS Stream V2 source"
@@ -201,9 +199,7 @@ class DectrisStreamDataEventHandler(PullStreamDataEventHandler):
             Parameter("stream_channel", str, default=None, nullable=True,
                       description="channel of the image messages' data map to use "
                                   "(null: the first one)"),
-            Parameter("stream_queue_size", int, default=16,
-                      description="messages queued per processing rank (ZeroMQ receive "
-                                  "high-water mark)"),
+            STREAM_QUEUE_SIZE,
         )),
     )
 

@@ -64,7 +64,10 @@ from typing import Any, ClassVar
 import numpy as np
 import zmq
 
-from om.data_retrieval_layer.pull_stream_handler import PullStreamDataEventHandler
+from om.data_retrieval_layer.pull_stream_handler import (
+    STREAM_QUEUE_SIZE,
+    PullStreamDataEventHandler,
+)
 from om.lib.bslz4 import HEADER as BSLZ4_HEADER
 from om.lib.bslz4 import decompress_bslz4
 from om.lib.exceptions import (
@@ -497,13 +500,8 @@ class StreamingReceiverMessages:
 class StreamingReceiverDataEventHandler(PullStreamDataEventHandler):
     """Events from MAX IV streaming-receiver's secondary PUSH port.
 
-    Args:
-        source: the receiver's PUSH URL, e.g. ``tcp://receiver-host:9999``.
-        data_sources: the Data Sources to extract, by name.
-        parameters: the monitor's configuration.
-
-    Raises:
-        OmConfigurationError: when the source is not one ``tcp://``/``ipc://`` URL.
+    Arguments and errors as :class:`PullStreamDataEventHandler`; the source is the receiver's
+    PUSH URL, e.g. ``tcp://receiver-host:9999``.
     """
 
     stream_name = "a streaming-receiver stream"
@@ -513,9 +511,7 @@ class StreamingReceiverDataEventHandler(PullStreamDataEventHandler):
 
     parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = (
         ParameterGroup(_GROUP, (
-            Parameter("stream_queue_size", int, default=16,
-                      description="messages queued per processing rank (ZeroMQ receive "
-                                  "high-water mark)"),
+            STREAM_QUEUE_SIZE,
             Parameter("header_beam_energy_key", str, default="photon_energy",
                       description="key of the beam energy (eV) in the header's metadata part "
                                   "('a/b' for nested maps)"),

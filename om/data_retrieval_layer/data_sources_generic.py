@@ -85,7 +85,7 @@ class EventIdFromEvent(DataSourceFromEvent):
         return str(event["event_id"])
 
 
-class FloatFromEventOrConfiguration:
+class FloatFromEventOrConfiguration(FloatValueFromConfiguration):
     """A number the Data Event Handler found for the event (e.g. the beam energy of a series'
     start message or of a file), else a fallback from ``monitor.yaml``.
 
@@ -96,24 +96,17 @@ class FloatFromEventOrConfiguration:
         fallback_key: the ``data_retrieval_layer`` key of the fallback (same unit).
     """
 
-    parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = ()
-
     def __init__(self, *, data_source_name: str, parameters: MonitorParameters,
                  event_key: str, fallback_key: str) -> None:
-        self._name = data_source_name
-        self._parameters = parameters
+        # The fallback is a configured value like any other: the base reads it.
+        super().__init__(data_source_name=data_source_name, parameters=parameters,
+                         key=fallback_key)
         self._event_key = event_key
-        self._fallback_key = fallback_key
-        self._fallback = 0.0
-
-    def initialize_data_source(self) -> None:
-        """Reads the fallback from the configuration."""
-        self._fallback = float(self._parameters.get("data_retrieval_layer", self._fallback_key))
 
     def get_data(self, *, event: dict[str, Any]) -> float:
         """Returns the event's value (float), else the fallback."""
         value = event.get(self._event_key)
-        return float(value) if value is not None else self._fallback
+        return float(value) if value is not None else self._value
 
 
 def fallback_sources(

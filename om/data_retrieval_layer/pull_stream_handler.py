@@ -9,7 +9,8 @@ decoder turns messages into events.
 
 import threading
 import time
-from typing import Any, Generator
+from collections.abc import Generator
+from typing import Any
 
 import zmq
 
@@ -18,10 +19,15 @@ from om.data_retrieval_layer.data_extraction import (
     extract_from_data_sources,
 )
 from om.lib.exceptions import OmConfigurationError
-from om.lib.parameters import MonitorParameters
+from om.lib.parameters import MonitorParameters, Parameter
 from om.protocols.data_retrieval_layer import OmDataSourceProtocol
 
 _GROUP = "data_retrieval_layer"
+
+STREAM_QUEUE_SIZE = Parameter(
+    "stream_queue_size", int, default=16,
+    description="messages queued per processing rank (ZeroMQ receive high-water mark)")
+"""The key this handler reads; subclasses declare it in their ``data_retrieval_layer`` group."""
 
 
 class PullStreamDataEventHandler(StreamWithoutSingleEvents):
@@ -30,7 +36,8 @@ class PullStreamDataEventHandler(StreamWithoutSingleEvents):
     Subclasses set ``source_name`` (e.g. "a DECTRIS Stream V2 source"), ``url_example``,
     ``connect_what`` (named when the URL cannot be connected) and implement
     :meth:`make_message_handler` and :meth:`receive`. The configuration key
-    ``stream_queue_size`` (group ``data_retrieval_layer``) sets the receive high-water mark.
+    ``stream_queue_size`` (group ``data_retrieval_layer``, :data:`STREAM_QUEUE_SIZE`) sets the
+    receive high-water mark.
 
     Args:
         source: the PUSH URL.
