@@ -14,6 +14,7 @@ import pathlib
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
@@ -109,39 +110,37 @@ def parse_resolution_list(text: str) -> tuple[float, ...]:
     return values
 
 
+def _checked_number(text: str, convert: Callable[[str], Any], what: str,
+                    valid: Callable[[Any], bool], error: str) -> Any:
+    """``convert(text)``, or argparse.ArgumentTypeError ``not {what}`` when it cannot, or
+    ``error`` (formatted with ``text`` and ``value``) when ``valid(value)`` is false."""
+    try:
+        value = convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+    if not valid(value):
+        raise argparse.ArgumentTypeError(error.format(text=text, value=value))
+    return value
+
+
 def refresh_rate_type(text: str) -> float:
     """argparse type of a refresh rate: a number in (0, MAX_REFRESH_RATE] Hz."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (0 < value <= MAX_REFRESH_RATE):
-        raise argparse.ArgumentTypeError(
-            f"the refresh rate must be in (0, {MAX_REFRESH_RATE:g}] Hz, got {text}"
-        )
-    return value
+    return _checked_number(
+        text, float, "a number", lambda value: 0 < value <= MAX_REFRESH_RATE,
+        f"the refresh rate must be in (0, {MAX_REFRESH_RATE:g}] Hz, got {{text}}")
 
 
 def positive_int_type(text: str) -> int:
     """argparse type of a positive integer."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+    return _checked_number(text, int, "an integer", lambda value: value >= 1,
+                           "must be at least 1, got {value}")
 
 
 def positive_float_type(text: str) -> float:
     """argparse type of a positive number."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
+    return _checked_number(text, float, "a number",
+                           lambda value: math.isfinite(value) and value > 0,
+                           "must be a positive number, got {text}")
 
 
 # ----------------------------------------------------------------------------------------------
