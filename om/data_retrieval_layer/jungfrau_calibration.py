@@ -32,10 +32,12 @@ C-contiguous arrays a whole frame is one kernel call (any other layout: a plain 
 loop).
 """
 
+import contextlib
 import logging
 import math
 import os
-from typing import Literal, NamedTuple, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Literal, NamedTuple
 
 import h5py
 import numba
@@ -487,14 +489,8 @@ def read_dark_file(
             non-numeric dataset, values inconsistent with the convention.
     """
     pedestals = np.empty((N_GAIN_STAGES, *MODULE_SHAPE), dtype=np.float32)
-    try:
+    with _file_errors("dark", filename, " as HDF5"):
         handle = h5py.File(filename, "r")
-    except FileNotFoundError:
-        raise OmConfigurationError(f"JUNGFRAU dark file not found: {filename}") from None
-    except OSError as error:
-        raise OmConfigurationError(
-            f"JUNGFRAU dark file {filename} cannot be read as HDF5: {_one_line(error)}"
-        ) from None
     with handle:
         for stage in range(N_GAIN_STAGES):
             name = f"gain{stage}"
@@ -562,25 +558,14 @@ def read_gain_file(filename: str | os.PathLike) -> NDArray[np.float64]:
     Raises:
         OmConfigurationError: missing or unreadable file, wrong size.
     """
-    try:
+    with _file_errors("gain", filename):
         size = os.path.getsize(filename)
-    except FileNotFoundError:
-        raise OmConfigurationError(f"JUNGFRAU gain file not found: {filename}") from None
-    except OSError as error:
-        raise OmConfigurationError(
-            f"JUNGFRAU gain file {filename} cannot be read: {_one_line(error)}"
-        ) from None
-    if size != _GAIN_FILE_BYTES:
-        raise OmConfigurationError(
-            f"JUNGFRAU gain file {filename} has {size} bytes, expected {_GAIN_FILE_BYTES} "
-            "(float64 3 x 512 x 1024)"
-        )
-    try:
+        if size != _GAIN_FILE_BYTES:
+            raise OmConfigurationError(
+                f"JUNGFRAU gain file {filename} has {size} bytes, expected {_GAIN_FILE_BYTES} "
+                "(float64 3 x 512 x 1024)"
+            )
         gains = np.fromfile(filename, dtype="<f8")
-    except OSError as error:
-        raise OmConfigurationError(
-            f"JUNGFRAU gain file {filename} cannot be read: {_one_line(error)}"
-        ) from None
     if gains.size * 8 != _GAIN_FILE_BYTES:
         raise OmConfigurationError(f"JUNGFRAU gain file {filename} was truncated while reading")
     return gains.astype(np.float64, copy=False).reshape(N_GAIN_STAGES, *MODULE_SHAPE)
@@ -610,6 +595,19 @@ def _describe(array: object) -> str:
     if isinstance(array, np.ndarray):
         return f"{array.dtype} {array.shape}"
     return type(array).__name__
+
+
+@contextlib.contextmanager
+def _file_errors(kind: str, filename: str | os.PathLike, reading: str = "") -> Iterator[None]:
+    # A missing or unreadable calibration file stops start-up with one line naming it.
+    try:
+        yield
+    except FileNotFoundError:
+        raise OmConfigurationError(f"JUNGFRAU {kind} file not found: {filename}") from None
+    except OSError as error:
+        raise OmConfigurationError(
+            f"JUNGFRAU {kind} file {filename} cannot be read{reading}: {_one_line(error)}"
+        ) from None
 
 
 def _one_line(error: BaseException) -> str:
