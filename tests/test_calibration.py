@@ -263,6 +263,21 @@ def _assert_one_line_naming(error, *names):
         assert str(name) in message
 
 
+def _assert_refused(darks, gain_files, match, *names):
+    """Loading the files fails with one line that matches ``match`` and names ``names``."""
+    with pytest.raises(OmConfigurationError, match=match) as error:
+        _from_files(darks, gain_files)
+    _assert_one_line_naming(error, *names)
+
+
+def _write_dark(path, stages, shape=MODULE):
+    """A dark file with zero datasets ``gain<stage>`` of ``shape`` for the given stages."""
+    with h5py.File(path, "w") as handle:
+        for stage in stages:
+            handle[f"gain{stage}"] = np.zeros(shape, np.float32)
+    return path
+
+
 def test_good_files_load(good_files):
     calibration = _from_files(*good_files)
     assert calibration.n_modules == 2 and calibration.frame_shape == (1024, 1024)
@@ -272,57 +287,39 @@ def test_good_files_load(good_files):
 def test_missing_dark_file(good_files, tmp_path):
     darks, gain_files = good_files
     missing = tmp_path / "no_such_dark.h5"
-    with pytest.raises(OmConfigurationError, match="not found") as error:
-        _from_files([darks[0], str(missing)], gain_files)
-    _assert_one_line_naming(error, missing)
+    _assert_refused([darks[0], str(missing)], gain_files, "not found", missing)
 
 
 def test_missing_gain_file(good_files, tmp_path):
     darks, gain_files = good_files
     missing = tmp_path / "no_such_gain.bin"
-    with pytest.raises(OmConfigurationError, match="not found") as error:
-        _from_files(darks, [str(missing), gain_files[1]])
-    _assert_one_line_naming(error, missing)
+    _assert_refused(darks, [str(missing), gain_files[1]], "not found", missing)
 
 
 def test_gain_file_of_wrong_size(good_files, tmp_path):
     darks, gain_files = good_files
     short = tmp_path / "short_gain.bin"
     np.zeros((3, 512, 1024), dtype=np.float32).tofile(short)  # float32 instead of float64
-    with pytest.raises(OmConfigurationError, match="bytes") as error:
-        _from_files(darks, [gain_files[0], str(short)])
-    _assert_one_line_naming(error, short, 6291456)
+    _assert_refused(darks, [gain_files[0], str(short)], "bytes", short, 6291456)
 
 
 def test_missing_dataset(good_files, tmp_path):
     darks, gain_files = good_files
-    broken = tmp_path / "dark_without_gain2.h5"
-    with h5py.File(broken, "w") as handle:
-        handle["gain0"] = np.zeros(MODULE, np.float32)
-        handle["gain1"] = np.zeros(MODULE, np.float32)
-    with pytest.raises(OmConfigurationError, match="missing") as error:
-        _from_files([str(broken), darks[1]], gain_files)
-    _assert_one_line_naming(error, broken, "gain2")
+    broken = _write_dark(tmp_path / "dark_without_gain2.h5", (0, 1))
+    _assert_refused([str(broken), darks[1]], gain_files, "missing", broken, "gain2")
 
 
 def test_dataset_of_wrong_shape(good_files, tmp_path):
     darks, gain_files = good_files
-    broken = tmp_path / "dark_half_module.h5"
-    with h5py.File(broken, "w") as handle:
-        for stage in range(3):
-            handle[f"gain{stage}"] = np.zeros((256, 1024), np.float32)
-    with pytest.raises(OmConfigurationError, match="shape") as error:
-        _from_files([str(broken), darks[1]], gain_files)
-    _assert_one_line_naming(error, broken, "gain0")
+    broken = _write_dark(tmp_path / "dark_half_module.h5", range(3), (256, 1024))
+    _assert_refused([str(broken), darks[1]], gain_files, "shape", broken, "gain0")
 
 
 def test_dark_file_that_is_not_hdf5(good_files, tmp_path):
     darks, gain_files = good_files
     broken = tmp_path / "dark.txt"
     broken.write_text("not hdf5\n")
-    with pytest.raises(OmConfigurationError) as error:
-        _from_files([str(broken), darks[1]], gain_files)
-    _assert_one_line_naming(error, broken)
+    _assert_refused([str(broken), darks[1]], gain_files, None, broken)
 
 
 def test_unequal_numbers_of_files(good_files):
