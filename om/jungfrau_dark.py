@@ -31,8 +31,8 @@ import time
 
 import h5py
 import numpy as np
-import zmq
 
+from om.data_retrieval_layer.frame_distribution import FrameReceiver
 from om.data_retrieval_layer.jungfrau_bad_pixels import (
     BAD_PIXEL_MAP_DATASET,
     RULES,
@@ -242,8 +242,8 @@ def read_streams(urls: list[str], rows_per_stream: int, stages: tuple[int, ...],
 
     The streams are assembled into frames by the monitor's
     :class:`~om.data_retrieval_layer.jungfrau_frame_assembler.JungfrauFrameAssembler`, which
-    hands them to this thread over a local PUSH socket (frames beyond ``queue`` are skipped
-    while the tool is busy: dark frames are interchangeable).
+    hands them to this thread through shared memory (frames beyond ``queue`` are skipped while
+    the tool is busy: dark frames are interchangeable).
 
     Args:
         urls: the stream URLs, module 0 first.
@@ -265,13 +265,11 @@ def read_streams(urls: list[str], rows_per_stream: int, stages: tuple[int, ...],
     try:
         assembler = JungfrauFrameAssembler(
             stream_urls=urls, distribution_host="127.0.0.1", rows_per_stream=rows_per_stream,
-            assembly_timeout=0.5, queue_size=queue, expected_receivers=1)
+            assembly_timeout=2.0, expected_receivers=1)  # dark frames need no haste
     except OmConfigurationError as error:
         raise DarkToolError(str(error)) from None
-    pull = zmq.Context.instance().socket(zmq.PULL)
-    pull.setsockopt(zmq.RCVHWM, 2)  # the queue is the assembler's: frames beyond are skipped
-    pull.setsockopt(zmq.LINGER, 0)
-    pull.connect(assembler.endpoint)
+    receiver = FrameReceiver(assembler.endpoint, n_slots=queue,
+                             slot_bytes=n_modules * MODULE_SHAPE[0] * MODULE_SHAPE[1] * 2)
     assembler.start()
     print(f"{PROG}: waiting for {frames_per_stage} frames of each of "
           f"{', '.join(STAGE_NAMES[s] for s in stages)} from {', '.join(urls)} "
@@ -294,11 +292,12 @@ def read_streams(urls: list[str], rows_per_stream: int, stages: tuple[int, ...],
             if now - last_progress > _PROGRESS_INTERVAL:
                 print(f"{PROG}: {collector.progress()} frames", flush=True)
                 last_progress = now
-            if not pull.poll(100):
+            received = receiver.receive(100)
+            if received is None:
                 continue
-            parts = pull.recv_multipart(copy=False)
-            frame = np.concatenate([np.frombuffer(part.buffer, dtype="<u2").reshape(
-                rows_per_stream, MODULE_SHAPE[1]) for part in parts[1:]])
+            frame = np.concatenate([np.frombuffer(image, dtype="<u2").reshape(
+                rows_per_stream, MODULE_SHAPE[1]) for image in received.images])
+            receiver.release(received)
             stage = collector.offer(frame)
             if stage is None:
                 continue
@@ -310,7 +309,7 @@ def read_streams(urls: list[str], rows_per_stream: int, stages: tuple[int, ...],
             if frames == frames_per_stage:
                 print(f"{PROG}: {STAGE_NAMES[stage]} complete ({frames} frames)", flush=True)
     finally:
-        pull.close(0)
+        receiver.close()
         assembler.stop()
     return collector
 

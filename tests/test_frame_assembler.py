@@ -5,11 +5,9 @@ import json
 
 import numpy as np
 import pytest
-import zmq
-
+from om.data_retrieval_layer.frame_distribution import FrameReceiver
 from om.data_retrieval_layer.jungfrau_frame_assembler import JungfrauFrameAssembler
 from om.lib.problems import problems
-from om.lib.serialization import unpack
 from om.simulation.jungfrau_stream import JungfrauStreamSender
 
 
@@ -17,24 +15,26 @@ from om.simulation.jungfrau_stream import JungfrauStreamSender
 def streams():
     sender = JungfrauStreamSender(["tcp://127.0.0.1:*", "tcp://127.0.0.1:*"])
     assembler = JungfrauFrameAssembler(stream_urls=sender.urls, distribution_host="127.0.0.1",
-                                       rows_per_stream=512, assembly_timeout=0.3, queue_size=8,
+                                       rows_per_stream=512, assembly_timeout=0.3,
                                        expected_receivers=1)
     assembler.start()
-    pull = zmq.Context.instance().socket(zmq.PULL)
-    pull.setsockopt(zmq.LINGER, 0)
-    pull.connect(assembler.endpoint)
+    receiver = FrameReceiver(assembler.endpoint, n_slots=8, slot_bytes=2 * 512 * 1024 * 2)
     assert sender.wait_for_subscribers(10.0)
-    yield sender, assembler, pull
-    pull.close(0)
+    yield sender, assembler, receiver
+    receiver.close()
     assembler.stop()
     sender.close()
 
 
-def _frames(pull, count, timeout_ms=5000):
+def _frames(receiver, count, timeout_ms=5000):
+    """(metadata, [bytes per module]) of up to ``count`` frames; each slot given back."""
     received = []
-    while len(received) < count and pull.poll(timeout_ms):
-        parts = pull.recv_multipart()
-        received.append((unpack(parts[0]), parts[1:]))
+    while len(received) < count:
+        frame = receiver.receive(timeout_ms)
+        if frame is None:
+            break
+        received.append((frame.metadata, [bytes(image) for image in frame.images]))
+        receiver.release(frame)
     return received
 
 

@@ -2,25 +2,29 @@
 """Data Event Handler of a JUNGFRAU 1M's ZeroMQ streams (slsReceiver).
 
 The collecting rank subscribes once to the module streams and assembles complete frames
-(:mod:`om.data_retrieval_layer.jungfrau_frame_assembler`); each processing rank connects a PULL
-socket to the assembler and receives whole frames, each frame going to one rank only. An
-event is one frame: ``{"metadata": {...}, "images": [buffer per stream]}``.
+(:mod:`om.data_retrieval_layer.jungfrau_frame_assembler`); each processing rank takes whole
+frames from it with a :class:`~om.data_retrieval_layer.frame_distribution.FrameReceiver`
+(shared memory on one host), each frame going to one rank only. An event is one frame:
+``{"metadata": {...}, "images": [read-only buffer per stream]}``; its buffers are valid until
+:meth:`Jungfrau1MZmqDataEventHandler.close_event`.
 """
 
 import threading
-from typing import Any, ClassVar, Generator
-
-import zmq
+from collections.abc import Generator
+from typing import Any, ClassVar
 
 from om.data_retrieval_layer.data_extraction import (
     StreamWithoutSingleEvents,
     extract_from_data_sources,
 )
-from om.data_retrieval_layer.jungfrau_frame_assembler import JungfrauFrameAssembler
-from om.lib.exceptions import OmConfigurationError, OmInvalidDataError
+from om.data_retrieval_layer.frame_distribution import FrameReceiver
+from om.data_retrieval_layer.jungfrau_frame_assembler import (
+    BYTES_PER_PIXEL,
+    MODULE_FS,
+    JungfrauFrameAssembler,
+)
+from om.lib.exceptions import OmConfigurationError
 from om.lib.parameters import MonitorParameters, Parameter, ParameterGroup
-from om.lib.problems import problems
-from om.lib.serialization import unpack
 from om.protocols.data_retrieval_layer import OmDataSourceProtocol
 
 _GROUP = "data_retrieval_layer"
@@ -49,8 +53,11 @@ class Jungfrau1MZmqDataEventHandler(StreamWithoutSingleEvents):
                       description="wait for the missing modules of a frame, s"),
             Parameter("frame_distribution_host", str, default="127.0.0.1",
                       description="interface the collecting rank deals frames on"),
-            Parameter("frame_queue_size", int, default=2,
+            Parameter("frame_queue_size", int, default=2, minimum=1,
                       description="frames queued per processing rank before frames are dropped"),
+            Parameter("frame_shared_memory", bool, default=True,
+                      description="hand frames to processing ranks on the same host through "
+                      "shared memory (else over TCP)"),
         )),
     )
 
@@ -69,6 +76,7 @@ class Jungfrau1MZmqDataEventHandler(StreamWithoutSingleEvents):
         self._parameters = parameters
         self._assembler: JungfrauFrameAssembler | None = None
         self._endpoint: str | None = None
+        self._receiver: FrameReceiver | None = None
         self._stop = threading.Event()
 
     def initialize_event_handling_on_collecting_node(
@@ -84,7 +92,6 @@ class Jungfrau1MZmqDataEventHandler(StreamWithoutSingleEvents):
             distribution_host=self._parameters.get(_GROUP, "frame_distribution_host"),
             rows_per_stream=_ROWS_PER_FRAME // len(self._urls),
             assembly_timeout=self._parameters.get(_GROUP, "frame_assembly_timeout"),
-            queue_size=self._parameters.get(_GROUP, "frame_queue_size"),
             expected_receivers=node_pool_size - 1,
         )
         self._assembler.start()
@@ -108,24 +115,23 @@ class Jungfrau1MZmqDataEventHandler(StreamWithoutSingleEvents):
     def event_generator(
         self, *, node_rank: int, node_pool_size: int
     ) -> Generator[dict[str, Any], None, None]:
-        """Yields frames dealt to this rank until :meth:`stop` is called."""
-        socket = zmq.Context.instance().socket(zmq.PULL)
-        socket.setsockopt(zmq.RCVHWM, self._parameters.get(_GROUP, "frame_queue_size"))
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.connect(self._endpoint)
+        """Yields frames dealt to this rank until :meth:`stop` is called.
+
+        The rank holds at most ``frame_queue_size`` + 1 frames: the one being processed and
+        those waiting.
+        """
+        self._receiver = FrameReceiver(
+            self._endpoint, n_slots=self._parameters.get(_GROUP, "frame_queue_size") + 1,
+            slot_bytes=_ROWS_PER_FRAME * MODULE_FS * BYTES_PER_PIXEL,
+            shared_memory=self._parameters.get(_GROUP, "frame_shared_memory"))
         try:
             while not self._stop.is_set():
-                if not socket.poll(100):
-                    continue
-                parts = socket.recv_multipart(copy=False)
-                try:
-                    metadata = unpack(parts[0].buffer)
-                except OmInvalidDataError as error:
-                    problems.report("bad_message", f"frame metadata from the assembler: {error}")
-                    continue
-                yield {"metadata": metadata, "images": [part.buffer for part in parts[1:]]}
+                frame = self._receiver.receive(100)
+                if frame is not None:
+                    yield {"metadata": frame.metadata, "images": frame.images, "frame": frame}
         finally:
-            socket.close(0)
+            self._receiver.close()
+            self._receiver = None
 
     def stop(self) -> None:
         """Makes :meth:`event_generator` return within 0.1 s; stops the assembler."""
@@ -137,8 +143,11 @@ class Jungfrau1MZmqDataEventHandler(StreamWithoutSingleEvents):
         """Nothing to open: the event holds its buffers."""
 
     def close_event(self, *, event: dict[str, Any]) -> None:
-        """Drops the event's buffers."""
+        """Gives the event's frame slot back to the collecting rank; drops its buffers."""
         event["images"] = []
+        frame = event.pop("frame", None)
+        if frame is not None and self._receiver is not None:
+            self._receiver.release(frame)
 
     def extract_data(self, *, event: dict[str, Any]) -> dict[str, Any]:
         """Returns ``{source name: data}`` for every Data Source.

@@ -9,9 +9,10 @@ the assembler matches the module messages of one frame by ``frameNumber``, waits
 for the missing ones, and never mixes modules of different frames.
 
 The assembler runs once, as a thread on the collecting rank, and deals every complete frame to
-exactly one processing rank through a PUSH socket (ZeroMQ deals to the PULL sockets that have
-room), forwarding the image parts without copying them. Each forwarded message has the parts
-``[msgpack metadata, module 0 image, module 1 image, ...]``.
+exactly one processing rank with room for it, through a
+:class:`~om.data_retrieval_layer.frame_distribution.FrameDealer` (shared memory on one host).
+The metadata of a frame is ``{"frame_number", "timestamp", "headers"}`` and its images are the
+module images in module order.
 """
 
 import dataclasses
@@ -22,12 +23,10 @@ import time
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
+from om.data_retrieval_layer.frame_distribution import FrameDealer
 from om.lib.exceptions import OmConfigurationError
 from om.lib.problems import problems
-from om.lib.serialization import pack
-from om.lib.zmq_sockets import bind_socket
 
 logger = logging.getLogger("om")
 
@@ -74,19 +73,19 @@ class JungfrauFrameAssembler:
     Args:
         stream_urls: the ZeroMQ URLs of the module streams in module order (module 0 first);
             two streams for a JUNGFRAU 1M with one interface per module, four with two.
-        distribution_host: the interface the PUSH socket binds to (a random free port).
+        distribution_host: the interface the frame dealer binds to (a random free port).
         rows_per_stream: the rows (slow-scan) of each stream's image (512 for a module).
         assembly_timeout: how long (s) to wait for the missing modules of a frame.
-        queue_size: frames queued per processing rank before the assembler drops frames.
         expected_receivers: the assembler subscribes to the detector streams only once this
-            many processing ranks have connected, so no frame is dropped at start-up.
+            many :class:`~om.data_retrieval_layer.frame_distribution.FrameReceiver` have said
+            hello, so no frame is dropped at start-up.
 
     Raises:
-        OmConfigurationError: when a URL is malformed or the PUSH socket cannot bind.
+        OmConfigurationError: when a URL is malformed or the dealer's socket cannot bind.
     """
 
     def __init__(self, *, stream_urls: list[str], distribution_host: str, rows_per_stream: int,
-                 assembly_timeout: float, queue_size: int, expected_receivers: int = 0) -> None:
+                 assembly_timeout: float, expected_receivers: int = 0) -> None:
         self._urls = stream_urls
         self._image_bytes = rows_per_stream * MODULE_FS * BYTES_PER_PIXEL
         self._rows = rows_per_stream
@@ -106,13 +105,11 @@ class JungfrauFrameAssembler:
             self._subscribers.append(socket)
         self._expected_receivers = expected_receivers
         try:
-            self._push, self.endpoint = bind_socket(
-                zmq.PUSH, f"tcp://{distribution_host}:*", what="the frame distribution socket",
-                options={zmq.SNDHWM: queue_size})
+            self._dealer: FrameDealer | None = FrameDealer(distribution_host)
         except OmConfigurationError:
             self.close()
             raise
-        self._push_monitor = self._push.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self.endpoint = self._dealer.endpoint
         self._pending: dict[int, _PendingFrame] = {}
         self._clock = DetectorClock()
         self._stop = threading.Event()
@@ -134,26 +131,21 @@ class JungfrauFrameAssembler:
 
     def close(self) -> None:
         """Closes every socket (idempotent)."""
-        if getattr(self, "_push_monitor", None) is not None:
-            self._push.disable_monitor()
-            self._push_monitor.close(0)
-            self._push_monitor = None
         for socket in self._subscribers:
             socket.close(0)
         self._subscribers = []
-        if getattr(self, "_push", None) is not None:
-            self._push.close(0)
-            self._push = None
+        if getattr(self, "_dealer", None) is not None:
+            self._dealer.close()
+            self._dealer = None
 
     def _wait_for_receivers(self) -> bool:
-        connected = 0
-        while connected < self._expected_receivers:
+        while self._dealer.receivers < self._expected_receivers:
             if self._stop.is_set():
                 return False
-            if self._push_monitor.poll(100):
-                recv_monitor_message(self._push_monitor)
-                connected += 1
-        logger.info("%d processing ranks connected: subscribing to %s", connected,
+            if self._dealer.socket.poll(100):
+                self._dealer.handle_messages()
+        logger.info("%d processing ranks connected (%d through shared memory): subscribing to %s",
+                    self._dealer.receivers, self._dealer.shared_memory_receivers,
                     ", ".join(self._urls))
         return True
 
@@ -165,9 +157,12 @@ class JungfrauFrameAssembler:
         poller = zmq.Poller()
         for socket in self._subscribers:
             poller.register(socket, zmq.POLLIN)
+        poller.register(self._dealer.socket, zmq.POLLIN)
         index_of = {socket: index for index, socket in enumerate(self._subscribers)}
         while not self._stop.is_set():
             ready = dict(poller.poll(50))
+            if self._dealer.socket in ready:  # slots given back first: room for these frames
+                self._dealer.handle_messages()
             for socket, index in index_of.items():
                 if socket not in ready:
                     continue
@@ -239,11 +234,9 @@ class JungfrauFrameAssembler:
             "timestamp": self._clock.to_epoch(int(ticks) if isinstance(ticks, int) else 0),
             "headers": pending.headers,
         }
-        try:
-            self._push.send_multipart([pack(metadata), *pending.images], copy=False,
-                                      flags=zmq.NOBLOCK)
+        if self._dealer.deal(metadata, pending.images):
             self.frames_forwarded += 1
-        except zmq.Again:
+        else:
             problems.report("frame_dropped_ranks_busy",
                             f"frame {frame_number} dropped: every processing rank is busy")
 

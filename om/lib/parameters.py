@@ -33,6 +33,7 @@ class Parameter:
         choices: the allowed values, if limited.
         nullable: whether ``null`` is an allowed value.
         description: one line for the documentation, with units.
+        minimum: for numbers, the smallest allowed value, if limited.
     """
 
     name: str
@@ -43,6 +44,7 @@ class Parameter:
     choices: tuple[Any, ...] | None = None
     nullable: bool = False
     description: str = ""
+    minimum: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +160,9 @@ class MonitorParameters:
                         f"every element must be {_TYPE_NAMES[parameter.element_type]}, "
                         f"got {element!r}",
                     )
+        if parameter.minimum is not None and value < parameter.minimum:
+            raise self._error(group, parameter.name,
+                              f"must be at least {parameter.minimum!r}, got {value!r}")
         if parameter.choices is not None and value not in parameter.choices:
             allowed = ", ".join(repr(choice) for choice in parameter.choices)
             raise self._error(group, parameter.name, f"must be one of {allowed}, got {value!r}")

@@ -1,0 +1,277 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Dealing assembled frames from the collecting rank to the processing ranks.
+
+The collecting rank's :class:`FrameDealer` binds a ZeroMQ ROUTER socket; every processing rank's
+:class:`FrameReceiver` connects a DEALER socket to it. The messages (msgpack maps, see
+:mod:`om.lib.serialization`):
+
+* receiver → dealer ``[b"hello", {"slots": n, "slot_bytes": b, "path": p | None, "token": t}]``:
+  the receiver takes ``n`` frames at a time; ``path``/``token`` name its
+  :class:`~om.lib.shared_frame_slots.SharedFrameSlots` segment of ``n`` slots;
+* dealer → receiver ``[metadata]`` with ``metadata["slot"] = k`` and
+  ``metadata["image_bytes"] = [bytes of each image]``: the frame's images lie one after the
+  other in shared-memory slot ``k``; or ``[metadata, image, image, ...]``: the images travel
+  in the message (the receiver is on another host, or has no shared memory), ``k`` being then
+  only a credit;
+* receiver → dealer ``[b"free", k]``: the receiver no longer reads slot ``k``.
+
+A receiver never holds more than ``n`` frames, so the dealer knows which ranks have room without
+any queue in the sockets: a frame goes to the receiver with the most free slots (the least busy
+rank), or, when every slot of every receiver is taken, it is dropped and counted. Over shared
+memory a frame costs one copy into the slot on the collecting rank and nothing on the processing
+rank (its images are read-only views of the slot), instead of a TCP send and receive (measured:
+~0.55 ms and ~0.45 ms of CPU per 2 MB frame on 127.0.0.1).
+"""
+
+import dataclasses
+import itertools
+import logging
+from typing import Any
+
+import numpy as np
+import zmq
+
+from om.lib.exceptions import OmInvalidDataError
+from om.lib.problems import problems
+from om.lib.serialization import pack, unpack
+from om.lib.shared_frame_slots import SharedFrameSlots
+from om.lib.zmq_sockets import bind_socket
+
+logger = logging.getLogger("om")
+
+_HELLO = b"hello"
+_FREE = b"free"
+
+
+@dataclasses.dataclass
+class _Receiver:
+    n_slots: int
+    free: list[int]
+    slots: SharedFrameSlots | None
+    slot_bytes: int
+
+
+class FrameDealer:
+    """The collecting rank's end: deals each frame to one receiver with a free slot.
+
+    Used from one thread only (the frame assembler's). Poll :attr:`socket` for input and call
+    :meth:`handle_messages` when it is readable.
+
+    Args:
+        host: the interface to bind (a free port is chosen).
+        what: what the frames are, for error messages.
+
+    Raises:
+        OmConfigurationError: when the socket cannot bind.
+    """
+
+    def __init__(self, host: str, what: str = "the frame distribution socket") -> None:
+        self.socket, self.endpoint = bind_socket(
+            zmq.ROUTER, f"tcp://{host}:*", what=what,
+            options={zmq.ROUTER_MANDATORY: 1, zmq.SNDHWM: 0})
+        self._receivers: dict[bytes, _Receiver] = {}
+        self._order: list[bytes] = []  # round robin among equally free receivers
+
+    @property
+    def receivers(self) -> int:
+        """How many receivers said hello."""
+        return len(self._receivers)
+
+    @property
+    def shared_memory_receivers(self) -> int:
+        """How many receivers take their frames through shared memory."""
+        return sum(receiver.slots is not None for receiver in self._receivers.values())
+
+    def handle_messages(self) -> None:
+        """Reads every waiting hello/free message; malformed ones are counted and skipped."""
+        while True:
+            try:
+                parts = self.socket.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                self._on_message(parts)
+            except (OmInvalidDataError, KeyError, TypeError, ValueError) as error:
+                problems.report("bad_message", f"frame receiver message: {error}")
+
+    def _on_message(self, parts: list[bytes]) -> None:
+        if len(parts) != 3:
+            raise ValueError(f"{len(parts) - 1} parts, expected 2")
+        identity, kind, body = parts
+        if kind == _FREE:
+            receiver = self._receivers[identity]
+            slot = int(unpack(body))
+            if not 0 <= slot < receiver.n_slots or slot in receiver.free:
+                raise ValueError(f"slot {slot} freed but not taken")
+            receiver.free.append(slot)
+        elif kind == _HELLO:
+            self._on_hello(identity, unpack(body))
+        else:
+            raise ValueError(f"unknown message kind {kind[:16]!r}")
+
+    def _on_hello(self, identity: bytes, hello: dict[str, Any]) -> None:
+        n_slots, slot_bytes = int(hello["slots"]), int(hello["slot_bytes"])
+        if n_slots < 1 or slot_bytes < 1:
+            raise ValueError(f"hello with {n_slots} slots of {slot_bytes} bytes")
+        slots = None
+        if hello.get("path"):
+            try:
+                slots = SharedFrameSlots.attach(hello["path"], n_slots, slot_bytes,
+                                                bytes(hello["token"]))
+                slots.unlink()  # both ends have it mapped: nothing to leave behind
+            except (OSError, ValueError) as error:  # e.g. a receiver on another host
+                logger.info("frame receiver without shared memory (%s): frames go over the "
+                            "network", error)
+        old = self._receivers.pop(identity, None)
+        if old is not None and old.slots is not None:
+            old.slots.close()
+        self._receivers[identity] = _Receiver(n_slots, list(range(n_slots)), slots, slot_bytes)
+        if identity not in self._order:
+            self._order.append(identity)
+
+    def deal(self, metadata: dict[str, Any], images: list[Any]) -> bool:
+        """Sends a frame to the least busy receiver; False when none has a free slot.
+
+        Args:
+            metadata: msgpack-encodable map (``slot`` and ``image_bytes`` are added).
+            images: the image parts (``zmq.Frame`` or bytes-like objects), in module order.
+        """
+        chosen: bytes | None = None
+        most_free = 0
+        for identity in self._order:
+            receiver = self._receivers.get(identity)
+            if receiver is not None and len(receiver.free) > most_free:
+                chosen, most_free = identity, len(receiver.free)
+        if chosen is None:
+            return False
+        # The next search starts after this one, so that equally free ranks alternate.
+        self._order.remove(chosen)
+        self._order.append(chosen)
+        receiver = self._receivers[chosen]
+        slot = receiver.free.pop(0)
+        buffers = [image.buffer if isinstance(image, zmq.Frame) else image for image in images]
+        sizes = [memoryview(buffer).nbytes for buffer in buffers]
+        message = {**metadata, "slot": slot, "image_bytes": sizes}
+        try:
+            if receiver.slots is not None and sum(sizes) <= receiver.slot_bytes:
+                target = receiver.slots.slot(slot)
+                offset = 0
+                for buffer, size in zip(buffers, sizes):
+                    target[offset:offset + size] = np.frombuffer(buffer, dtype=np.uint8)
+                    offset += size
+                self.socket.send_multipart([chosen, pack(message)])
+            else:
+                self.socket.send_multipart([chosen, pack(message), *images], copy=False)
+        except zmq.ZMQError as error:  # the receiver left: forget it
+            logger.info("frame receiver gone (%s)", error)
+            self._forget(chosen)
+            return False
+        return True
+
+    def _forget(self, identity: bytes) -> None:
+        receiver = self._receivers.pop(identity, None)
+        if receiver is not None and receiver.slots is not None:
+            receiver.slots.close()
+        if identity in self._order:
+            self._order.remove(identity)
+
+    def close(self) -> None:
+        """Closes the socket and unmaps every receiver's slots (idempotent)."""
+        for identity in list(self._receivers):
+            self._forget(identity)
+        if self.socket is not None:
+            self.socket.close(0)
+            self.socket = None
+
+
+@dataclasses.dataclass
+class ReceivedFrame:
+    """A frame dealt to this receiver.
+
+    Attributes:
+        metadata: the map the dealer sent (``slot`` and ``image_bytes`` included).
+        images: one read-only buffer per image part, in module order; valid until
+            :meth:`FrameReceiver.release`.
+        slot: the slot (credit) to give back.
+    """
+
+    metadata: dict[str, Any]
+    images: list[memoryview]
+    slot: int
+
+
+class FrameReceiver:
+    """A processing rank's end: takes up to ``n_slots`` frames at a time from a :class:`FrameDealer`.
+
+    Args:
+        endpoint: the dealer's URL.
+        n_slots: frames held at most (being processed or waiting).
+        slot_bytes: the largest frame, bytes (larger ones come over the network).
+        shared_memory: offer shared-memory slots (the dealer uses them when it runs on the same
+            host); without, or when ``/dev/shm`` has no room, frames come over the network.
+    """
+
+    def __init__(self, endpoint: str, *, n_slots: int, slot_bytes: int,
+                 shared_memory: bool = True) -> None:
+        self._slots: SharedFrameSlots | None = None
+        if shared_memory:
+            try:
+                self._slots = SharedFrameSlots.create(n_slots, slot_bytes)
+            except OSError as error:
+                logger.warning("no shared memory for %d frames of %d bytes (%s): frames come "
+                               "over the network", n_slots, slot_bytes, error)
+        self._socket = zmq.Context.instance().socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.RCVHWM, 0)  # the dealer's credits bound the queue
+        self._socket.connect(endpoint)
+        hello = {"slots": n_slots, "slot_bytes": slot_bytes,
+                 "path": self._slots.path if self._slots else None,
+                 "token": self._slots.token if self._slots else b""}
+        self._socket.send_multipart([_HELLO, pack(hello)])
+        self._n_slots = n_slots
+
+    def receive(self, timeout_ms: int) -> ReceivedFrame | None:
+        """Waits up to ``timeout_ms`` for a frame; None when none came or it was malformed.
+
+        A malformed message is counted (``bad_message``) and, when its slot is known, the
+        slot is given back.
+        """
+        if not self._socket.poll(timeout_ms):
+            return None
+        parts = self._socket.recv_multipart(copy=False)
+        try:
+            metadata = unpack(parts[0].buffer)
+            slot = int(metadata["slot"])
+            sizes = [int(size) for size in metadata["image_bytes"]]
+            if not 0 <= slot < self._n_slots:
+                raise ValueError(f"slot {slot} outside [0, {self._n_slots})")
+        except (OmInvalidDataError, KeyError, TypeError, ValueError) as error:
+            problems.report("bad_message", f"frame from the collecting rank: {error}")
+            return None
+        if len(parts) > 1:
+            images = [part.buffer.toreadonly() for part in parts[1:]]
+        elif self._slots is not None and sum(sizes) <= self._slots.slot_bytes:
+            data = memoryview(self._slots.slot(slot)).toreadonly()
+            offsets = [0, *itertools.accumulate(sizes)]
+            images = [data[start:end] for start, end in itertools.pairwise(offsets)]
+        else:
+            problems.report("bad_message", f"frame in slot {slot} without shared memory")
+            self._socket.send_multipart([_FREE, pack(slot)])
+            return None
+        return ReceivedFrame(metadata, images, slot)
+
+    def release(self, frame: ReceivedFrame) -> None:
+        """Gives the frame's slot back; its images must not be read afterwards."""
+        frame.images = []
+        self._socket.send_multipart([_FREE, pack(frame.slot)])
+
+    def close(self) -> None:
+        """Closes the socket and the shared memory (idempotent)."""
+        if self._socket is not None:
+            self._socket.close(0)
+            self._socket = None
+        if self._slots is not None:
+            self._slots.unlink()
+            self._slots.close()
+            self._slots = None
+
