@@ -48,9 +48,13 @@ def _peak_rss_mb(process: psutil.Process) -> float:
     return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
 
 
+def _rss_mb(process: psutil.Process) -> float:
+    return process.memory_info().rss / 2**20
+
+
 def run(*, rate: float, duration: float, ranks: int, hit_frame_sending_interval: int = 10,
         synthetic: bool = False, frame_queue_size: int | None = None,
-        frozen_subscriber: bool = False) -> dict:
+        frozen_subscriber: bool = False, rss_every: float = 0.0) -> dict:
     """Runs the simulator and the monitor once; returns the figures (see the module doc)."""
     need_real_data()
     folder = pathlib.Path(tempfile.mkdtemp(prefix="om_bench_"))
@@ -97,9 +101,18 @@ def run(*, rate: float, duration: float, ranks: int, hit_frame_sending_interval:
     processes: dict[int, psutil.Process] = {}
     cpu_start: dict[int, float] = {}
     deadline = time.monotonic() + duration + 120
+    rss_samples: list[tuple[float, dict[int, float]]] = []  # (s since start, {rank: MB})
+    started = next_rss = time.monotonic()
     while time.monotonic() < deadline:
         if len(processes) < ranks:
             processes = _rank_processes(mpiexec)
+        if rss_every > 0 and time.monotonic() >= next_rss and len(processes) == ranks:
+            next_rss += rss_every
+            try:
+                rss_samples.append((time.monotonic() - started,
+                                    {rank: _rss_mb(p) for rank, p in processes.items()}))
+            except psutil.NoSuchProcess:
+                pass
         if subscriber.poll(200):
             _, payload = subscriber.recv_multipart()
             now = time.time()
@@ -134,7 +147,7 @@ def run(*, rate: float, duration: float, ranks: int, hit_frame_sending_interval:
         "incomplete": problems.get("incomplete_frame", 0),
         "latency_p50_ms": 1e3 * float(np.median(latency)),
         "latency_p99_ms": 1e3 * float(np.percentile(latency, 99)), "broadcasts": latency.size,
-        "cpu": cpu, "rss_mb": rss, "log": str(folder / "monitor.log"),
+        "cpu": cpu, "rss_mb": rss, "rss_samples": rss_samples, "log": str(folder / "monitor.log"),
     }
 
 
@@ -158,6 +171,17 @@ def report(figures: dict) -> None:
         role = "collecting" if rank == 0 else "processing"
         print(f"  rank {rank} ({role}): CPU {100 * figures['cpu'][rank]:.0f} % of a core, "
               f"peak RSS {figures['rss_mb'][rank]:.0f} MB")
+    samples = figures.get("rss_samples") or []
+    if len(samples) >= 2:
+        print("  RSS over the run (MB, per rank):")
+        for when, by_rank in samples:
+            print(f"    t={when:5.0f} s: " + ", ".join(f"rank {r} {mb:.0f}"
+                                                      for r, mb in sorted(by_rank.items())))
+        later = [by_rank for when, by_rank in samples if when >= 60.0] or [samples[-1][1]]
+        for rank in sorted(samples[-1][1]):
+            values = [by_rank[rank] for by_rank in later if rank in by_rank]
+            print(f"  rank {rank}: RSS after the first minute {min(values):.0f}-{max(values):.0f} "
+                  f"MB (growth {values[-1] - values[0]:+.1f} MB)")
     print(f"  log: {figures['log']}")
 
 
@@ -174,11 +198,13 @@ def main() -> None:
                         help="also connect a subscriber that never reads (a frozen GUI)")
     parser.add_argument("--frame-queue-size", type=int, default=None,
                         help="frames queued per processing rank (default: monitor.yaml's)")
+    parser.add_argument("--rss-every", type=float, default=0.0, metavar="S",
+                        help="also sample every rank's RSS every S seconds (0: peak RSS only)")
     arguments = parser.parse_args()
     report(run(rate=arguments.rate, duration=arguments.duration, ranks=arguments.ranks,
                hit_frame_sending_interval=arguments.hit_frame_sending_interval,
                synthetic=arguments.synthetic, frame_queue_size=arguments.frame_queue_size,
-               frozen_subscriber=arguments.frozen_subscriber))
+               frozen_subscriber=arguments.frozen_subscriber, rss_every=arguments.rss_every))
 
 
 if __name__ == "__main__":
