@@ -61,7 +61,7 @@ def running_monitor(tmp_path, real_module_file, geometry_1m, real_calibration):
     yield monitor, broadcast, responding
     code = monitor.stop()
     simulator.stop()
-    print(monitor.stdout[-2000:], monitor.stderr[-2000:])
+    print(monitor.stdout[-3000:], monitor.stderr[-6000:])
     assert code == 0
 
 

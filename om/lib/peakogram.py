@@ -43,4 +43,5 @@ class Peakogram:
         if needed > self.histogram.shape[1]:
             grown = min(self._max_intensity_bins, max(needed, 2 * self.histogram.shape[1]))
             self.histogram = np.pad(self.histogram, ((0, 0), (0, grown - self.histogram.shape[1])))
-        np.add.at(self.histogram, (radius_bins, intensity_bins), 1)
+        # A float32 one: with a Python int, add.at takes a slow casting loop (4x slower).
+        np.add.at(self.histogram, (radius_bins, intensity_bins), np.float32(1))

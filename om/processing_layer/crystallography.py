@@ -33,6 +33,9 @@ logger = logging.getLogger("om")
 _CRYSTALLOGRAPHY = "crystallography"
 _PEAKFINDER8 = "peakfinder8_peak_detection"
 _MIN_BROADCAST_PERIOD = 1.0  # s: at low event rates, broadcast at least once a second
+# s: at high event rates, at most 20 broadcasts a second (GUIs redraw at 10 Hz); each one packs
+# the virtual powder pattern and maybe a frame, ~5-10 MB for a 1M, too much to do 40x a second.
+_MIN_BROADCAST_GAP = 0.05
 
 
 class CrystallographyProcessing:
@@ -249,6 +252,7 @@ class CrystallographyProcessing:
         self._latest: dict[str, Any] = {}
         self._latest_frame: dict[str, Any] | None = None
         self._last_broadcast_events = 0
+        self._last_broadcast_problems: dict[str, int] = {}
         self._last_broadcast_time = time.monotonic()
         self._last_report_events = 0
         self._last_report_time = time.monotonic()
@@ -335,11 +339,14 @@ class CrystallographyProcessing:
     def _broadcast_if_due(self) -> None:
         events = self._rate.count
         now = time.monotonic()
-        if events - self._last_broadcast_events < self._broadcast_interval and (
-            now - self._last_broadcast_time < _MIN_BROADCAST_PERIOD
+        since = now - self._last_broadcast_time
+        if since < _MIN_BROADCAST_PERIOD and (
+            events - self._last_broadcast_events < self._broadcast_interval
+            or since < _MIN_BROADCAST_GAP
         ):
             return
         self._last_broadcast_events, self._last_broadcast_time = events, now
+        self._last_broadcast_problems = problems.counts()
         timestamps, rates = self._hit_rate.history()
         self._broadcaster.send("omdata", {
             **self._common_keys(self._latest),
@@ -403,7 +410,10 @@ class CrystallographyProcessing:
             self._responder.serve(5)
         else:
             time.sleep(0.005)
-        if self._rate.count > self._last_broadcast_events:
+        # Problems found between events (e.g. a frame that stays incomplete) go out within a
+        # second, as new events do.
+        if (self._rate.count > self._last_broadcast_events
+                or problems.counts() != self._last_broadcast_problems):
             self._broadcast_if_due()
 
     def end_processing_on_collecting_node(self, *, node_rank: int, node_pool_size: int) -> None:
