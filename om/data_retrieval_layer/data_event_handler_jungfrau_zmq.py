@@ -53,7 +53,7 @@ class Jungfrau1MZmqDataEventHandler(StreamWithoutSingleEvents):
                       description="wait for the missing modules of a frame, s"),
             Parameter("frame_distribution_host", str, default="127.0.0.1",
                       description="interface the collecting rank deals frames on"),
-            Parameter("frame_queue_size", int, default=2, minimum=1,
+            Parameter("frame_queue_size", int, default=8, minimum=1,
                       description="frames queued per processing rank before frames are dropped"),
             Parameter("frame_shared_memory", bool, default=True,
                       description="hand frames to processing ranks on the same host through "

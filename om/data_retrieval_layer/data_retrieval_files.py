@@ -26,6 +26,7 @@ from om.data_retrieval_layer.data_sources_generic import (
     fallback_sources,
 )
 from om.data_retrieval_layer.jungfrau_calibration import (
+    CALIBRATION_FILE_PARAMETERS,
     MODULE_SHAPE,
     JungfrauCalibration,
 )
@@ -63,21 +64,10 @@ class DetectorDataHdf5Files:
         ParameterGroup(_GROUP, (
             Parameter("detector_calibration", bool, default=False,
                       description="calibrate raw JUNGFRAU words (uint16, 512 rows per module)"),
-            Parameter("detector_dark_filenames", list, element_type=str, default=[],
-                      description="one dark HDF5 file (gain0/gain1/gain2) per module"),
-            Parameter("detector_gain_filenames", list, element_type=str, default=[],
-                      description="one raw float64 (3, 512, 1024) gain file (ADU/keV) per module"),
             Parameter("detector_photon_energy_kev", float, default=None, nullable=True,
                       description="photon energy used to convert keV to photons, keV (null: "
                       "fallback_beam_energy_in_eV)"),
-            Parameter("detector_calibration_units", str, default="photons",
-                      choices=("photons", "keV"), description="units of the calibrated frame"),
-            Parameter("detector_pedestal_convention", str, default="auto",
-                      choices=("auto", "adc", "word"),
-                      description="pedestals in ADC units (PSI) or of the whole word (OM)"),
-            Parameter("detector_double_pixels", str, default="divide",
-                      choices=("divide", "keep"),
-                      description="divide the double-size ASIC-border pixels by their area"),
+            *CALIBRATION_FILE_PARAMETERS,
             Parameter("files_apply_pixel_mask", bool, default=True,
                       description="pixels of the file's NXmx pixel_mask (non-zero) are NaN"),
         )),

@@ -13,7 +13,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from om.data_retrieval_layer.jungfrau_calibration import JungfrauCalibration
+from om.data_retrieval_layer.data_sources_generic import DataSourceFromEvent
+from om.data_retrieval_layer.jungfrau_calibration import (
+    CALIBRATION_FILE_PARAMETERS,
+    JungfrauCalibration,
+)
 from om.lib.exceptions import OmConfigurationError, OmDataExtractionError
 from om.lib.parameters import MonitorParameters, Parameter, ParameterGroup
 from om.lib.problems import problems
@@ -39,20 +43,9 @@ class Jungfrau1MZmq:
         ParameterGroup(_GROUP, (
             Parameter("detector_calibration", bool, default=True,
                       description="calibrate the frames (true) or give the raw uint16 words"),
-            Parameter("detector_dark_filenames", list, element_type=str, default=[],
-                      description="one dark HDF5 file (gain0/gain1/gain2) per module"),
-            Parameter("detector_gain_filenames", list, element_type=str, default=[],
-                      description="one raw float64 (3, 512, 1024) gain file (ADU/keV) per module"),
             Parameter("detector_photon_energy_kev", float, default=None,
                       description="photon energy used to convert keV to photons, keV"),
-            Parameter("detector_calibration_units", str, default="photons",
-                      choices=("photons", "keV"), description="units of the calibrated frame"),
-            Parameter("detector_pedestal_convention", str, default="auto",
-                      choices=("auto", "adc", "word"),
-                      description="pedestals in ADC units (PSI) or of the whole word (OM)"),
-            Parameter("detector_double_pixels", str, default="divide",
-                      choices=("divide", "keep"),
-                      description="divide the double-size ASIC-border pixels by their area"),
+            *CALIBRATION_FILE_PARAMETERS,
         )),
     )
 
@@ -144,36 +137,20 @@ class Jungfrau1MZmq:
         return frame
 
 
-class TimestampJungfrau1MZmq:
+class TimestampJungfrau1MZmq(DataSourceFromEvent):
     """The event's timestamp: float64 seconds since the epoch.
 
     From the detector clock (100 ns ticks) anchored to the wall time at the first frame, on
     the collecting rank, so that every processing rank agrees.
     """
 
-    parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = ()
-
-    def __init__(self, *, data_source_name: str, parameters: MonitorParameters) -> None:
-        self._name = data_source_name
-
-    def initialize_data_source(self) -> None:
-        """Nothing to prepare."""
-
     def get_data(self, *, event: dict[str, Any]) -> np.float64:
         """Returns the timestamp (np.float64, s since the epoch)."""
         return np.float64(event["metadata"]["timestamp"])
 
 
-class EventIdJungfrau1MZmq:
+class EventIdJungfrau1MZmq(DataSourceFromEvent):
     """The event's identifier: the detector frame number, as a string."""
-
-    parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = ()
-
-    def __init__(self, *, data_source_name: str, parameters: MonitorParameters) -> None:
-        self._name = data_source_name
-
-    def initialize_data_source(self) -> None:
-        """Nothing to prepare."""
 
     def get_data(self, *, event: dict[str, Any]) -> str:
         """Returns the frame number (str)."""

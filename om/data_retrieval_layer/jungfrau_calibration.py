@@ -45,6 +45,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from om.lib.exceptions import OmConfigurationError, OmInvalidDataError
+from om.lib.parameters import Parameter
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,24 @@ _WORD_OFFSETS: tuple[float, float, float] = (0.0, 16384.0, 49152.0)
 # Gain-bit value of G0, G1 and G2 words: OM's dark files hold means of the whole word.
 
 _GAIN_FILE_BYTES = N_GAIN_STAGES * MODULE_SHAPE[0] * MODULE_SHAPE[1] * 8
+
+CALIBRATION_FILE_PARAMETERS: tuple[Parameter, ...] = (
+    Parameter("detector_dark_filenames", list, element_type=str, default=[],
+              description="one dark HDF5 file (gain0/gain1/gain2) per module"),
+    Parameter("detector_gain_filenames", list, element_type=str, default=[],
+              description="one raw float64 (3, 512, 1024) gain file (ADU/keV) per module"),
+    Parameter("detector_calibration_units", str, default="photons",
+              choices=("photons", "keV"), description="units of the calibrated frame"),
+    Parameter("detector_pedestal_convention", str, default="auto",
+              choices=("auto", "adc", "word"),
+              description="pedestals in ADC units (PSI) or of the whole word (OM)"),
+    Parameter("detector_double_pixels", str, default="divide",
+              choices=("divide", "keep"),
+              description="divide the double-size ASIC-border pixels by their area"),
+)
+"""The configuration keys of the calibration files and options of a JUNGFRAU Data Source
+named ``detector`` (each source adds ``detector_calibration`` and
+``detector_photon_energy_kev``, whose defaults differ)."""
 
 
 class CalibrationCounts(NamedTuple):
