@@ -39,7 +39,8 @@ def main() -> None:
         import subprocess
         import sys
 
-        out = subprocess.run([sys.executable, "bench_kernel.py", "--repeats", "3"],
+        kernel_script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_kernel.py")
+        out = subprocess.run([sys.executable, kernel_script, "--repeats", "3"],
                              capture_output=True, text=True, check=True).stdout
         kernel_ms = float(out.split("total")[1].split("median")[1].split("ms")[0])
     for name, modules, hz in (("JUNGFRAU 1M at 2 kHz", 2, 2000), ("JUNGFRAU 4M at 1 kHz", 8, 1000)):

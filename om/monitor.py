@@ -9,6 +9,7 @@ SIGTERM stops every rank within a few seconds with a final summary.
 import argparse
 import logging
 import sys
+import threading
 from typing import Any
 
 import zmq
@@ -89,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     rank = MPI.COMM_WORLD.Get_rank()
     logging.basicConfig(level=arguments.log_level,
                         format=f"om[{rank}] %(levelname)s: %(message)s", stream=sys.stderr)
+    # Signals during the start-up (reading files, compiling) are kept for after it: a rank that
+    # died of a KeyboardInterrupt there would make mpiexec kill the others.
+    early_stop = threading.Event()
+    on_stop_signals(early_stop.set)
     try:
         monitor = build_monitor(arguments.source, arguments.config)
         monitor.initialize()
@@ -98,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     on_stop_signals(monitor.request_stop)
+    if early_stop.is_set():
+        monitor.request_stop()
     monitor.start()
     # Sockets closed with a linger (the last broadcast) get up to 1 s to deliver.
     zmq.Context.instance().destroy(linger=1000)

@@ -2,9 +2,11 @@
 """The JUNGFRAU frame assembler on real ZeroMQ sockets on 127.0.0.1."""
 
 import json
+import time
 
 import numpy as np
 import pytest
+
 from om.data_retrieval_layer.frame_distribution import FrameReceiver
 from om.data_retrieval_layer.jungfrau_frame_assembler import JungfrauFrameAssembler
 from om.lib.problems import problems
@@ -76,3 +78,23 @@ def test_bad_input_is_counted_and_good_frames_follow(streams):
     after = problems.counts()
     for kind, expected in (("wrong_size", 1), ("bad_header", 2), ("incomplete_frame", 1)):
         assert after.get(kind, 0) - before.get(kind, 0) == expected, kind
+
+
+def test_a_module_image_after_its_frame_expired_is_late_not_a_second_incomplete_frame(streams):
+    sender, _, receiver = streams
+    before = problems.counts()
+    sockets = sender._sockets
+    sockets[0].send_multipart([json.dumps(sender.header(0, 20, 0, None)).encode(),
+                               _module(20).tobytes()])
+    deadline = time.monotonic() + 10  # the assembly timeout is 0.3 s
+    while problems.counts().get("incomplete_frame", 0) == before.get("incomplete_frame", 0):
+        assert time.monotonic() < deadline, "frame 20 never expired"
+        time.sleep(0.05)
+    sockets[1].send_multipart([json.dumps(sender.header(1, 20, 0, None)).encode(),
+                               _module(120).tobytes()])
+    sender.send_frame(np.concatenate([_module(21), _module(121)]), 21, 0)
+    assert [meta["frame_number"] for meta, _ in _frames(receiver, 1)] == [21]
+    time.sleep(0.6)  # twice the assembly timeout: a second expiry would have happened
+    after = problems.counts()
+    assert after.get("incomplete_frame", 0) - before.get("incomplete_frame", 0) == 1
+    assert after.get("late_module_image", 0) - before.get("late_module_image", 0) == 1

@@ -15,6 +15,7 @@ The metadata of a frame is ``{"frame_number", "timestamp", "headers"}`` and its 
 module images in module order.
 """
 
+import collections
 import dataclasses
 import json
 import logging
@@ -34,6 +35,7 @@ MODULE_FS = 1024
 BYTES_PER_PIXEL = 2
 DETECTOR_CLOCK_HZ = 1.0e7  # the JUNGFRAU timestamp counts 100 ns ticks
 _REANCHOR_TOLERANCE_S = 10.0
+_EXPIRED_REMEMBERED = 4096  # frame numbers already counted as incomplete
 
 
 @dataclasses.dataclass
@@ -111,6 +113,9 @@ class JungfrauFrameAssembler:
             raise
         self.endpoint = self._dealer.endpoint
         self._pending: dict[int, _PendingFrame] = {}
+        # A module image that comes after its frame was dropped as incomplete belongs to a frame
+        # already counted: it is counted as late, not as a second incomplete frame.
+        self._expired: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._clock = DetectorClock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -212,6 +217,11 @@ class JungfrauFrameAssembler:
             problems.report("missing_packets",
                             f"stream {url}: frame {frame_number} lost packets (pixels ignored)")
         pending = self._pending.get(frame_number)
+        if pending is None and frame_number in self._expired:
+            problems.report("late_module_image",
+                            f"stream {url}: frame {frame_number} came after its frame was "
+                            "dropped as incomplete")
+            return
         if pending is None:
             if len(self._pending) >= self._max_pending:
                 self._drop_oldest()
@@ -241,6 +251,9 @@ class JungfrauFrameAssembler:
                             f"frame {frame_number} dropped: every processing rank is busy")
 
     def _incomplete(self, frame_number: int, pending: _PendingFrame) -> None:
+        self._expired[frame_number] = None
+        while len(self._expired) > _EXPIRED_REMEMBERED:
+            self._expired.popitem(last=False)
         missing = [url for url, image in zip(self._urls, pending.images) if image is None]
         problems.report("incomplete_frame",
                         f"frame {frame_number} dropped: nothing from {', '.join(missing)}")

@@ -8,8 +8,11 @@ the processing layer's ``wait_for_data`` (which sleeps on its own sockets), so i
 
 Stopping: SIGINT/SIGTERM (``mpiexec`` forwards them to every rank) or a STOP message from the
 collecting rank make each processing rank leave its event loop and send a DONE message with
-its last counts; the collecting rank waits (at most ``_FINAL_WAIT`` s) for every DONE, then
-prints the final summary.
+its last counts; the collecting rank waits (at most ``_FINAL_WAIT`` s) for every DONE, sends
+STOP to every processing rank that has not had it, and prints the final summary. Every rank
+then meets the others in a final barrier (bounded in time) before it exits: a rank that exited
+while another still sent to it would make that send fail, and ``mpiexec`` would then kill every
+rank with SIGKILL.
 """
 
 import collections
@@ -91,6 +94,8 @@ class MpiParallelization:
         self._processing = processing_layer
         self._collector = 0 if self._handler.designated_collector_rank() == "first" else self._size - 1
         self._stop_requested = threading.Event()
+        self._finished = threading.Event()  # the processing rank sent DONE
+        self._stopped_ranks: set[int] = set()  # the processing ranks sent STOP
         # (request, payload): the payload must live until its non-blocking send completes
         self._sends_in_flight: collections.deque[tuple[MPI.Request, bytes]] = collections.deque()
 
@@ -153,15 +158,24 @@ class MpiParallelization:
     # Processing ranks ---------------------------------------------------------------------
 
     def _watch_for_stop_message(self) -> None:
+        """Waits for the collecting rank's STOP; once DONE is sent, at most ``_FINAL_WAIT`` s.
+
+        The collecting rank sends STOP to every processing rank at the end, so it is always
+        received, never left unmatched.
+        """
         flag = bytearray(1)
         request = self._comm.Irecv([flag, MPI.BYTE], source=self._collector, tag=_TAG_STOP)
-        while not self._stop_requested.is_set():
-            if request.Test():
-                self.request_stop()
-                return
-            time.sleep(0.1)
-        request.Cancel()
-        request.Wait()  # a cancelled request must still complete, or MPICH reports it
+        deadline: float | None = None
+        while not request.Test():
+            if self._finished.is_set():
+                deadline = deadline or time.monotonic() + _FINAL_WAIT
+                if time.monotonic() > deadline:
+                    logger.warning("rank %d: no STOP from the collecting rank", self._rank)
+                    request.Cancel()
+                    request.Wait()  # a cancelled request must still complete
+                    return
+            time.sleep(0.01 if self._finished.is_set() else 0.1)
+        self.request_stop()
 
     def _send(self, tag: int, result: dict[str, Any] | None) -> None:
         """Sends a result without waiting for the collecting rank to receive it.
@@ -222,7 +236,20 @@ class MpiParallelization:
         final = self._processing.end_processing_on_processing_node(**kwargs)
         self._send(_TAG_DONE, final)
         self._complete_sends(keep=0, timeout=_FINAL_WAIT)  # received until every DONE
-        watcher.join(1.0)
+        self._finished.set()
+        watcher.join(_FINAL_WAIT + 1.0)
+        self._final_barrier()
+
+    def _final_barrier(self) -> None:
+        """Waits (at most ``_FINAL_WAIT`` s) until every rank is done sending."""
+        request = self._comm.Ibarrier()
+        deadline = time.monotonic() + _FINAL_WAIT
+        while not request.Test():
+            if time.monotonic() > deadline:
+                logger.warning("rank %d: not every rank reached the end within %.0f s",
+                               self._rank, _FINAL_WAIT)
+                return
+            time.sleep(0.01)
 
     # Collecting rank ----------------------------------------------------------------------
 
@@ -243,15 +270,22 @@ class MpiParallelization:
                 if deadline is None:
                     deadline = time.monotonic() + _FINAL_WAIT
                     self._handler.stop()  # take no more events while the ranks finish
-                    for rank in processing_ranks:
-                        self._comm.Send([b"\x01", MPI.BYTE], dest=rank, tag=_TAG_STOP)
+                    self._send_stop(processing_ranks)
                 elif time.monotonic() > deadline:
                     logger.warning("processing ranks %s did not finish within %.0f s",
                                    sorted(processing_ranks - done), _FINAL_WAIT)
                     break
             self._processing.wait_for_data(**kwargs)
+        self._send_stop(processing_ranks)  # ranks that ended by themselves wait for it
         self._handler.stop()
         self._processing.end_processing_on_collecting_node(**kwargs)
+        self._final_barrier()
+
+    def _send_stop(self, processing_ranks: set[int]) -> None:
+        """Sends STOP (one byte, sent eagerly) once to every processing rank."""
+        for rank in sorted(processing_ranks - self._stopped_ranks):
+            self._comm.Send([b"\x01", MPI.BYTE], dest=rank, tag=_TAG_STOP)
+            self._stopped_ranks.add(rank)
 
     def _probe(self, status: MPI.Status) -> bool:
         """Whether a message from a processing rank waits; fills ``status``.
