@@ -33,9 +33,9 @@ logger = logging.getLogger("om")
 _CRYSTALLOGRAPHY = "crystallography"
 _PEAKFINDER8 = "peakfinder8_peak_detection"
 _MIN_BROADCAST_PERIOD = 1.0  # s: at low event rates, broadcast at least once a second
-# s: at high event rates, at most 20 broadcasts a second (GUIs redraw at 10 Hz); each one packs
-# the virtual powder pattern and maybe a frame, ~5-10 MB for a 1M, too much to do 40x a second.
-_MIN_BROADCAST_GAP = 0.05
+# s: at high event rates, at most 10 broadcasts a second (the GUIs redraw at 10 Hz); each one
+# packs the virtual powder pattern and maybe a frame, 5-10 MB for a 1M, too much for 40 a second.
+_MIN_BROADCAST_GAP = 0.1
 
 
 class CrystallographyProcessing:
