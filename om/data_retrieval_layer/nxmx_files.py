@@ -556,6 +556,9 @@ class ImageReader:
     def __init__(self, max_open_files: int = 8) -> None:
         self._max_open_files = max_open_files
         self._files: collections.OrderedDict[str, h5py.File] = collections.OrderedDict()
+        # Looking a data set up by path costs as much as reading a 2 MB image from the page
+        # cache: the open files' data sets are kept.
+        self._datasets: dict[tuple[str, str], h5py.Dataset] = {}
         self._masks: dict[tuple[str, str], NDArray[np.bool_] | None] = {}
 
     def _open(self, filename: str) -> h5py.File:
@@ -566,7 +569,9 @@ class ImageReader:
             except OSError as error:
                 raise OmInvalidDataError(f"{filename} cannot be opened: {one_line(error)}")
             while len(self._files) >= self._max_open_files:
-                self._files.popitem(last=False)[1].close()
+                oldest, old_handle = self._files.popitem(last=False)
+                self._forget(oldest)
+                old_handle.close()
         self._files[filename] = handle
         return handle
 
@@ -581,16 +586,25 @@ class ImageReader:
         where = f"{block.data_filename}:{block.dataset}[{index}]"
         handle = self._open(block.data_filename)
         try:
-            dataset = handle[block.dataset]
+            key = (block.data_filename, block.dataset)
+            dataset = self._datasets.get(key)
+            if dataset is None:
+                dataset = self._datasets[key] = handle[block.dataset]
             image = dataset[()] if block.single else dataset[index]
         except (OSError, KeyError, ValueError, IndexError, TypeError) as error:
             self._files.pop(block.data_filename, None)
+            self._forget(block.data_filename)
             handle.close()
             raise OmInvalidDataError(f"{where} cannot be read: {one_line(error)}")
         if image.shape != tuple(block.frame_shape):
             raise OmInvalidDataError(f"{where} has shape {image.shape}, expected "
                                      f"{tuple(block.frame_shape)}")
         return image
+
+    def _forget(self, filename: str) -> None:
+        """Drops the kept data sets of ``filename`` (before it is closed)."""
+        for key in [key for key in self._datasets if key[0] == filename]:
+            del self._datasets[key]
 
     def pixel_mask(self, filename: str, path: str | None) -> NDArray[np.bool_] | None:
         """Returns the bad pixels (True) of the mask at ``path`` of ``filename`` (cached), or
@@ -607,5 +621,6 @@ class ImageReader:
 
     def close(self) -> None:
         """Closes every open file."""
+        self._datasets.clear()
         while self._files:
             self._files.popitem()[1].close()

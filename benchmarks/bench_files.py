@@ -1,0 +1,122 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""End-to-end benchmark without a stream simulator: raw JUNGFRAU files → ``mpiexec -n N om_monitor.py``.
+
+Run: ``python benchmarks/bench_files.py --ranks 2 --repeats 10``.
+Writes the 20 real module frames of ../shared/data as 1M frames (the module twice, raw uint16
+(n, 1024, 1024), 200 frames, ~400 MB, read back from the page cache) and lets the monitor's
+HDF5 files source read them ``--repeats`` times on the processing ranks, calibrate them with
+the real constants and search them with the example ``monitor.yaml``'s peakfinder8 settings.
+Nothing else competes for the CPU, so this measures what the monitor's pipeline costs around
+the kernel: events/s against ``bench_kernel.py``'s frames/s on one core. Prints events/s (from
+the first to the last broadcast), CPU and peak RSS of every rank.
+"""
+
+import argparse
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+import h5py
+import numpy as np
+import psutil
+import zmq
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
+from bench_end_to_end import _peak_rss_mb, _rank_processes
+from common import GEOMETRY_1M, REAL_MODULE_FILE, need_real_data, real_raw_1m_frames
+from helpers import free_port, monitor_command
+
+from om.lib.serialization import unpack
+from om.simulation.configuration import write_monitor_configuration
+from om.simulation.frame_sources import HDF5FrameSource
+
+_FRAMES_IN_FILE = 200
+
+
+def run(*, ranks: int, repeats: int) -> dict:
+    """Runs the monitor once over the files; returns the figures (see the module doc)."""
+    need_real_data()
+    folder = pathlib.Path(tempfile.mkdtemp(prefix="om_bench_files_"))
+    darks, gains = HDF5FrameSource(str(REAL_MODULE_FILE)).write_calibration(folder / "calibration")
+    raw, constants = real_raw_1m_frames()
+    data_file = folder / "raw_1m.h5"
+    with h5py.File(data_file, "w") as handle:
+        handle["raw"] = np.resize(raw, (_FRAMES_IN_FILE, *raw.shape[1:]))
+    broadcast = f"tcp://127.0.0.1:{free_port()}"
+    config = write_monitor_configuration(folder / "monitor.yaml", {
+        "om": {"data_retrieval_layer": "Hdf5FilesDataRetrieval"},
+        "crystallography": {"geometry_file": str(GEOMETRY_1M), "data_broadcast_url": broadcast,
+                            "responding_url": None, "speed_report_interval": 1000,
+                            "hit_frame_sending_interval": 10},
+    }, replace_groups={"data_retrieval_layer": {
+        "fallback_beam_energy_in_eV": constants["photon_energy_ev"],
+        "fallback_detector_distance_in_mm": 100.0, "files_data_hdf5_path": "/raw",
+        "detector_calibration": True, "detector_dark_filenames": darks,
+        "detector_gain_filenames": gains,
+        "detector_photon_energy_kev": constants["photon_energy_ev"] / 1000.0}})
+    source = ",".join([str(data_file)] * repeats)
+    subscriber = zmq.Context.instance().socket(zmq.SUB)
+    subscriber.setsockopt(zmq.SUBSCRIBE, b"omdata")
+    subscriber.connect(broadcast)
+    log = open(folder / "monitor.log", "w")  # noqa: SIM115 (closed below)
+    monitor = subprocess.Popen(monitor_command(source, config, ranks), stdout=log,
+                               stderr=subprocess.STDOUT)
+    mpiexec = psutil.Process(monitor.pid)
+    processes: dict[int, psutil.Process] = {}
+    first = last = None
+    cpu_start: dict[int, float] = {}
+    cpu_end: dict[int, float] = {}
+    rss: dict[int, float] = {}
+    deadline = time.monotonic() + 120 + repeats * _FRAMES_IN_FILE / 20.0
+    while monitor.poll() is None and time.monotonic() < deadline:
+        if len(processes) < ranks:
+            processes = _rank_processes(mpiexec)
+        if not subscriber.poll(200):
+            continue
+        message = unpack(subscriber.recv_multipart()[1])
+        now = time.monotonic()
+        try:
+            cpu = {rank: sum(p.cpu_times()[:2]) for rank, p in processes.items()}
+            rss = {rank: _peak_rss_mb(p) for rank, p in processes.items()}
+        except psutil.NoSuchProcess:
+            continue
+        if first is None:
+            first, cpu_start = (now, message["num_events"]), cpu
+        last, cpu_end = (now, message["num_events"]), cpu
+    if monitor.poll() is None:
+        monitor.kill()
+    monitor.wait(30)
+    log.close()
+    subscriber.close(0)
+    elapsed = max(last[0] - first[0], 1e-9)
+    return {"ranks": ranks, "events": last[1], "expected": repeats * _FRAMES_IN_FILE,
+            "events_per_second": (last[1] - first[1]) / elapsed,
+            "cpu": {rank: (cpu_end[rank] - cpu_start.get(rank, 0.0)) / elapsed
+                    for rank in cpu_end},
+            "rss_mb": rss, "exit_code": monitor.returncode, "log": str(folder / "monitor.log")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ranks", type=int, default=2, help="MPI ranks (1 collecting)")
+    parser.add_argument("--repeats", type=int, default=10,
+                        help=f"times the {_FRAMES_IN_FILE}-frame file is listed (default 10)")
+    arguments = parser.parse_args()
+    figures = run(ranks=arguments.ranks, repeats=arguments.repeats)
+    print(f"files end to end: mpiexec -n {figures['ranks']} ({figures['ranks'] - 1} processing "
+          f"ranks), {figures['expected']} raw 1M frames from the page cache")
+    print(f"  processed {figures['events']} / {figures['expected']}, "
+          f"{figures['events_per_second']:.1f} events/s (first to last broadcast), "
+          f"monitor exit code {figures['exit_code']}")
+    for rank in sorted(figures["cpu"]):
+        role = "collecting" if rank == 0 else "processing"
+        print(f"  rank {rank} ({role}): CPU {100 * figures['cpu'][rank]:.0f} % of a core, "
+              f"peak RSS {figures['rss_mb'].get(rank, 0):.0f} MB")
+    print(f"  log: {figures['log']}")
+
+
+if __name__ == "__main__":
+    main()
