@@ -151,6 +151,14 @@ def run(*, rate: float, duration: float, ranks: int, hit_frame_sending_interval:
     }
 
 
+def report_ranks(cpu: dict[int, float], rss_mb: dict[int, float]) -> None:
+    """Prints each rank's CPU (fraction of a core) and peak RSS (MB), rank 0 collecting."""
+    for rank in sorted(cpu):
+        role = "collecting" if rank == 0 else "processing"
+        print(f"  rank {rank} ({role}): CPU {100 * cpu[rank]:.0f} % of a core, "
+              f"peak RSS {rss_mb.get(rank, 0.0):.0f} MB")
+
+
 def report(figures: dict) -> None:
     """Prints the figures of one :func:`run`."""
     ranks, sent, events = figures["ranks"], figures["sent"], figures["events"]
@@ -167,10 +175,7 @@ def report(figures: dict) -> None:
     print(f"  latency detector timestamp -> broadcast received: p50 "
           f"{figures['latency_p50_ms']:.0f} ms, p99 {figures['latency_p99_ms']:.0f} ms "
           f"({figures['broadcasts']} broadcasts)")
-    for rank in sorted(figures["cpu"]):
-        role = "collecting" if rank == 0 else "processing"
-        print(f"  rank {rank} ({role}): CPU {100 * figures['cpu'][rank]:.0f} % of a core, "
-              f"peak RSS {figures['rss_mb'][rank]:.0f} MB")
+    report_ranks(figures["cpu"], figures["rss_mb"])
     samples = figures.get("rss_samples") or []
     if len(samples) >= 2:
         print("  RSS over the run (MB, per rank):")

@@ -24,7 +24,7 @@ import psutil
 import zmq
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
-from bench_end_to_end import _peak_rss_mb, _rank_processes
+from bench_end_to_end import _peak_rss_mb, _rank_processes, report_ranks
 from common import GEOMETRY_1M, REAL_MODULE_FILE, need_real_data, real_raw_1m_frames
 from helpers import free_port, monitor_command
 
@@ -111,10 +111,7 @@ def main() -> None:
     print(f"  processed {figures['events']} / {figures['expected']}, "
           f"{figures['events_per_second']:.1f} events/s (first to last broadcast), "
           f"monitor exit code {figures['exit_code']}")
-    for rank in sorted(figures["cpu"]):
-        role = "collecting" if rank == 0 else "processing"
-        print(f"  rank {rank} ({role}): CPU {100 * figures['cpu'][rank]:.0f} % of a core, "
-              f"peak RSS {figures['rss_mb'].get(rank, 0):.0f} MB")
+    report_ranks(figures["cpu"], figures["rss_mb"])
     print(f"  log: {figures['log']}")
 
 
