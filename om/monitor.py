@@ -77,23 +77,29 @@ def build_monitor(source: str, config: str) -> Any:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``om_monitor.py``; returns the exit code."""
+def main(argv: list[str] | None = None, early_stop: threading.Event | None = None) -> int:
+    """Runs the monitor; returns the exit code.
+
+    Args:
+        argv: the command line (default: ``sys.argv[1:]``).
+        early_stop: set when a stop signal came before this function ran
+            (:mod:`om.monitor_launcher`, the ``om_monitor.py`` command, catches them first).
+    """
     arguments = _parse_arguments(argv)
     if arguments.crystfel_geometry:
         from om.lib.package_data import packaged_file
 
         print(packaged_file("jungfrau1M_crystfel.geom"))
         return 0
+    # Signals during the start-up (starting MPI, reading files, compiling) are kept for after
+    # it: a rank that died of a KeyboardInterrupt there would make mpiexec kill the others.
+    early_stop = early_stop or threading.Event()
+    on_stop_signals(early_stop.set)
     from mpi4py import MPI  # here, so that --help works without starting MPI
 
     rank = MPI.COMM_WORLD.Get_rank()
     logging.basicConfig(level=arguments.log_level,
                         format=f"om[{rank}] %(levelname)s: %(message)s", stream=sys.stderr)
-    # Signals during the start-up (reading files, compiling) are kept for after it: a rank that
-    # died of a KeyboardInterrupt there would make mpiexec kill the others.
-    early_stop = threading.Event()
-    on_stop_signals(early_stop.set)
     try:
         monitor = build_monitor(arguments.source, arguments.config)
         monitor.initialize()

@@ -11,6 +11,7 @@ import signal
 import time
 
 import numpy as np
+import psutil
 import pytest
 import zmq
 
@@ -152,3 +153,40 @@ def test_start_up_errors_stop_every_rank(tmp_path, geometry_1m, real_calibration
     assert len(errors) == 1 and expected in errors[0]
     if change:  # a configuration error names the file too
         assert str(config) in errors[0]
+
+
+def _wait_for_ranks(monitor: Process, ranks: int, timeout: float = 60.0) -> None:
+    """Waits until mpiexec has started ``ranks`` rank processes (a signal sent before that
+    reaches mpiexec alone, which is not what is tested here)."""
+    parent = psutil.Process(monitor.popen.pid)
+    deadline = time.monotonic() + timeout
+    while True:
+        started = 0
+        for child in parent.children(recursive=True):
+            try:
+                started += "PMI_RANK" in child.environ()
+            except (psutil.AccessDenied, psutil.NoSuchProcess):
+                pass
+        if started >= ranks:
+            return
+        assert time.monotonic() < deadline and monitor.popen.poll() is None, monitor.stderr
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("delay", [1.0, 3.0])
+def test_a_stop_during_start_up_is_clean(tmp_path, geometry_1m, real_calibration, delay):
+    """SIGINT while the ranks start (importing om, starting MPI, reading the calibration
+    files, compiling) or just after: every rank ends with exit code 0 and a final summary, none
+    dies of a KeyboardInterrupt (which would make mpiexec SIGKILL the others). The delays start
+    once the rank processes exist; a signal within the interpreter's own start-up (the first
+    ~0.1 s) is out of reach of any Python code and is not tested."""
+    config, _ = configure(tmp_path, geometry_1m, *real_calibration)
+    urls = f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}"
+    monitor = Process(monitor_command(urls, config), tmp_path, "monitor")
+    _wait_for_ranks(monitor, 3)
+    time.sleep(delay)
+    code = monitor.stop(timeout=60)
+    print(monitor.stdout[-2000:], monitor.stderr[-3000:])
+    assert code == 0
+    assert "KeyboardInterrupt" not in monitor.stderr and "Traceback" not in monitor.stderr
+    assert "final summary: 0 events" in monitor.stdout
