@@ -145,6 +145,7 @@ def run(*, rate: float, duration: float, ranks: int, hit_frame_sending_interval:
         "events": events, "events_per_second": (events - first_events) / max(elapsed, 1e-9),
         "dropped_busy": problems.get("frame_dropped_ranks_busy", 0),
         "incomplete": problems.get("incomplete_frame", 0),
+        "missed_images": problems.get("missed_module_images", 0),
         "latency_p50_ms": 1e3 * float(np.median(latency)),
         "latency_p99_ms": 1e3 * float(np.percentile(latency, 99)), "broadcasts": latency.size,
         "cpu": cpu, "rss_mb": rss, "rss_samples": rss_samples, "log": str(folder / "monitor.log"),
@@ -171,7 +172,8 @@ def report(figures: dict) -> None:
     print(f"  frames sent {sent}, processed {events} ({100 * events / max(sent, 1):.1f} %), "
           f"{figures['events_per_second']:.1f} events/s sustained")
     print(f"  lost: {figures['dropped_busy']} dropped with every processing rank busy, "
-          f"{figures['incomplete']} incomplete, {never} never assembled (PUB/SUB overflow)")
+          f"{figures['incomplete']} incomplete, {never} never assembled (PUB/SUB overflow; "
+          f"{figures.get('missed_images', 0)} module images counted missing by the monitor)")
     print(f"  latency detector timestamp -> broadcast received: p50 "
           f"{figures['latency_p50_ms']:.0f} ms, p99 {figures['latency_p99_ms']:.0f} ms "
           f"({figures['broadcasts']} broadcasts)")

@@ -98,3 +98,16 @@ def test_a_module_image_after_its_frame_expired_is_late_not_a_second_incomplete_
     after = problems.counts()
     assert after.get("incomplete_frame", 0) - before.get("incomplete_frame", 0) == 1
     assert after.get("late_module_image", 0) - before.get("late_module_image", 0) == 1
+
+
+def test_frame_numbers_a_stream_skips_are_counted(streams):
+    sender, _, receiver = streams
+    before = problems.counts().get("missed_module_images", 0)
+    for number in (30, 31, 35, 36):  # 32-34 never sent: 3 per module stream
+        sender.send_frame(np.concatenate([_module(number), _module(number)]), number, 0)
+    assert [meta["frame_number"] for meta, _ in _frames(receiver, 4)] == [30, 31, 35, 36]
+    assert problems.counts().get("missed_module_images", 0) - before == 2 * 3
+    sender.send_end_of_acquisition()  # a new acquisition counts from 1 again: no gap
+    sender.send_frame(np.concatenate([_module(1), _module(1)]), 1, 0)
+    assert [meta["frame_number"] for meta, _ in _frames(receiver, 1)] == [1]
+    assert problems.counts().get("missed_module_images", 0) - before == 2 * 3

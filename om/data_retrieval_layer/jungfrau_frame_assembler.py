@@ -36,6 +36,11 @@ BYTES_PER_PIXEL = 2
 DETECTOR_CLOCK_HZ = 1.0e7  # the JUNGFRAU timestamp counts 100 ns ticks
 _REANCHOR_TOLERANCE_S = 10.0
 _EXPIRED_REMEMBERED = 4096  # frame numbers already counted as incomplete
+# Module images a stream's SUB socket queues before ZeroMQ drops new ones: bounds the memory
+# (~1 MB each) and the age of the frames when the collecting rank falls behind.
+_STREAM_QUEUE_IMAGES = 64
+# A frame number this far below the stream's highest is a new acquisition, not a late image.
+_RESTART_GAP = 1000
 
 
 @dataclasses.dataclass
@@ -98,6 +103,7 @@ class JungfrauFrameAssembler:
         for url in stream_urls:
             socket = self._context.socket(zmq.SUB)
             socket.setsockopt(zmq.LINGER, 0)
+            socket.setsockopt(zmq.RCVHWM, _STREAM_QUEUE_IMAGES)
             try:
                 socket.connect(url)
             except zmq.ZMQError as error:
@@ -113,6 +119,7 @@ class JungfrauFrameAssembler:
             raise
         self.endpoint = self._dealer.endpoint
         self._pending: dict[int, _PendingFrame] = {}
+        self._highest: list[int | None] = [None] * len(stream_urls)  # per stream
         # A module image that comes after its frame was dropped as incomplete belongs to a frame
         # already counted: it is counted as late, not as a second incomplete frame.
         self._expired: collections.OrderedDict[int, None] = collections.OrderedDict()
@@ -193,6 +200,7 @@ class JungfrauFrameAssembler:
         if len(parts) == 1:
             if header.get("data") == 0:
                 self.acquisitions_ended += 1
+                self._highest[index] = None  # the next acquisition counts from 1 again
                 logger.info("stream %s: end of acquisition", url)
             else:
                 problems.report("bad_message", f"stream {url}: single-part message with data")
@@ -204,6 +212,7 @@ class JungfrauFrameAssembler:
         if not isinstance(frame_number, int) or isinstance(frame_number, bool):
             problems.report("bad_header", f"stream {url}: no integer frameNumber in the header")
             return
+        self._count_missed(index, frame_number)
         size = len(parts[1].buffer)
         if size != self._image_bytes or header.get("bitmode", 16) != 16:
             problems.report(
@@ -236,6 +245,19 @@ class JungfrauFrameAssembler:
         if all(image is not None for image in pending.images):
             del self._pending[frame_number]
             self._forward(frame_number, pending)
+
+    def _count_missed(self, index: int, frame_number: int) -> None:
+        """Counts the frame numbers a stream skipped: images lost before they reached the
+        assembler (e.g. dropped by ZeroMQ when the stream's queue was full), which nothing
+        else would ever see."""
+        highest = self._highest[index]
+        if highest is not None and frame_number > highest + 1:
+            missed = frame_number - highest - 1
+            problems.report("missed_module_images",
+                            f"stream {self._urls[index]}: {missed} frame numbers skipped "
+                            f"({highest + 1}-{frame_number - 1})", count=missed)
+        if highest is None or frame_number > highest or frame_number < highest - _RESTART_GAP:
+            self._highest[index] = frame_number
 
     def _forward(self, frame_number: int, pending: _PendingFrame) -> None:
         ticks = pending.headers[0].get("timestamp", 0)
