@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "om.simulation.jungfrau_zmq_simulator"),
                           "--urls", streams, "--rate", str(arguments.rate)]),
         subprocess.Popen([_mpiexec(), "-n", str(arguments.ranks),
-                          *_command("om_monitor.py", "om.monitor"), streams, "-c", str(config)]),
+                          *_command("om_monitor.py", "om.monitor_launcher"), streams, "-c", str(config)]),
     ]
     monitor = processes[1]
     if arguments.gui == "yes" or (arguments.gui == "auto" and _display_available()):
