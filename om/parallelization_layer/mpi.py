@@ -301,7 +301,7 @@ class MpiParallelization:
     def _on_message(self, source: int, tag: int, buffer: bytearray, done: set[int],
                     kwargs: dict[str, int]) -> None:
         try:
-            message = unpack(bytes(buffer))
+            message = unpack(buffer)  # msgpack reads the bytearray in place
             problems.merge(message.get("problems") or {})
             result = message.get("result")
         except (OmException, AttributeError) as error:
