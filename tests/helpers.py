@@ -128,7 +128,8 @@ def receive_until(sock: zmq.Socket, condition: Callable[[dict[str, Any]], bool],
 
 
 def configure(tmp_path: pathlib.Path, geometry: pathlib.Path, darks: list[str], gains: list[str],
-              frame_queue_size: int = 2, **crystallography: Any) -> tuple[pathlib.Path, str]:
+              frame_queue_size: int = 2, frame_shared_memory: bool = True,
+              **crystallography: Any) -> tuple[pathlib.Path, str]:
     """Writes a monitor.yaml (the packaged example, whose peakfinder8 settings suit the real
     frames) for the given geometry and calibration; returns (path, broadcast URL)."""
     broadcast = f"tcp://127.0.0.1:{free_port()}"
@@ -136,7 +137,8 @@ def configure(tmp_path: pathlib.Path, geometry: pathlib.Path, darks: list[str], 
         "data_retrieval_layer": {"detector_dark_filenames": darks,
                                  "detector_gain_filenames": gains,
                                  "detector_photon_energy_kev": 12.4,
-                                 "frame_queue_size": frame_queue_size},
+                                 "frame_queue_size": frame_queue_size,
+                                 "frame_shared_memory": frame_shared_memory},
         "crystallography": {"geometry_file": str(geometry), "data_broadcast_url": broadcast,
                             "responding_url": None, "data_broadcast_interval": 5,
                             "speed_report_interval": 10, **crystallography},

@@ -22,8 +22,13 @@ from helpers import (Process, configure, free_port, monitor_command, receive_unt
 
 pytestmark = pytest.mark.slow
 
-def test_real_frames_end_to_end(tmp_path, real_module_file, geometry_1m, real_calibration):
-    config, broadcast = configure(tmp_path, geometry_1m, *real_calibration)
+@pytest.mark.parametrize("shared_memory", [True, False])
+def test_real_frames_end_to_end(tmp_path, real_module_file, geometry_1m, real_calibration,
+                                shared_memory):
+    """With frames handed over in shared memory (one host) and over TCP (ranks on other
+    hosts, or frame_shared_memory: false)."""
+    config, broadcast = configure(tmp_path, geometry_1m, *real_calibration,
+                                  frame_shared_memory=shared_memory)
     urls = f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}"
     simulator = Process(simulator_command(urls, "--file", str(real_module_file), "--rate", "20",
                                           "--frames", "40"), tmp_path, "simulator")
@@ -60,6 +65,8 @@ def test_real_frames_end_to_end(tmp_path, real_module_file, geometry_1m, real_ca
     assert len(frame["peak_list_x_in_frame"]) == frame["num_peaks"]
     summary = re.search(r"final summary: (\d+) events, (\d+) hits", monitor.stdout)
     assert summary and int(summary.group(1)) == 40
+    assert f"2 processing ranks connected ({2 if shared_memory else 0} through shared memory)" \
+        in monitor.stderr
     assert re.search(r"events/s", monitor.stdout)
 
 
