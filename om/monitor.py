@@ -93,8 +93,9 @@ def main(argv: list[str] | None = None, early_stop: threading.Event | None = Non
         return 0
     # Signals during the start-up (starting MPI, reading files, compiling) are kept for after
     # it: a rank that died of a KeyboardInterrupt there would make mpiexec kill the others.
-    early_stop = early_stop or threading.Event()
-    on_stop_signals(early_stop.set)
+    if early_stop is None:  # not started by om_monitor.py, which catches them already
+        early_stop = threading.Event()
+        on_stop_signals(early_stop.set)
     from mpi4py import MPI  # here, so that --help works without starting MPI
 
     rank = MPI.COMM_WORLD.Get_rank()

@@ -7,16 +7,17 @@ would then SIGKILL every other rank. So the command's first act is to note such 
 monitor stops cleanly as soon as it has started (:func:`om.monitor.main`).
 """
 
-import signal
 import sys
 import threading
+
+# om.lib.stop_signals imports the standard library only: it costs no start-up time.
+from om.lib.stop_signals import on_stop_signals
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``om_monitor.py``; returns the exit code."""
     early_stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda _signum, _frame: early_stop.set())
+    on_stop_signals(early_stop.set)
     from om.monitor import main as monitor_main
 
     return monitor_main(argv, early_stop=early_stop)
