@@ -68,6 +68,12 @@ def test_real_frames_end_to_end(tmp_path, real_module_file, geometry_1m, real_ca
     assert f"2 processing ranks connected ({2 if shared_memory else 0} through shared memory)" \
         in monitor.stderr
     assert re.search(r"events/s", monitor.stdout)
+    # Where the processing ranks' time went, per event, over the whole run.
+    whole_run = re.search(
+        r"time per event on the processing ranks, whole run: next_event ([\d.]+), "
+        r"data_retrieval ([\d.]+), processing ([\d.]+), sending ([\d.]+) ms", monitor.stdout)
+    assert whole_run, monitor.stdout
+    assert float(whole_run.group(2)) > 0 and float(whole_run.group(3)) > 0  # calibration, peaks
 
 
 def _bad_stream_sender(urls):
@@ -123,6 +129,8 @@ def test_bad_input_is_counted_and_the_monitor_goes_on(tmp_path, geometry_1m, rea
         assert 1 <= len(lines) <= 2, (kind, lines)  # rate-limited: one line per kind
     assert data["num_events"] == 13  # 3 frames with invalid pixels + 10 good ones
     assert "final summary: 13 events" in monitor.stdout  # SIGTERM: every rank summed up
+    # speed_report_interval 1: each speed report says where the processing ranks' time went.
+    assert "om: time per event on the processing ranks: next_event" in monitor.stdout
     print(f"stopped by SIGTERM in {stop_seconds:.1f} s")
 
 

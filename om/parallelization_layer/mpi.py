@@ -29,6 +29,7 @@ from om.lib.exceptions import OmConfigurationError, OmDataExtractionError, OmExc
 from om.lib.parameters import MonitorParameters, ParameterGroup
 from om.lib.problems import problems
 from om.lib.serialization import pack, unpack
+from om.lib.stage_times import stage_times
 from om.protocols.data_retrieval_layer import OmDataRetrievalProtocol
 from om.protocols.processing_layer import OmProcessingProtocol
 
@@ -185,7 +186,8 @@ class MpiParallelization:
         (sleeping, not spinning) only when ``_MAX_SENDS_IN_FLIGHT`` results are still unreceived.
         """
         try:
-            payload = pack({"result": result, "problems": problems.take_unsent()})
+            payload = pack({"result": result, "problems": problems.take_unsent(),
+                            "stage_times": stage_times.take_unsent()})
         except (TypeError, OmException) as error:  # a result msgpack cannot carry: a bug
             problems.report("processing_error", f"result not sent: {error}")
             payload = pack({"result": None, "problems": problems.take_unsent()})
@@ -211,25 +213,44 @@ class MpiParallelization:
             else:
                 time.sleep(_SEND_WAIT_STEP)
 
+    def _process_event(self, event: Any, kwargs: dict[str, int]
+                       ) -> tuple[float | None, dict[str, Any] | None]:
+        """Retrieves and processes one event: (the ``perf_counter`` time its data was
+        retrieved, the result), or (None, None) when bad input made it fail (counted)."""
+        self._handler.open_event(event=event)
+        try:
+            data = self._handler.extract_data(event=event)
+            retrieved = time.perf_counter()
+            result, _ = self._processing.process_data(data=data, **kwargs)
+            return retrieved, result
+        except OmDataExtractionError as error:
+            problems.report("extraction_error", str(error))
+        except Exception as error:  # bad input must never kill a rank
+            problems.report("processing_error", f"{type(error).__name__}: {error}")
+            logger.debug("processing error", exc_info=True)
+        finally:
+            self._handler.close_event(event=event)
+        return None, None
+
     def _run_processing_rank(self) -> None:
         kwargs = {"node_rank": self._rank, "node_pool_size": self._size}
         watcher = threading.Thread(target=self._watch_for_stop_message, daemon=True)
         watcher.start()
+        clock = time.perf_counter
+        last: float | None = None  # the wait for the first event is start-up, not a stage
         for event in self._handler.event_generator(**kwargs):
-            self._handler.open_event(event=event)
-            try:
-                data = self._handler.extract_data(event=event)
-                result, _ = self._processing.process_data(data=data, **kwargs)
-            except OmDataExtractionError as error:
-                problems.report("extraction_error", str(error))
-                continue
-            except Exception as error:  # bad input must never kill a rank
-                problems.report("processing_error", f"{type(error).__name__}: {error}")
-                logger.debug("processing error", exc_info=True)
-                continue
-            finally:
-                self._handler.close_event(event=event)
-            self._send(_TAG_DATA, result)
+            received = clock()
+            retrieved, result = self._process_event(event, kwargs)
+            processed = clock()
+            if retrieved is not None:
+                self._send(_TAG_DATA, result)
+            now = clock()
+            retrieval_end = retrieved if retrieved is not None else processed
+            stage_times.add_event({"next_event": received - (last or received),
+                                   "data_retrieval": retrieval_end - received,
+                                   "processing": processed - retrieval_end,
+                                   "sending": now - processed})
+            last = now
             if self._stop_requested.is_set():
                 break
         self._stop_requested.set()
@@ -303,8 +324,10 @@ class MpiParallelization:
         try:
             message = unpack(buffer)  # msgpack reads the bytearray in place
             problems.merge(message.get("problems") or {})
+            if "stage_times" in message:
+                stage_times.merge(message["stage_times"])
             result = message.get("result")
-        except (OmException, AttributeError) as error:
+        except (OmException, AttributeError, ValueError) as error:
             problems.report("bad_rank_message", f"from rank {source}: {error}")
             return
         if tag == _TAG_DONE:

@@ -25,6 +25,7 @@ from om.lib.parameters import MonitorParameters, Parameter, ParameterGroup
 from om.lib.peakogram import Peakogram
 from om.lib.problems import problems
 from om.lib.responding_socket import RespondingSocket
+from om.lib.stage_times import STAGES, describe_per_event, stage_times
 from om.lib.virtual_powder import VirtualPowderPattern
 from om.processing_layer.peakfinder8 import Peakfinder8PeakDetection
 
@@ -256,6 +257,7 @@ class CrystallographyProcessing:
         self._last_broadcast_time = time.monotonic()
         self._last_report_events = 0
         self._last_report_time = time.monotonic()
+        self._last_report_stage_times = stage_times.totals()
         self._broadcast_interval = self._get("data_broadcast_interval")
         self._report_interval = self._get("speed_report_interval")
         with self._naming_key("data_broadcast_url"):
@@ -403,6 +405,11 @@ class CrystallographyProcessing:
         self._last_report_events, self._last_report_time = events, now
         print(f"om: {events} events, {self._num_hits} hits, hit rate "
               f"{self._hit_rate.hit_rate:.1f} %, {rate:.1f} events/s", flush=True)
+        times = stage_times.totals()
+        per_event = describe_per_event(self._last_report_stage_times, times)
+        self._last_report_stage_times = times
+        if per_event:
+            print(f"om: time per event on the processing ranks: {per_event}", flush=True)
 
     def wait_for_data(self, *, node_rank: int, node_pool_size: int) -> None:
         """Serves requests for up to 5 ms (so the idle collecting rank sleeps)."""
@@ -433,6 +440,10 @@ class CrystallographyProcessing:
                   if kind not in ("frame_dropped_ranks_busy", "incomplete_frame")}
         if others:
             print("om: problems: " + ", ".join(f"{k}={n}" for k, n in others.items()), flush=True)
+        per_event = describe_per_event((0, dict.fromkeys(STAGES, 0.0)), stage_times.totals())
+        if per_event:
+            print(f"om: time per event on the processing ranks, whole run: {per_event}",
+                  flush=True)
         self._broadcaster.close()
         if self._responder is not None:
             self._responder.close()
