@@ -152,6 +152,28 @@ def run(*, rate: float, duration: float, ranks: int, hit_frame_sending_interval:
     }
 
 
+_STAGES = re.compile(r"whole run: next_event ([\d.]+), data_retrieval ([\d.]+), "
+                     r"processing ([\d.]+), sending ([\d.]+) ms")
+
+
+def report_stages(log: str) -> dict[str, float] | None:
+    """Prints (and returns) the monitor's time per event in each stage of its processing
+    ranks over the whole run, from its final summary in ``log``; None when it has none."""
+    found = _STAGES.search(pathlib.Path(log).read_text())
+    if found is None:
+        return None
+    stages = dict(zip(("next_event", "data_retrieval", "processing", "sending"),
+                      map(float, found.groups())))
+    in_place = stages["data_retrieval"] + stages["processing"]
+    rest = stages["next_event"] + stages["sending"]
+    print(f"  per event on the processing ranks: next_event {stages['next_event']:.2f}, "
+          f"data_retrieval {stages['data_retrieval']:.2f}, processing "
+          f"{stages['processing']:.2f}, sending {stages['sending']:.2f} ms")
+    print(f"  kernel in place (data_retrieval + processing) {in_place:.2f} ms, the rest "
+          f"(next_event + sending) {rest:.2f} ms = {100 * rest / (in_place + rest):.0f} %")
+    return stages
+
+
 def report_ranks(cpu: dict[int, float], rss_mb: dict[int, float]) -> None:
     """Prints each rank's CPU (fraction of a core) and peak RSS (MB), rank 0 collecting."""
     for rank in sorted(cpu):
@@ -189,6 +211,7 @@ def report(figures: dict) -> None:
             values = [by_rank[rank] for by_rank in later if rank in by_rank]
             print(f"  rank {rank}: RSS after the first minute {min(values):.0f}-{max(values):.0f} "
                   f"MB (growth {values[-1] - values[0]:+.1f} MB)")
+    report_stages(figures["log"])
     print(f"  log: {figures['log']}")
 
 

@@ -8,11 +8,15 @@ HDF5 files source read them ``--repeats`` times on the processing ranks, calibra
 the real constants and search them with the example ``monitor.yaml``'s peakfinder8 settings.
 Nothing else competes for the CPU, so this measures what the monitor's pipeline costs around
 the kernel: events/s against ``bench_kernel.py``'s frames/s on one core. Prints events/s (from
-the first to the last broadcast), CPU and peak RSS of every rank.
+the first to the last broadcast), CPU and peak RSS of every rank, the monitor's own account of
+where the processing ranks' time went per event (its final summary), and, with bench_kernel.py
+run just before and after (the host's speed drifts), the events/s per processing rank as a
+share of the kernel's frames/s alone.
 """
 
 import argparse
 import pathlib
+import re
 import subprocess
 import sys
 import tempfile
@@ -24,7 +28,7 @@ import psutil
 import zmq
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
-from bench_end_to_end import _peak_rss_mb, _rank_processes, report_ranks
+from bench_end_to_end import _peak_rss_mb, _rank_processes, report_ranks, report_stages
 from common import GEOMETRY_1M, REAL_MODULE_FILE, need_real_data, real_raw_1m_frames
 from helpers import free_port, monitor_command
 
@@ -98,20 +102,47 @@ def run(*, ranks: int, repeats: int) -> dict:
             "rss_mb": rss, "exit_code": monitor.returncode, "log": str(folder / "monitor.log")}
 
 
+def kernel_ms_per_frame(repeats: int) -> float:
+    """bench_kernel.py's median ms per frame, run as a process of its own (it pins itself to
+    one core, which this process and the monitor it starts must not inherit)."""
+    output = subprocess.run([sys.executable, str(pathlib.Path(__file__).with_name(
+        "bench_kernel.py")), "--repeats", str(repeats)], capture_output=True, text=True,
+        check=True).stdout
+    return float(re.search(r"total\s+median\s+([\d.]+) ms", output).group(1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ranks", type=int, default=2, help="MPI ranks (1 collecting)")
     parser.add_argument("--repeats", type=int, default=10,
                         help=f"times the {_FRAMES_IN_FILE}-frame file is listed (default 10)")
+    parser.add_argument("--kernel-repeats", type=int, default=5,
+                        help="repeats of bench_kernel.py run before and after, for the ratio "
+                        "to the kernel alone on this machine at this time (0: skip)")
     arguments = parser.parse_args()
+    need_real_data()
+    kernel = [kernel_ms_per_frame(arguments.kernel_repeats)] if arguments.kernel_repeats else []
     figures = run(ranks=arguments.ranks, repeats=arguments.repeats)
+    if kernel:
+        kernel.append(kernel_ms_per_frame(arguments.kernel_repeats))
     print(f"files end to end: mpiexec -n {figures['ranks']} ({figures['ranks'] - 1} processing "
           f"ranks), {figures['expected']} raw 1M frames from the page cache")
     print(f"  processed {figures['events']} / {figures['expected']}, "
           f"{figures['events_per_second']:.1f} events/s (first to last broadcast), "
           f"monitor exit code {figures['exit_code']}")
     report_ranks(figures["cpu"], figures["rss_mb"])
+    stages = report_stages(figures["log"])
+    if kernel:
+        alone = sum(kernel) / len(kernel)
+        per_rank = figures["events_per_second"] / max(figures["ranks"] - 1, 1)
+        print(f"  kernel alone (bench_kernel.py before and after: "
+              f"{' and '.join(f'{k:.2f}' for k in kernel)} ms) {alone:.2f} ms/frame = "
+              f"{1e3 / alone:.0f} frames/s; events/s per processing rank = "
+              f"{100 * per_rank * alone / 1e3:.0f} % of it")
+        if stages:
+            in_place = stages["data_retrieval"] + stages["processing"]
+            print(f"  kernel in place / alone: {in_place / alone:.2f}")
     print(f"  log: {figures['log']}")
 
 
