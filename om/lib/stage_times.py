@@ -39,11 +39,6 @@ class StageTimes:
             self._seconds[stage] += value
             self._unsent[stage] += value
 
-    def add(self, stage: str, seconds: float) -> None:
-        """Adds ``seconds`` to ``stage`` without counting an event (e.g. the last send)."""
-        self._seconds[stage] += seconds
-        self._unsent[stage] += seconds
-
     def take_unsent(self) -> dict[str, Any]:
         """Returns ``{"events": n, "seconds": {stage: s}}`` added since the last call (for the
         collecting rank) and starts a new sum."""

@@ -185,12 +185,14 @@ class MpiParallelization:
         collecting rank wakes from its idle sleep; ``Isend`` returns at once and the rank waits
         (sleeping, not spinning) only when ``_MAX_SENDS_IN_FLIGHT`` results are still unreceived.
         """
+        times = stage_times.take_unsent()
         try:
             payload = pack({"result": result, "problems": problems.take_unsent(),
-                            "stage_times": stage_times.take_unsent()})
+                            "stage_times": times})
         except (TypeError, OmException) as error:  # a result msgpack cannot carry: a bug
             problems.report("processing_error", f"result not sent: {error}")
-            payload = pack({"result": None, "problems": problems.take_unsent()})
+            payload = pack({"result": None, "problems": problems.take_unsent(),
+                            "stage_times": times})
         self._complete_sends(keep=_MAX_SENDS_IN_FLIGHT - 1)
         request = self._comm.Isend([payload, MPI.BYTE], dest=self._collector, tag=tag)
         self._sends_in_flight.append((request, payload))
