@@ -27,6 +27,7 @@ from common import GEOMETRY_1M, REAL_MODULE_FILE, need_real_data  # noqa: E402
 from helpers import free_port, monitor_command, simulator_command  # noqa: E402
 
 from om.lib.serialization import unpack  # noqa: E402
+from om.lib.stage_times import STAGES  # noqa: E402
 from om.simulation.configuration import write_monitor_configuration  # noqa: E402
 from om.simulation.frame_sources import HDF5FrameSource  # noqa: E402
 
@@ -152,8 +153,8 @@ def run(*, rate: float, duration: float, ranks: int, hit_frame_sending_interval:
     }
 
 
-_STAGES = re.compile(r"whole run: next_event ([\d.]+), data_retrieval ([\d.]+), "
-                     r"processing ([\d.]+), sending ([\d.]+) ms")
+# The last line of the monitor's final summary (om.lib.stage_times.describe_per_event).
+_STAGES = re.compile("whole run: " + ", ".join(rf"{stage} ([\d.]+)" for stage in STAGES) + " ms")
 
 
 def report_stages(log: str) -> dict[str, float] | None:
@@ -162,8 +163,7 @@ def report_stages(log: str) -> dict[str, float] | None:
     found = _STAGES.search(pathlib.Path(log).read_text())
     if found is None:
         return None
-    stages = dict(zip(("next_event", "data_retrieval", "processing", "sending"),
-                      map(float, found.groups())))
+    stages = dict(zip(STAGES, map(float, found.groups())))
     in_place = stages["data_retrieval"] + stages["processing"]
     rest = stages["next_event"] + stages["sending"]
     print(f"  per event on the processing ranks: next_event {stages['next_event']:.2f}, "

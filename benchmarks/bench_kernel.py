@@ -19,9 +19,11 @@ from common import monitor_kernel, need_real_data, real_raw_1m_frames
 REFERENCE_MS_PER_FRAME = 47.0  # OM 23: numpy calibration + C++ peakfinder8, one core
 
 
-def measure(repeats: int) -> dict:
-    """Times the kernel on one core (this process is pinned to it): ms per frame of
-    calibration, peakfinder8 + hit decision, and both, over the 20 frames ``repeats`` times."""
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=10)
+    arguments = parser.parse_args()
+    need_real_data()
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core
     raw, _ = real_raw_1m_frames()
     calibration, finder, min_peaks, max_peaks = monitor_kernel()
@@ -29,7 +31,7 @@ def measure(repeats: int) -> dict:
     calibration.calibrate(raw[0], out=out)  # compile (or load the numba cache)
     finder.find_peaks(out)
     calibrate_ms, find_ms, total_ms, peaks, hits = [], [], [], [], 0
-    for _ in range(repeats):
+    for _ in range(arguments.repeats):
         for frame in raw:
             start = time.perf_counter()
             calibration.calibrate(frame, out=out)
@@ -42,19 +44,6 @@ def measure(repeats: int) -> dict:
             total_ms.append(1e3 * (end - start))
             peaks.append(len(found))
             hits += is_hit
-    return {"calibrate_ms": calibrate_ms, "find_ms": find_ms, "total_ms": total_ms,
-            "peaks": peaks, "hits": hits}
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=10)
-    arguments = parser.parse_args()
-    need_real_data()
-    figures = measure(arguments.repeats)
-    calibrate_ms, find_ms, total_ms = (figures[key] for key in ("calibrate_ms", "find_ms",
-                                                                 "total_ms"))
-    peaks, hits = figures["peaks"], figures["hits"]
     median = float(np.median(total_ms))
     print(f"kernel: {len(total_ms)} frames (20 real frames x {arguments.repeats}), one core")
     print(f"  calibration      median {np.median(calibrate_ms):6.2f} ms/frame")
