@@ -49,6 +49,7 @@ import hdf5plugin  # noqa: F401  (registers bitshuffle/LZ4 and other filters of 
 import numpy as np
 from numpy.typing import NDArray
 
+from om.data_retrieval_layer.hdf5_direct_read import DirectLayout, direct_layout
 from om.lib.exceptions import OmInvalidDataError
 
 # Problem kinds (counted with om.lib.problems; documented in docs/broadcast.md).
@@ -559,6 +560,7 @@ class ImageReader:
         # Looking a data set up by path costs as much as reading a 2 MB image from the page
         # cache: the open files' data sets are kept.
         self._datasets: dict[tuple[str, str], h5py.Dataset] = {}
+        self._layouts: dict[tuple[str, str], DirectLayout | None] = {}
         self._masks: dict[tuple[str, str], NDArray[np.bool_] | None] = {}
 
     def _open(self, filename: str) -> h5py.File:
@@ -579,19 +581,20 @@ class ImageReader:
         """Returns local image ``index`` of ``block`` as stored: 2-D ``block.frame_shape``, of
         the stored dtype (filters such as bitshuffle/LZ4 decoded by HDF5).
 
+        Uncompressed images are copied straight from the file, without holding the GIL
+        (:mod:`om.data_retrieval_layer.hdf5_direct_read`); the others are read by h5py.
+
         Raises:
             OmInvalidDataError: when the data set is gone or changed, or the image cannot be
-                read (e.g. a corrupt chunk or a missing HDF5 filter), naming file and image.
+                read (e.g. a corrupt chunk, a missing HDF5 filter or a truncated file), naming
+                file and image.
         """
         where = f"{block.data_filename}:{block.dataset}[{index}]"
         handle = self._open(block.data_filename)
         try:
-            key = (block.data_filename, block.dataset)
-            dataset = self._datasets.get(key)
-            if dataset is None:
-                dataset = self._datasets[key] = handle[block.dataset]
-            image = dataset[()] if block.single else dataset[index]
-        except (OSError, KeyError, ValueError, IndexError, TypeError) as error:
+            image = self._read_image(handle, block, 0 if block.single else index)
+        except (OSError, KeyError, ValueError, IndexError, TypeError,
+                OmInvalidDataError) as error:
             self._files.pop(block.data_filename, None)
             self._forget(block.data_filename)
             handle.close()
@@ -601,10 +604,26 @@ class ImageReader:
                                      f"{tuple(block.frame_shape)}")
         return image
 
+    def _read_image(self, handle: h5py.File, block: ImageBlock, index: int) -> NDArray[Any]:
+        key = (block.data_filename, block.dataset)
+        dataset = self._datasets.get(key)
+        if dataset is None:
+            dataset = handle[block.dataset]
+            # Direct reads need the OS file descriptor of HDF5's default (sec2) driver.
+            self._layouts[key] = direct_layout(dataset) if handle.driver == "sec2" else None
+            self._datasets[key] = dataset
+        layout = self._layouts[key]
+        if layout is not None:
+            offset = layout.image_offset(index)
+            if offset is not None:
+                return layout.read(handle.id.get_vfd_handle(), offset)
+        return dataset[()] if block.single else dataset[index]
+
     def _forget(self, filename: str) -> None:
         """Drops the kept data sets of ``filename`` (before it is closed)."""
         for key in [key for key in self._datasets if key[0] == filename]:
             del self._datasets[key]
+            self._layouts.pop(key, None)
 
     def pixel_mask(self, filename: str, path: str | None) -> NDArray[np.bool_] | None:
         """Returns the bad pixels (True) of the mask at ``path`` of ``filename`` (cached), or
