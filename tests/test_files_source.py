@@ -9,6 +9,7 @@ import json
 import os
 import re
 import subprocess
+import threading
 import time
 
 import h5py
@@ -194,6 +195,32 @@ def test_decoded_images_equal_the_written_ones(tmp_path, layout, compression, dt
         assert data["detector_distance"] == pytest.approx(120.0)
     if dtype != "float32":
         assert np.isnan(by_index[0]["detector_data"]).sum() == 4
+
+
+@pytest.mark.parametrize("compression", ["none", "bslz4"])
+def test_reading_ahead_gives_the_events_of_reading_in_the_loop(tmp_path, compression):
+    """Images read in the read-ahead thread (straight from the file when uncompressed, by h5py
+    otherwise) are the images, ids and metadata read in the event loop, in the same order."""
+    images, _ = gaussian_spot_images(9, (40, 60), n_spots=3, seed=8, min_radius=8,
+                                     max_radius=18)
+    files = write_nxmx(tmp_path, "run", images, images_per_file=4, compression=compression)
+    by_depth = {}
+    for depth in (0, 3):
+        (tmp_path / f"depth{depth}").mkdir()
+        config, _, _ = _configuration(tmp_path / f"depth{depth}",
+                                      {"files_read_ahead": depth})
+        handlers = _handlers(config, str(files.master))
+        events = handlers[0].event_generator(node_rank=1, node_pool_size=3)
+        first = next(events)
+        threads = {thread.name for thread in threading.enumerate()}
+        assert ("om-read-ahead-rank-1" in threads) == (depth > 0)
+        by_depth[depth] = [first, *events]
+        assert "om-read-ahead-rank-1" not in {t.name for t in threading.enumerate()}
+    assert [e["event_id"].rpartition("//")[2] for e in by_depth[3]] == ["0", "2", "4", "6", "8"]
+    for ahead, in_loop in zip(by_depth[3], by_depth[0], strict=True):
+        assert ahead.keys() == in_loop.keys()
+        assert np.array_equal(ahead.pop("image"), in_loop.pop("image"))
+        assert ahead == in_loop
 
 
 def test_data_files_plain_files_and_single_event_retrieval(tmp_path):

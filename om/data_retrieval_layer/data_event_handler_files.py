@@ -49,6 +49,7 @@ from om.data_retrieval_layer.nxmx_files import (
 from om.lib.exceptions import OmConfigurationError, OmDataExtractionError, OmInvalidDataError
 from om.lib.parameters import MonitorParameters, Parameter, ParameterGroup
 from om.lib.problems import problems
+from om.lib.read_ahead import read_ahead
 from om.protocols.data_retrieval_layer import OmDataSourceProtocol
 
 _GROUP = "data_retrieval_layer"
@@ -112,6 +113,9 @@ class Hdf5FilesDataEventHandler:
             Parameter("files_follow_directory", str, default=None, nullable=True,
                       description="folder the file names of Jungfraujoch's notifications are "
                       "relative to (the writer's folder; null: the current folder)"),
+            Parameter("files_read_ahead", int, default=2, minimum=0,
+                      description="images each processing rank reads ahead in a thread of its "
+                      "own, while it processes the current one (0: read in the event loop)"),
         )),
     )
 
@@ -122,7 +126,8 @@ class Hdf5FilesDataEventHandler:
         self._data_sources = data_sources
         self._parameters = parameters
         self._files: list[FileImages] = []
-        self._reader = ImageReader()
+        self._reader = ImageReader()  # the event generator's (it may run in a thread)
+        self._single_event_reader = ImageReader()  # retrieve_event_data's
         self._sockets: list[zmq.Socket] = []
         self._stop = threading.Event()
         self._retrieval_ready = False
@@ -282,8 +287,19 @@ class Hdf5FilesDataEventHandler:
         self, *, node_rank: int, node_pool_size: int
     ) -> Generator[dict[str, Any], None, None]:
         """Yields this rank's images: its share of the listed files, then (follow mode) of
-        each notified file, until the end of the list (no URL) or :meth:`stop`."""
+        each notified file, until the end of the list (no URL) or :meth:`stop`.
+
+        With ``files_read_ahead`` > 0 the images are read (and the notifications received) in
+        a thread of their own, that many images ahead (:mod:`om.lib.read_ahead`)."""
         share, shares = node_rank - 1, node_pool_size - 1
+        depth = self._parameters.get(_GROUP, "files_read_ahead")
+        if depth > 0:
+            yield from read_ahead(lambda: self._events(share, shares), depth,
+                                  name=f"om-read-ahead-rank-{node_rank}")
+        else:
+            yield from self._events(share, shares)
+
+    def _events(self, share: int, shares: int) -> Generator[dict[str, Any], None, None]:
         try:
             for found, block, local in self._listed_images(share, shares):
                 if self._stop.is_set():
@@ -367,12 +383,12 @@ class Hdf5FilesDataEventHandler:
         except OmInvalidDataError as error:
             raise OmDataExtractionError(f"event {event_id}: {error}")
         try:
-            image = self._reader.read(block, local)
+            image = self._single_event_reader.read(block, local)
         except OmInvalidDataError as error:
             raise OmDataExtractionError(f"event {event_id}: {error}")
         metadata = found.metadata
         event = {"image": image, "event_id": event_id, "timestamp": metadata.timestamp(index),
                  "beam_energy_eV": metadata.beam_energy_eV,
                  "detector_distance_mm": metadata.detector_distance_mm,
-                 "pixel_mask": self._reader.pixel_mask(filename, metadata.pixel_mask)}
+                 "pixel_mask": self._single_event_reader.pixel_mask(filename, metadata.pixel_mask)}
         return self.extract_data(event=event)
