@@ -5,9 +5,16 @@ Arrays travel as msgpack maps ``{"type": dtype.str, "shape": [...], "data": <bin
 layout OnDA used and CrystFEL's indexamajig reads (``libcrystfel/src/image-msgpack.c``: ``type``
 is a numpy dtype string such as ``'<f4'``, ``shape`` is ``[ss, fs]`` for images, ``data`` the
 row-major bytes). Nothing here ever unpickles: decoding only builds numpy arrays from bytes.
+
+Between MPI ranks, large arrays (calibrated frames, 4 MB for a JUNGFRAU 1M) can travel *out of
+band* (:func:`pack_out_of_band`): the msgpack payload then holds ``{"type", "shape", "buffer":
+index}`` and the array's bytes go as a message of their own, sent from the array's memory and
+received into the array the collecting rank keeps, so neither side copies them into or out of
+the payload (:class:`OutOfBandBuffers` collects them on the receiving side).
 """
 
-from typing import Any
+import collections
+from typing import Any, Sequence
 
 import msgpack
 import numpy as np
@@ -15,6 +22,7 @@ import numpy as np
 from om.lib.exceptions import OmInvalidDataError
 
 _ARRAY_KEYS = frozenset(("type", "shape", "data"))
+_BUFFER_KEYS = frozenset(("type", "shape", "buffer"))
 
 
 def encode_array(array: np.ndarray) -> dict[str, Any]:
@@ -102,3 +110,98 @@ def unpack(payload: bytes | memoryview) -> Any:
         raise
     except Exception as error:  # msgpack raises several unrelated types on bad input
         raise OmInvalidDataError(f"malformed msgpack payload: {type(error).__name__}: {error}")
+
+
+def pack_out_of_band(obj: Any, min_bytes: int) -> tuple[bytes, list[memoryview]]:
+    """Encodes ``obj`` like :func:`pack`, except arrays of at least ``min_bytes`` bytes.
+
+    Each such array becomes ``{"type": dtype.str, "shape": [...], "buffer": i}`` in the payload
+    and its bytes the ``i``-th buffer returned: a memoryview of the array itself (of a
+    contiguous copy when it is not C-contiguous), which keeps it alive.
+
+    Returns:
+        (msgpack payload, the buffers in order).
+
+    Raises:
+        TypeError: for objects msgpack cannot represent.
+        OmInvalidDataError: for arrays of object or structured dtypes.
+    """
+    buffers: list[memoryview] = []
+
+    def default(value: Any) -> Any:
+        if isinstance(value, np.ndarray) and value.nbytes >= min_bytes and value.size:
+            encoded = encode_array(value)
+            buffers.append(encoded.pop("data"))
+            encoded["buffer"] = len(buffers) - 1
+            return encoded
+        return _default(value)
+
+    return msgpack.packb(obj, default=default, use_bin_type=True), buffers
+
+
+def unpack_out_of_band(payload: bytes | bytearray | memoryview,
+                       buffers: Sequence[bytes | bytearray | memoryview]) -> Any:
+    """Decodes a payload of :func:`pack_out_of_band` with its buffers, received in order.
+
+    The arrays are numpy views of the buffers (no copy).
+
+    Raises:
+        OmInvalidDataError: when the payload is not valid msgpack, an array map is bad, a
+            buffer index is not one of ``buffers``, a buffer's size does not match its array's
+            dtype and shape, or a buffer is left unused.
+    """
+    used: set[int] = set()
+
+    def hook(message_map: dict[Any, Any]) -> Any:
+        if message_map.keys() == _BUFFER_KEYS:
+            index = message_map["buffer"]
+            if not isinstance(index, int) or isinstance(index, bool) or not (
+                    0 <= index < len(buffers)) or index in used:
+                raise OmInvalidDataError(f"array map names buffer {index!r}; "
+                                         f"{len(buffers)} buffers came with the message")
+            used.add(index)
+            return decode_array({"type": message_map["type"], "shape": message_map["shape"],
+                                 "data": memoryview(buffers[index]).cast("B")})
+        return _object_hook(message_map)
+
+    try:
+        decoded = msgpack.unpackb(payload, raw=False, object_hook=hook, strict_map_key=False)
+    except OmInvalidDataError:
+        raise
+    except Exception as error:  # msgpack raises several unrelated types on bad input
+        raise OmInvalidDataError(f"malformed msgpack payload: {type(error).__name__}: {error}")
+    if len(used) != len(buffers):
+        raise OmInvalidDataError(f"{len(buffers) - len(used)} of the {len(buffers)} buffers "
+                                 "that came with the message are named by no array")
+    return decoded
+
+
+class OutOfBandBuffers:
+    """The out-of-band buffers received from each sender, waiting for their payload.
+
+    A sender sends a message's buffers first, then its payload; messages from one sender arrive
+    in order (MPI's non-overtaking rule), so the buffers waiting when a payload arrives are that
+    payload's.
+
+    Args:
+        max_waiting: the most buffers kept per sender; beyond, the oldest is dropped (a sender
+            that never sends the payload cannot fill the memory).
+    """
+
+    def __init__(self, max_waiting: int = 8) -> None:
+        self._max_waiting = max_waiting
+        self._waiting: dict[int, collections.deque] = {}
+
+    def add(self, sender: int, buffer: bytes | bytearray | memoryview | np.ndarray) -> bool:
+        """Keeps one buffer received from ``sender``; returns False when the oldest waiting
+        buffer of ``sender`` had to be dropped for it."""
+        waiting = self._waiting.setdefault(sender, collections.deque())
+        kept_all = len(waiting) < self._max_waiting
+        if not kept_all:
+            waiting.popleft()
+        waiting.append(buffer)
+        return kept_all
+
+    def take(self, sender: int) -> list:
+        """Returns (and forgets) the buffers of ``sender``, in the order received."""
+        return list(self._waiting.pop(sender, ()))

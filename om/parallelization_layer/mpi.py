@@ -2,7 +2,11 @@
 """MPI parallelization: one collecting rank, every other rank a processing rank.
 
 Every message between ranks is a msgpack byte buffer sent with mpi4py's buffer interface
-(``Send``/``Recv`` of ``MPI.BYTE``), never mpi4py's pickle-based lower-case calls. The
+(``Send``/``Recv`` of ``MPI.BYTE``), never mpi4py's pickle-based lower-case calls. A result's
+large arrays (the calibrated frame) go out of band, as messages of their own sent just before
+the result, straight from and into numpy arrays (:func:`om.lib.serialization.pack_out_of_band`):
+packing a 4 MB frame into the payload and unpacking it again cost more than the frame's share
+of peak finding. The
 collecting rank polls for results with ``Iprobe`` and, when none is waiting, hands the time to
 the processing layer's ``wait_for_data`` (which sleeps on its own sockets), so it never spins.
 
@@ -28,7 +32,13 @@ from mpi4py import MPI
 from om.lib.exceptions import OmConfigurationError, OmDataExtractionError, OmException
 from om.lib.parameters import MonitorParameters, ParameterGroup
 from om.lib.problems import problems
-from om.lib.serialization import pack, unpack
+from om.lib.serialization import (
+    OutOfBandBuffers,
+    pack,
+    pack_out_of_band,
+    unpack,
+    unpack_out_of_band,
+)
 from om.lib.stage_times import stage_times
 from om.protocols.data_retrieval_layer import OmDataRetrievalProtocol
 from om.protocols.processing_layer import OmProcessingProtocol
@@ -38,6 +48,8 @@ logger = logging.getLogger("om")
 _TAG_DATA = 1
 _TAG_DONE = 2
 _TAG_STOP = 3
+_TAG_BUFFER = 4  # an out-of-band array of the next DATA or DONE message
+_OUT_OF_BAND_BYTES = 65536  # arrays this large travel out of band
 _FINAL_WAIT = 10.0
 # Results a processing rank may have in flight to the collecting rank before it waits: enough to
 # cover the collecting rank's idle sleep at a few hundred events/s, bounded so a stalled
@@ -97,8 +109,10 @@ class MpiParallelization:
         self._stop_requested = threading.Event()
         self._finished = threading.Event()  # the processing rank sent DONE
         self._stopped_ranks: set[int] = set()  # the processing ranks sent STOP
-        # (request, payload): the payload must live until its non-blocking send completes
-        self._sends_in_flight: collections.deque[tuple[MPI.Request, bytes]] = collections.deque()
+        # (requests, (payload, buffers)): these must live until their sends complete
+        self._sends_in_flight: collections.deque[tuple[list[MPI.Request], Any]] = (
+            collections.deque())
+        self._out_of_band = OutOfBandBuffers()  # collecting rank: arrays awaiting their result
 
     @property
     def is_collecting_rank(self) -> bool:
@@ -187,15 +201,19 @@ class MpiParallelization:
         """
         times = stage_times.take_unsent()
         try:
-            payload = pack({"result": result, "problems": problems.take_unsent(),
-                            "stage_times": times})
+            payload, buffers = pack_out_of_band(
+                {"result": result, "problems": problems.take_unsent(), "stage_times": times},
+                _OUT_OF_BAND_BYTES)
         except (TypeError, OmException) as error:  # a result msgpack cannot carry: a bug
             problems.report("processing_error", f"result not sent: {error}")
-            payload = pack({"result": None, "problems": problems.take_unsent(),
-                            "stage_times": times})
+            payload, buffers = pack({"result": None, "problems": problems.take_unsent(),
+                                     "stage_times": times}), []
         self._complete_sends(keep=_MAX_SENDS_IN_FLIGHT - 1)
-        request = self._comm.Isend([payload, MPI.BYTE], dest=self._collector, tag=tag)
-        self._sends_in_flight.append((request, payload))
+        requests = [self._comm.Isend([buffer, MPI.BYTE], dest=self._collector, tag=_TAG_BUFFER)
+                    for buffer in buffers]
+        requests.append(self._comm.Isend([payload, MPI.BYTE], dest=self._collector, tag=tag))
+        # The payload and buffers (views of the arrays) stay alive until the sends complete.
+        self._sends_in_flight.append((requests, (payload, buffers)))
 
     def _complete_sends(self, keep: int, timeout: float | None = None) -> None:
         """Forgets completed sends; waits until at most ``keep`` are in flight.
@@ -204,7 +222,7 @@ class MpiParallelization:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while self._sends_in_flight:
-            if self._sends_in_flight[0][0].Test():
+            if MPI.Request.Testall(self._sends_in_flight[0][0]):
                 self._sends_in_flight.popleft()
             elif len(self._sends_in_flight) <= keep:
                 return
@@ -285,9 +303,15 @@ class MpiParallelization:
         while done != processing_ranks:
             if self._probe(status):
                 source, tag = status.Get_source(), status.Get_tag()
-                buffer = bytearray(status.Get_count(MPI.BYTE))
+                # Not zero-filled: bytearray would write every byte of a 4 MB frame first.
+                buffer = np.empty(status.Get_count(MPI.BYTE), dtype=np.uint8)
                 self._comm.Recv([buffer, MPI.BYTE], source=source, tag=tag)
-                self._on_message(source, tag, buffer, done, kwargs)
+                if tag == _TAG_BUFFER:
+                    if not self._out_of_band.add(source, buffer):
+                        problems.report("bad_rank_message", f"from rank {source}: too many "
+                                        "out-of-band arrays without their result, oldest dropped")
+                else:
+                    self._on_message(source, tag, buffer, done, kwargs)
                 continue
             if self._stop_requested.is_set():
                 if deadline is None:
@@ -321,10 +345,11 @@ class MpiParallelization:
         return bool(self._comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status)
                     or self._comm.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG, status=status))
 
-    def _on_message(self, source: int, tag: int, buffer: bytearray, done: set[int],
+    def _on_message(self, source: int, tag: int, buffer: np.ndarray, done: set[int],
                     kwargs: dict[str, int]) -> None:
         try:
-            message = unpack(buffer)  # msgpack reads the bytearray in place
+            # msgpack reads the payload in place; the arrays are views of the buffers.
+            message = unpack_out_of_band(buffer, self._out_of_band.take(source))
             problems.merge(message.get("problems") or {})
             if "stage_times" in message:
                 stage_times.merge(message["stage_times"])
