@@ -103,9 +103,12 @@ class CrystfelFrameFeed:
         self._seen += 1
         if self._seen % self._interval:
             return
-        payload = crystfel_payload(result)
         now = time.monotonic()
-        if now - self._last_sent >= self._min_period:
+        publish = now - self._last_sent >= self._min_period
+        if not publish and self._responder is None:
+            return  # encoding a frame (megabytes) nobody gets would cost the collecting rank
+        payload = crystfel_payload(result)
+        if publish:
             self._last_sent = now
             self._broadcaster.send_bytes(SUB_MODE_TAG, payload)
             self.frames_published += 1
