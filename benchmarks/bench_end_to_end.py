@@ -12,6 +12,7 @@ and peak RSS (VmHWM) of every rank.
 import argparse
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -135,6 +136,8 @@ def run(*, rate: float, duration: float, ranks: int, hit_frame_sending_interval:
     subscriber.close(0)
     if frozen is not None:
         frozen.close(0)
+    for written in ("calibration", "synthetic"):  # tens of MB per run; the log stays
+        shutil.rmtree(folder / written, ignore_errors=True)
     sent = int(re.search(r"sent (\d+) frames", simulator.stdout.read()).group(1))
     problems = last.get("problems", {})
     latency = np.array(latencies[1:]) if len(latencies) > 1 else np.zeros(1)

@@ -17,6 +17,7 @@ share of the kernel's frames/s alone.
 import argparse
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,7 +40,7 @@ from om.simulation.frame_sources import HDF5FrameSource
 _FRAMES_IN_FILE = 200
 
 
-def run(*, ranks: int, repeats: int) -> dict:
+def run(*, ranks: int, repeats: int, read_ahead: int | None = None) -> dict:
     """Runs the monitor once over the files; returns the figures (see the module doc)."""
     need_real_data()
     folder = pathlib.Path(tempfile.mkdtemp(prefix="om_bench_files_"))
@@ -59,7 +60,8 @@ def run(*, ranks: int, repeats: int) -> dict:
         "fallback_detector_distance_in_mm": 100.0, "files_data_hdf5_path": "/raw",
         "detector_calibration": True, "detector_dark_filenames": darks,
         "detector_gain_filenames": gains,
-        "detector_photon_energy_kev": constants["photon_energy_ev"] / 1000.0}})
+        "detector_photon_energy_kev": constants["photon_energy_ev"] / 1000.0,
+        **({} if read_ahead is None else {"files_read_ahead": read_ahead})}})
     source = ",".join([str(data_file)] * repeats)
     subscriber = zmq.Context.instance().socket(zmq.SUB)
     subscriber.setsockopt(zmq.SUBSCRIBE, b"omdata")
@@ -93,7 +95,12 @@ def run(*, ranks: int, repeats: int) -> dict:
         monitor.kill()
     monitor.wait(30)
     log.close()
+    data_file.unlink()  # hundreds of MB per run; the log stays
+    shutil.rmtree(folder / "calibration", ignore_errors=True)
     subscriber.close(0)
+    if first is None:
+        sys.exit(f"no broadcast received from the monitor (exit code {monitor.returncode}); "
+                 f"see {folder / 'monitor.log'}")
     elapsed = max(last[0] - first[0], 1e-9)
     return {"ranks": ranks, "events": last[1], "expected": repeats * _FRAMES_IN_FILE,
             "events_per_second": (last[1] - first[1]) / elapsed,
@@ -120,10 +127,14 @@ def main() -> None:
     parser.add_argument("--kernel-repeats", type=int, default=5,
                         help="repeats of bench_kernel.py run before and after, for the ratio "
                         "to the kernel alone on this machine at this time (0: skip)")
+    parser.add_argument("--read-ahead", type=int, default=None,
+                        help="files_read_ahead of the monitor (default: the example "
+                        "monitor.yaml's; 0: read in the event loop)")
     arguments = parser.parse_args()
     need_real_data()
     kernel = [kernel_ms_per_frame(arguments.kernel_repeats)] if arguments.kernel_repeats else []
-    figures = run(ranks=arguments.ranks, repeats=arguments.repeats)
+    figures = run(ranks=arguments.ranks, repeats=arguments.repeats,
+                  read_ahead=arguments.read_ahead)
     if kernel:
         kernel.append(kernel_ms_per_frame(arguments.kernel_repeats))
     print(f"files end to end: mpiexec -n {figures['ranks']} ({figures['ranks'] - 1} processing "

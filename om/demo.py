@@ -53,15 +53,26 @@ def main(argv: list[str] | None = None) -> int:
                         help="stop after this many seconds (default 0: run until Ctrl-C)")
     parser.add_argument("--rate", type=float, default=20.0, help="simulated frames/s (default 20)")
     parser.add_argument("--ranks", type=int, default=3, help="MPI ranks (default 3)")
-    parser.add_argument("--directory", help="where to write the files (default: a temporary folder)")
+    parser.add_argument("--directory", help="where to write the files, kept (default: a "
+                        "temporary folder, removed at the end)")
     parser.add_argument("--gui", choices=("auto", "yes", "no"), default="auto",
                         help="start the GUIs (auto: when a display is present)")
     parser.add_argument("--base-port", type=int, default=30001,
                         help="first of the 4 ports used on 127.0.0.1 (default 30001)")
     arguments = parser.parse_args(argv)
 
-    directory = pathlib.Path(arguments.directory or tempfile.mkdtemp(prefix="om_demo_"))
-    directory.mkdir(parents=True, exist_ok=True)
+    if arguments.directory:
+        directory = pathlib.Path(arguments.directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        return _run(arguments, directory)
+    # The calibration files (37 MB) of a temporary folder go when the demo ends.
+    with tempfile.TemporaryDirectory(prefix="om_demo_") as temporary:
+        return _run(arguments, pathlib.Path(temporary))
+
+
+def _run(arguments: argparse.Namespace, directory: pathlib.Path) -> int:
+    """Writes the files into ``directory``, runs the simulator, the monitor and the GUIs until
+    the duration ends, the monitor ends or a stop signal; returns the monitor's exit code."""
     darks, gains = SyntheticJungfrau(seed=0).write_calibration_files(directory / "calibration")
     port = arguments.base_port
     streams = f"tcp://127.0.0.1:{port},tcp://127.0.0.1:{port + 1}"
