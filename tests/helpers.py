@@ -46,10 +46,11 @@ def mpiexec() -> str:
 class Process:
     """A subprocess whose output goes to files, stopped with SIGINT then killed if needed."""
 
-    def __init__(self, command: list[str], log_dir: pathlib.Path, name: str) -> None:
+    def __init__(self, command: list[str], log_dir: pathlib.Path, name: str,
+                 env: dict[str, str] | None = None) -> None:
         self.stdout_path = log_dir / f"{name}.out"
         self.stderr_path = log_dir / f"{name}.err"
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.popen = subprocess.Popen(command, stdout=out, stderr=err, env=env)
 

@@ -34,6 +34,7 @@ from om.lib.exceptions import OmConfigurationError, OmDataExtractionError
 from om.lib.geometry import load_geometry, slab_to_assembled
 from om.lib.parameters import MonitorParameters
 from om.lib.problems import problems
+from om.parallelization_layer.mpi_single_copy import large_sends_need_the_sender
 from om.lib.serialization import pack, unpack
 from om.simulation import nxmx_writer
 from om.simulation.nxmx_writer import NxmxMetadata, gaussian_spot_images, write_nxmx
@@ -398,7 +399,11 @@ def _check_frames(frames, spots_by_id, geometry):
 
 
 @pytest.mark.slow
-def test_monitor_reads_nxmx_files_and_exits_at_their_end(tmp_path):
+@pytest.mark.parametrize("cma", ["as_found", "off"])
+def test_monitor_reads_nxmx_files_and_exits_at_their_end(tmp_path, cma):
+    """Also with MPICH's single-copy transfers (CMA) off, as on Ubuntu (Yama) or in Docker: the
+    processing ranks then drive their frames' sends, and every frame still comes through."""
+    environment = {"MPIR_CVAR_CH4_CMA_ENABLE": "0"} if cma == "off" else {}
     writer = subprocess.run(simulator_mode_command(
         "files", str(tmp_path / "data"), "lyso", "--images", "10", "--images-per-file", "5",
         "--spots", str(N_SPOTS), "--compression", "bslz4", "--seed", "7"),
@@ -409,7 +414,8 @@ def test_monitor_reads_nxmx_files_and_exits_at_their_end(tmp_path):
     config, broadcast, geometry = _configuration(tmp_path)
     with subscriber(broadcast, b"omdata") as omdata, \
             subscriber(broadcast, b"omframedata") as omframedata:
-        monitor = Process(monitor_command(str(master), config), tmp_path, "monitor")
+        monitor = Process(monitor_command(str(master), config), tmp_path, "monitor",
+                          env=environment)
         try:
             messages = _collect((omdata, omframedata), monitor,
                                 lambda m: m["num_events"] >= 10, 240)
@@ -429,6 +435,10 @@ def test_monitor_reads_nxmx_files_and_exits_at_their_end(tmp_path):
     _check_frames(messages["omframedata"],
                   {f"{master}//{i}": positions for i, positions in enumerate(spots)}, geometry)
     assert re.search(r"final summary: 10 events, 10 hits", monitor.stdout)
+    # The monitor runs on the mpich wheel (MPI is not started in this process).
+    driven = large_sends_need_the_sender("MPICH", dict(os.environ, **environment))
+    assert driven == (cma == "off" or driven)  # off: always driven; as found: this host's rule
+    assert ("MPICH cannot copy frames straight between ranks" in monitor.stderr) == driven
 
 
 @pytest.mark.slow

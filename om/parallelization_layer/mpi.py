@@ -21,6 +21,7 @@ rank with SIGKILL.
 
 import collections
 import logging
+import os
 import threading
 import time
 import traceback
@@ -40,6 +41,7 @@ from om.lib.serialization import (
     unpack_out_of_band,
 )
 from om.lib.stage_times import stage_times
+from om.parallelization_layer.mpi_single_copy import large_sends_need_the_sender
 from om.protocols.data_retrieval_layer import OmDataRetrievalProtocol
 from om.protocols.processing_layer import OmProcessingProtocol
 
@@ -50,6 +52,7 @@ _TAG_DONE = 2
 _TAG_STOP = 3
 _TAG_BUFFER = 4  # an out-of-band array of the next DATA or DONE message
 _OUT_OF_BAND_BYTES = 65536  # arrays this large travel out of band
+_DRIVE_TIMEOUT = 1.0  # s a processing rank drives a frame's send without single-copy transfers
 _FINAL_WAIT = 10.0
 # Results a processing rank may have in flight to the collecting rank before it waits: enough to
 # cover the collecting rank's idle sleep at a few hundred events/s, bounded so a stalled
@@ -113,6 +116,14 @@ class MpiParallelization:
         self._sends_in_flight: collections.deque[tuple[list[MPI.Request], Any]] = (
             collections.deque())
         self._out_of_band = OutOfBandBuffers()  # collecting rank: arrays awaiting their result
+        # Without single-copy transfers a frame moves only while its sender calls MPI.
+        self._drive_large_sends = large_sends_need_the_sender(MPI.Get_library_version())
+        if self._drive_large_sends and self._rank == self._collector:
+            logger.warning(
+                "MPICH cannot copy frames straight between ranks here (CMA is off: Yama's "
+                "ptrace_scope is not 0, or MPIR_CVAR_CH4_CMA_ENABLE=0): each processing rank "
+                "waits until the collecting rank has received every frame it sends "
+                "(docs/performance.md)")
 
     @property
     def is_collecting_rank(self) -> bool:
@@ -214,6 +225,19 @@ class MpiParallelization:
         requests.append(self._comm.Isend([payload, MPI.BYTE], dest=self._collector, tag=tag))
         # The payload and buffers (views of the arrays) stay alive until the sends complete.
         self._sends_in_flight.append((requests, (payload, buffers)))
+        if buffers and self._drive_large_sends:
+            self._drive_until_sent(requests)
+
+    def _drive_until_sent(self, requests: list[MPI.Request]) -> None:
+        """Calls MPI until ``requests`` complete (at most ``_DRIVE_TIMEOUT`` s), yielding the
+        core between calls: without single-copy transfers each call moves the next piece."""
+        deadline = time.monotonic() + _DRIVE_TIMEOUT
+        while not MPI.Request.Testall(requests):
+            if time.monotonic() > deadline:
+                problems.report("slow_result_send", f"rank {self._rank}: a frame was not "
+                                f"received within {_DRIVE_TIMEOUT:.0f} s; going on")
+                return
+            os.sched_yield()
 
     def _complete_sends(self, keep: int, timeout: float | None = None) -> None:
         """Forgets completed sends; waits until at most ``keep`` are in flight.
