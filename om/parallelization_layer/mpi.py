@@ -30,7 +30,12 @@ from typing import Any, ClassVar
 import numpy as np
 from mpi4py import MPI
 
-from om.lib.exceptions import OmConfigurationError, OmDataExtractionError, OmException
+from om.lib.exceptions import (
+    OmConfigurationError,
+    OmDataExtractionError,
+    OmException,
+    OmInvalidDataError,
+)
 from om.lib.parameters import MonitorParameters, ParameterGroup
 from om.lib.problems import problems
 from om.lib.serialization import (
@@ -42,6 +47,11 @@ from om.lib.serialization import (
 )
 from om.lib.stage_times import stage_times
 from om.parallelization_layer.mpi_single_copy import large_sends_need_the_sender
+from om.parallelization_layer.shared_result_buffers import (
+    CANNOT_ATTACH,
+    SharedBufferReceiver,
+    SharedBufferSender,
+)
 from om.protocols.data_retrieval_layer import OmDataRetrievalProtocol
 from om.protocols.processing_layer import OmProcessingProtocol
 
@@ -51,7 +61,13 @@ _TAG_DATA = 1
 _TAG_DONE = 2
 _TAG_STOP = 3
 _TAG_BUFFER = 4  # an out-of-band array of the next DATA or DONE message
+_TAG_SHARED_BUFFER = 5  # the same, in a shared-memory slot: the slot's descriptor
+_TAG_SLOT_FREE = 6  # collecting -> processing rank: a shared-memory slot copied out (int64)
 _OUT_OF_BAND_BYTES = 65536  # arrays this large travel out of band
+# While a message is on its way the collecting rank looks again every _RECEIVE_POLL_STEP s, and
+# still hands the processing layer its idle time (wait_for_data) every _RECEIVE_POLL_PERIOD s.
+_RECEIVE_POLL_STEP = 0.0002
+_RECEIVE_POLL_PERIOD = 0.005
 _DRIVE_TIMEOUT = 1.0  # s a processing rank drives a frame's send without single-copy transfers
 _FINAL_WAIT = 10.0
 # Results a processing rank may have in flight to the collecting rank before it waits: enough to
@@ -116,14 +132,16 @@ class MpiParallelization:
         self._sends_in_flight: collections.deque[tuple[list[MPI.Request], Any]] = (
             collections.deque())
         self._out_of_band = OutOfBandBuffers()  # collecting rank: arrays awaiting their result
-        # Without single-copy transfers a frame moves only while its sender calls MPI.
+        # Without single-copy transfers a frame moves only while its sender calls MPI: frames
+        # then go through shared memory, or (other host, no free slot) are driven through MPI.
         self._drive_large_sends = large_sends_need_the_sender(MPI.Get_library_version())
+        self._shared_sender = SharedBufferSender() if self._drive_large_sends else None
+        self._shared_receiver = SharedBufferReceiver()
         if self._drive_large_sends and self._rank == self._collector:
             logger.warning(
                 "MPICH cannot copy frames straight between ranks here (CMA is off: Yama's "
-                "ptrace_scope is not 0, or MPIR_CVAR_CH4_CMA_ENABLE=0): each processing rank "
-                "waits until the collecting rank has received every frame it sends "
-                "(docs/performance.md)")
+                "ptrace_scope is not 0, or MPIR_CVAR_CH4_CMA_ENABLE=0): the processing ranks "
+                "hand their frames over through shared memory (docs/performance.md)")
 
     @property
     def is_collecting_rank(self) -> bool:
@@ -200,7 +218,10 @@ class MpiParallelization:
                     request.Cancel()
                     request.Wait()  # a cancelled request must still complete
                     return
-            time.sleep(0.01 if self._finished.is_set() else 0.1)
+            # Without single-copy transfers a waiting rank's last results move only while it
+            # calls MPI: this thread's Test does that every millisecond.
+            time.sleep(0.001 if self._drive_large_sends else
+                       0.01 if self._finished.is_set() else 0.1)
         self.request_stop()
 
     def _send(self, tag: int, result: dict[str, Any] | None) -> None:
@@ -220,13 +241,42 @@ class MpiParallelization:
             payload, buffers = pack({"result": None, "problems": problems.take_unsent(),
                                      "stage_times": times}), []
         self._complete_sends(keep=_MAX_SENDS_IN_FLIGHT - 1)
-        requests = [self._comm.Isend([buffer, MPI.BYTE], dest=self._collector, tag=_TAG_BUFFER)
-                    for buffer in buffers]
+        requests, messages, driven = [], [], False
+        for buffer in buffers:
+            descriptor = self._put_in_shared_memory(buffer)
+            if descriptor is not None:
+                messages.append(descriptor)
+                requests.append(self._comm.Isend([descriptor, MPI.BYTE], dest=self._collector,
+                                                 tag=_TAG_SHARED_BUFFER))
+            else:
+                driven = self._drive_large_sends
+                requests.append(self._comm.Isend([buffer, MPI.BYTE], dest=self._collector,
+                                                 tag=_TAG_BUFFER))
         requests.append(self._comm.Isend([payload, MPI.BYTE], dest=self._collector, tag=tag))
         # The payload and buffers (views of the arrays) stay alive until the sends complete.
-        self._sends_in_flight.append((requests, (payload, buffers)))
-        if buffers and self._drive_large_sends:
+        self._sends_in_flight.append((requests, (payload, buffers, messages)))
+        if driven:
             self._drive_until_sent(requests)
+        else:
+            # Without single-copy transfers MPICH moves even a small message only inside an MPI
+            # call of its sender: one now, or the collecting rank waits for the next event's.
+            MPI.Request.Testall(requests)
+
+    def _put_in_shared_memory(self, buffer: memoryview) -> bytes | None:
+        """Copies an out-of-band buffer into a free shared-memory slot (MPI without
+        single-copy transfers only); returns the packed descriptor to send, or None."""
+        if self._shared_sender is None:
+            return None
+        self._take_back_slots()
+        descriptor = self._shared_sender.put(buffer)
+        return None if descriptor is None else pack(descriptor)
+
+    def _take_back_slots(self) -> None:
+        """Receives the slots the collecting rank has copied out (non-blocking)."""
+        slot = np.empty(1, dtype=np.int64)
+        while self._comm.Iprobe(source=self._collector, tag=_TAG_SLOT_FREE):
+            self._comm.Recv([slot, MPI.INT64_T], source=self._collector, tag=_TAG_SLOT_FREE)
+            self._shared_sender.release(int(slot[0]))
 
     def _drive_until_sent(self, requests: list[MPI.Request]) -> None:
         """Calls MPI until ``requests`` complete (at most ``_DRIVE_TIMEOUT`` s), yielding the
@@ -303,6 +353,9 @@ class MpiParallelization:
         self._complete_sends(keep=0, timeout=_FINAL_WAIT)  # received until every DONE
         self._finished.set()
         watcher.join(_FINAL_WAIT + 1.0)
+        if self._shared_sender is not None:
+            self._take_back_slots()
+            self._shared_sender.close()
         self._final_barrier()
 
     def _final_barrier(self) -> None:
@@ -324,18 +377,23 @@ class MpiParallelization:
         done: set[int] = set()
         status = MPI.Status()
         deadline: float | None = None
+        # Messages being received from each rank, in the order they were found (its buffers
+        # before its result). Irecv, not Recv: without single-copy transfers a message of more
+        # than ~8 kB moves only when its sender next calls MPI; a blocking Recv would spin until
+        # then, and one rank's message would hold up the others'.
+        receiving: dict[int, collections.deque[tuple[MPI.Request, np.ndarray, int]]] = {
+            rank: collections.deque() for rank in processing_ranks}
+        idle_since = time.monotonic()  # the last wait_for_data (it serves the responding socket)
         while done != processing_ranks:
             if self._probe(status):
                 source, tag = status.Get_source(), status.Get_tag()
                 # Not zero-filled: bytearray would write every byte of a 4 MB frame first.
                 buffer = np.empty(status.Get_count(MPI.BYTE), dtype=np.uint8)
-                self._comm.Recv([buffer, MPI.BYTE], source=source, tag=tag)
-                if tag == _TAG_BUFFER:
-                    if not self._out_of_band.add(source, buffer):
-                        problems.report("bad_rank_message", f"from rank {source}: too many "
-                                        "out-of-band arrays without their result, oldest dropped")
-                else:
-                    self._on_message(source, tag, buffer, done, kwargs)
+                request = self._comm.Irecv([buffer, MPI.BYTE], source=source, tag=tag)
+                receiving[source].append((request, buffer, tag))
+                self._handle_received(receiving, done, kwargs)
+                continue
+            if self._handle_received(receiving, done, kwargs):
                 continue
             if self._stop_requested.is_set():
                 if deadline is None:
@@ -346,11 +404,48 @@ class MpiParallelization:
                     logger.warning("processing ranks %s did not finish within %.0f s",
                                    sorted(processing_ranks - done), _FINAL_WAIT)
                     break
+            if any(receiving.values()) and time.monotonic() - idle_since < _RECEIVE_POLL_PERIOD:
+                time.sleep(_RECEIVE_POLL_STEP)  # a message is on its way: look again soon
+                continue
             self._processing.wait_for_data(**kwargs)
+            idle_since = time.monotonic()
         self._send_stop(processing_ranks)  # ranks that ended by themselves wait for it
         self._handler.stop()
         self._processing.end_processing_on_collecting_node(**kwargs)
+        self._shared_receiver.close()
         self._final_barrier()
+
+    def _handle_received(self, receiving: dict[int, collections.deque], done: set[int],
+                         kwargs: dict[str, int]) -> bool:
+        """Handles the messages received so far, each rank's in order; returns whether there
+        were any."""
+        handled = False
+        for source, messages in receiving.items():
+            while messages and messages[0][0].Test():
+                _, buffer, tag = messages.popleft()
+                if tag in (_TAG_BUFFER, _TAG_SHARED_BUFFER):
+                    self._keep_out_of_band(source, tag, buffer)
+                else:
+                    self._on_message(source, tag, buffer, done, kwargs)
+                handled = True
+        return handled
+
+    def _keep_out_of_band(self, source: int, tag: int, buffer: np.ndarray) -> None:
+        """Keeps an out-of-band buffer for the next result of ``source``; a buffer in shared
+        memory is copied out and its slot sent back (or :data:`CANNOT_ATTACH`)."""
+        if tag == _TAG_SHARED_BUFFER:
+            try:
+                buffer, slot = self._shared_receiver.take(source, unpack(buffer))
+            except OmInvalidDataError as error:
+                problems.report("bad_rank_message", f"from rank {source}: {error}")
+                buffer, slot = None, CANNOT_ATTACH  # the rank sends through MPI from now on
+            self._comm.Send([np.array([slot], dtype=np.int64), MPI.INT64_T], dest=source,
+                            tag=_TAG_SLOT_FREE)
+            if buffer is None:
+                return
+        if not self._out_of_band.add(source, buffer):
+            problems.report("bad_rank_message", f"from rank {source}: too many out-of-band "
+                            "arrays without their result, oldest dropped")
 
     def _send_stop(self, processing_ranks: set[int]) -> None:
         """Sends STOP (one byte, sent eagerly) once to every processing rank."""

@@ -1,0 +1,96 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Frames from a processing rank to the collecting rank through shared memory
+(``om.parallelization_layer.shared_result_buffers``): the bytes arrive intact, slots are reused
+only once given back, and every malformed descriptor is refused with one error type. The
+whole monitor with MPI's single-copy transfers off runs in tests/test_files_source.py."""
+
+import os
+
+import numpy as np
+import pytest
+
+from om.lib.exceptions import OmInvalidDataError
+from om.parallelization_layer.shared_result_buffers import (
+    CANNOT_ATTACH,
+    SharedBufferReceiver,
+    SharedBufferSender,
+)
+
+
+def _frame(seed, shape=(64, 128)):
+    return np.random.default_rng(seed).random(shape, dtype=np.float32)
+
+
+def test_buffers_arrive_intact_and_slots_come_back():
+    sender, receiver = SharedBufferSender(n_slots=2), SharedBufferReceiver()
+    try:
+        frames = [_frame(seed) for seed in range(5)]
+        first = sender.put(memoryview(frames[0]).cast("B"))
+        second = sender.put(memoryview(frames[1]).cast("B"))
+        assert first["slot"] != second["slot"]
+        assert os.path.exists(first["path"])
+        assert sender.put(memoryview(frames[2]).cast("B")) is None  # both slots in use
+        received, slot = receiver.take(1, first)
+        assert np.array_equal(received.view(np.float32).reshape(64, 128), frames[0])
+        frames[0][:] = 0  # a copy: the sender's array is free again
+        assert received.view(np.float32).sum() > 0
+        sender.release(slot)
+        assert not os.path.exists(first["path"])  # mapped by both: the file can go
+        third = sender.put(memoryview(frames[3]).cast("B"))
+        assert third["slot"] == slot  # reused once given back
+        for descriptor, frame in ((second, frames[1]), (third, frames[3])):
+            received, slot = receiver.take(1, descriptor)
+            assert np.array_equal(received.view(np.float32).reshape(64, 128), frame)
+            sender.release(slot)
+        # Larger than a slot: sent another way.
+        assert sender.put(memoryview(_frame(9, (128, 128))).cast("B")) is None
+    finally:
+        sender.close()
+        receiver.close()
+
+
+def test_a_collecting_rank_that_cannot_see_the_segment_turns_it_off():
+    sender = SharedBufferSender(n_slots=2)
+    try:
+        assert sender.put(memoryview(_frame(1)).cast("B")) is not None
+        sender.release(CANNOT_ATTACH)
+        assert sender.put(memoryview(_frame(2)).cast("B")) is None
+    finally:
+        sender.close()
+
+
+def _descriptor(sender, **changes):
+    descriptor = sender.put(memoryview(_frame(3)).cast("B"))
+    return {**descriptor, **changes}
+
+
+@pytest.mark.parametrize("changes, reason", [
+    ({"slot": 2}, "slot 2 of 2"),
+    ({"slot": -1}, "slot -1 of 2"),
+    ({"nbytes": 10**9}, "bytes in slots of"),
+    ({"slot": "x"}, "descriptor"),
+    ({"path": "/dev/shm/om_results_absent"}, "not visible here"),
+    ({"token": b"0" * 16}, "not visible here"),
+])
+def test_malformed_descriptors_are_refused(changes, reason):
+    sender, receiver = SharedBufferSender(n_slots=2), SharedBufferReceiver()
+    try:
+        with pytest.raises(OmInvalidDataError, match=reason):
+            receiver.take(1, _descriptor(sender, **changes))
+        with pytest.raises(OmInvalidDataError, match="descriptor"):
+            receiver.take(1, [1, 2, 3])
+    finally:
+        sender.close()
+        receiver.close()
+
+
+def test_a_descriptor_that_contradicts_the_mapped_segment_is_refused():
+    sender, receiver = SharedBufferSender(n_slots=2), SharedBufferReceiver()
+    try:
+        descriptor = _descriptor(sender)
+        receiver.take(1, descriptor)
+        with pytest.raises(OmInvalidDataError, match="does not match its segment"):
+            receiver.take(1, {**descriptor, "slot_bytes": descriptor["slot_bytes"] + 8})
+    finally:
+        sender.close()
+        receiver.close()
