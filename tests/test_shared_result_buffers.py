@@ -42,8 +42,24 @@ def test_buffers_arrive_intact_and_slots_come_back():
             received, slot = receiver.take(1, descriptor)
             assert np.array_equal(received.view(np.float32).reshape(64, 128), frame)
             sender.release(slot)
-        # Larger than a slot: sent another way.
+        # Larger than a slot while a slot is in use: sent another way.
+        assert sender.put(memoryview(frames[4]).cast("B"))["slot"] is not None
         assert sender.put(memoryview(_frame(9, (128, 128))).cast("B")) is None
+    finally:
+        sender.close()
+        receiver.close()
+
+
+def test_a_larger_buffer_gets_a_new_segment_when_the_old_one_is_unused():
+    sender, receiver = SharedBufferSender(n_slots=2), SharedBufferReceiver()
+    try:
+        small = sender.put(memoryview(_frame(1, (8, 8))).cast("B"))
+        sender.release(receiver.take(1, small)[1])
+        large = _frame(2, (256, 256))
+        descriptor = sender.put(memoryview(large).cast("B"))
+        assert descriptor["path"] != small["path"] and descriptor["slot_bytes"] == large.nbytes
+        received, _ = receiver.take(1, descriptor)
+        assert np.array_equal(received.view(np.float32).reshape(256, 256), large)
     finally:
         sender.close()
         receiver.close()
@@ -52,8 +68,9 @@ def test_buffers_arrive_intact_and_slots_come_back():
 def test_a_collecting_rank_that_cannot_see_the_segment_turns_it_off():
     sender = SharedBufferSender(n_slots=2)
     try:
-        assert sender.put(memoryview(_frame(1)).cast("B")) is not None
+        descriptor = sender.put(memoryview(_frame(1)).cast("B"))
         sender.release(CANNOT_ATTACH)
+        assert not os.path.exists(descriptor["path"])  # nothing left in /dev/shm
         assert sender.put(memoryview(_frame(2)).cast("B")) is None
     finally:
         sender.close()

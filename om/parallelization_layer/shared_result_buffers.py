@@ -48,13 +48,16 @@ class SharedBufferSender:
         if not self._usable:
             return None
         size = buffer.nbytes
-        if self._slots is None:
+        if self._slots is None or (size > self._slots.slot_bytes
+                                   and len(self._free) == self._n_slots):
+            self.close()  # none yet, or too small and unused: a new segment, sized for this
             try:
                 self._slots = SharedFrameSlots.create(self._n_slots, size, prefix="om_results")
             except OSError:
                 self._usable = False
                 return None
             self._free = list(range(self._n_slots))
+            self._attached = False
         if size > self._slots.slot_bytes or not self._free:
             return None
         slot = self._free.pop()
@@ -68,6 +71,7 @@ class SharedBufferSender:
             return
         if slot == CANNOT_ATTACH:
             self._usable = False
+            self.close()
             return
         if 0 <= slot < self._n_slots and slot not in self._free:
             self._free.append(slot)
@@ -116,6 +120,8 @@ class SharedBufferReceiver:
             except (OSError, ValueError) as error:
                 raise OmInvalidDataError(f"shared memory of rank {source} not visible here: "
                                          f"{error}")
+            for key in [key for key in self._segments if key[0] == source]:
+                self._segments.pop(key).close()  # the rank replaced its segment
             self._segments[(source, path)] = segment
         elif (segment.n_slots, segment.slot_bytes, segment.token) != (n_slots, slot_bytes, token):
             raise OmInvalidDataError(f"shared buffer descriptor of rank {source} does not "
