@@ -6,7 +6,9 @@ Every message between ranks is a msgpack byte buffer sent with mpi4py's buffer i
 large arrays (the calibrated frame) go out of band, as messages of their own sent just before
 the result, straight from and into numpy arrays (:func:`om.lib.serialization.pack_out_of_band`):
 packing a 4 MB frame into the payload and unpacking it again cost more than the frame's share
-of peak finding. The
+of peak finding. Where MPI has no single-copy transfers (MPICH without CMA), such an array goes
+through a shared-memory slot of the processing rank instead
+(:mod:`om.parallelization_layer.shared_result_buffers`). The
 collecting rank polls for results with ``Iprobe`` and, when none is waiting, hands the time to
 the processing layer's ``wait_for_data`` (which sleeps on its own sockets), so it never spins.
 
