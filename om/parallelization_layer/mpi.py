@@ -260,8 +260,9 @@ class MpiParallelization:
         if driven:
             self._drive_until_sent(requests)
         else:
-            # Without single-copy transfers MPICH moves even a small message only inside an MPI
-            # call of its sender: one now, or the collecting rank waits for the next event's.
+            # Without single-copy transfers a result of more than ~8 kB moves only inside an MPI
+            # call of its sender, once the collecting rank has posted its receive: calling MPI
+            # now moves what is ready (CMA off: `sending` 0.09 instead of 0.23-0.25 ms).
             MPI.Request.Testall(requests)
 
     def _put_in_shared_memory(self, buffer: memoryview) -> bytes | None:
