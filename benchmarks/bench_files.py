@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """End-to-end benchmark without a stream simulator: raw JUNGFRAU files → ``mpiexec -n N om_monitor.py``.
 
-Run: ``python benchmarks/bench_files.py --ranks 2 --repeats 10``.
+Run: ``python benchmarks/bench_files.py --ranks 2 --repeats 10 [--runs N]``.
 Writes the 20 real module frames of ../shared/data as 1M frames (the module twice, raw uint16
 (n, 1024, 1024), 200 frames, ~400 MB, read back from the page cache) and lets the monitor's
 HDF5 files source read them ``--repeats`` times on the processing ranks, calibrate them with
@@ -118,20 +118,10 @@ def kernel_ms_per_frame(repeats: int) -> float:
     return float(re.search(r"total\s+median\s+([\d.]+) ms", output).group(1))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ranks", type=int, default=2, help="MPI ranks (1 collecting)")
-    parser.add_argument("--repeats", type=int, default=10,
-                        help=f"times the {_FRAMES_IN_FILE}-frame file is listed (default 10)")
-    parser.add_argument("--kernel-repeats", type=int, default=5,
-                        help="repeats of bench_kernel.py run before and after, for the ratio "
-                        "to the kernel alone on this machine at this time (0: skip)")
-    parser.add_argument("--read-ahead", type=int, default=None,
-                        help="files_read_ahead of the monitor (default: the example "
-                        "monitor.yaml's; 0: read in the event loop)")
-    arguments = parser.parse_args()
-    need_real_data()
+def measure_once(arguments: argparse.Namespace) -> tuple[float, float | None]:
+    """One run of the monitor, with bench_kernel.py just before and after it; prints its
+    figures and returns (events/s, events/s per processing rank as a share of the kernel's
+    frames/s alone, or None without kernel runs)."""
     kernel = [kernel_ms_per_frame(arguments.kernel_repeats)] if arguments.kernel_repeats else []
     figures = run(ranks=arguments.ranks, repeats=arguments.repeats,
                   read_ahead=arguments.read_ahead)
@@ -144,17 +134,53 @@ def main() -> None:
           f"monitor exit code {figures['exit_code']}")
     report_ranks(figures["cpu"], figures["rss_mb"])
     stages = report_stages(figures["log"])
+    share = None
     if kernel:
         alone = sum(kernel) / len(kernel)
         per_rank = figures["events_per_second"] / max(figures["ranks"] - 1, 1)
+        share = per_rank * alone / 1e3
         print(f"  kernel alone (bench_kernel.py before and after: "
               f"{' and '.join(f'{k:.2f}' for k in kernel)} ms) {alone:.2f} ms/frame = "
               f"{1e3 / alone:.0f} frames/s; events/s per processing rank = "
-              f"{100 * per_rank * alone / 1e3:.0f} % of it")
+              f"{100 * share:.0f} % of it")
         if stages:
             in_place = stages["data_retrieval"] + stages["processing"]
             print(f"  kernel in place / alone: {in_place / alone:.2f}")
-    print(f"  log: {figures['log']}")
+    print(f"  log: {figures['log']}", flush=True)
+    return figures["events_per_second"], share
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ranks", type=int, default=2, help="MPI ranks (1 collecting)")
+    parser.add_argument("--repeats", type=int, default=10,
+                        help=f"times the {_FRAMES_IN_FILE}-frame file is listed (default 10)")
+    parser.add_argument("--kernel-repeats", type=int, default=5,
+                        help="repeats of bench_kernel.py run before and after, for the ratio "
+                        "to the kernel alone on this machine at this time (0: skip)")
+    parser.add_argument("--read-ahead", type=int, default=None,
+                        help="files_read_ahead of the monitor (default: the example "
+                        "monitor.yaml's; 0: read in the event loop)")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="measure this many times and print the medians (the host's speed "
+                        "varies from run to run; default 1)")
+    arguments = parser.parse_args()
+    need_real_data()
+    rates, shares = [], []
+    for _ in range(arguments.runs):
+        rate, share = measure_once(arguments)
+        rates.append(rate)
+        if share is not None:
+            shares.append(share)
+    if arguments.runs > 1:
+        print(f"{arguments.runs} runs: events/s {', '.join(f'{r:.1f}' for r in rates)}; "
+              f"median {np.median(rates):.1f}")
+        if shares:
+            print(f"  events/s per processing rank as a share of the kernel alone: "
+                  f"{', '.join(f'{100 * s:.0f}' for s in shares)} %; median "
+                  f"{100 * np.median(shares):.0f} %, {sum(s >= 0.8 for s in shares)} of "
+                  f"{len(shares)} runs at 80 % or more")
 
 
 if __name__ == "__main__":
