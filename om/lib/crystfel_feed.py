@@ -104,7 +104,8 @@ class CrystfelFrameFeed:
         if self._seen % self._interval:
             return
         now = time.monotonic()
-        publish = now - self._last_sent >= self._min_period
+        publish = (now - self._last_sent >= self._min_period
+                   and self._broadcaster.wants(SUB_MODE_TAG))
         if not publish and self._responder is None:
             return  # encoding a frame (megabytes) nobody gets would cost the collecting rank
         payload = crystfel_payload(result)

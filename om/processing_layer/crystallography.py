@@ -349,6 +349,14 @@ class CrystallographyProcessing:
             return
         self._last_broadcast_events, self._last_broadcast_time = events, now
         self._last_broadcast_problems = problems.counts()
+        if self._broadcaster.wants("omdata"):
+            self._broadcast_data()
+        if self._latest_frame is not None and self._broadcaster.wants("omframedata"):
+            self._broadcast_frame(self._latest_frame)
+        self._latest_frame = None
+
+    def _broadcast_data(self) -> None:
+        events = self._rate.count
         timestamps, rates = self._hit_rate.history()
         self._broadcaster.send("omdata", {
             **self._common_keys(self._latest),
@@ -367,9 +375,6 @@ class CrystallographyProcessing:
             "responding_url": self._responder.url if self._responder else None,
             "start_timestamp": self._start,
         })
-        if self._latest_frame is not None:
-            self._broadcast_frame(self._latest_frame)
-            self._latest_frame = None
 
     def _broadcast_frame(self, result: dict[str, Any]) -> None:
         fs = np.asarray(result["peak_fs"], dtype=np.float64)
