@@ -32,3 +32,17 @@ def test_virtual_powder_sums_repeated_pixels():
     powder = VirtualPowderPattern((4, 5))
     powder.add(np.array([1, 1, 3]), np.array([2, 2, 4]), np.array([1.0, 2.0, 5.0]))
     assert powder.image[1, 2] == 3.0 and powder.image[3, 4] == 5.0 and powder.image.sum() == 8.0
+
+
+def test_peakogram_clamps_out_of_range_peaks_to_its_edges():
+    peakogram = Peakogram(radius_bin_size=2.0, intensity_bin_size=10.0, max_radius=10.0,
+                          max_intensity_bins=64)
+    # Beyond the largest radius, negative values (a background-subtracted artefact), beyond the
+    # largest intensity bin: each in the nearest edge bin, none lost.
+    peakogram.add(np.array([500.0, -3.0, 4.0]), np.array([15.0, -20.0, 1e9]))
+    histogram = peakogram.histogram
+    assert histogram.shape == (6, 64)
+    assert histogram[5, 1] == 1 and histogram[0, 0] == 1 and histogram[2, 63] == 1
+    assert histogram.sum() == 3
+    peakogram.add(np.array([4.0]), np.array([1e9]))  # after the axis grew: same histogram
+    assert peakogram.histogram[2, 63] == 2

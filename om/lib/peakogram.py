@@ -8,6 +8,14 @@ detector artefacts (radius-independent streaks) at a glance.
 import numpy as np
 
 
+def _bins(values: np.ndarray, bin_size: float, num_bins: int) -> np.ndarray:
+    """int64 (n,): the bin of each value, clamped to 0..num_bins - 1 (ufuncs in place: np.clip
+    costs twice as much, for every peak of every event)."""
+    bins = (values / bin_size).astype(np.int64)
+    np.maximum(bins, 0, out=bins)
+    return np.minimum(bins, num_bins - 1, out=bins)
+
+
 class Peakogram:
     """Histogram of (radius, max pixel intensity) of every peak; the intensity axis grows.
 
@@ -35,13 +43,13 @@ class Peakogram:
         """Adds peaks: radius (n,) in pixels and max pixel intensity (n,)."""
         if radius.size == 0:
             return
-        radius_bins = np.clip((radius / self.radius_bin_size).astype(np.int64), 0,
-                              self._n_radius - 1)
-        intensity_bins = np.clip((intensity / self.intensity_bin_size).astype(np.int64), 0,
-                                 self._max_intensity_bins - 1)
+        radius_bins = _bins(radius, self.radius_bin_size, self._n_radius)
+        intensity_bins = _bins(intensity, self.intensity_bin_size, self._max_intensity_bins)
         needed = int(intensity_bins.max()) + 1
         if needed > self.histogram.shape[1]:
             grown = min(self._max_intensity_bins, max(needed, 2 * self.histogram.shape[1]))
             self.histogram = np.pad(self.histogram, ((0, 0), (0, grown - self.histogram.shape[1])))
-        # A float32 one: with a Python int, add.at takes a slow casting loop (4x slower).
-        np.add.at(self.histogram, (radius_bins, intensity_bins), np.float32(1))
+        # A float32 one: with a Python int, add.at takes a slow casting loop (4x slower); one
+        # flat index: the fast path of add.at (a tuple of index arrays takes the general one).
+        np.add.at(self.histogram.reshape(-1),
+                  radius_bins * self.histogram.shape[1] + intensity_bins, np.float32(1))

@@ -14,6 +14,7 @@ the payload (:class:`OutOfBandBuffers` collects them on the receiving side).
 """
 
 import collections
+import math
 from typing import Any, Sequence
 
 import msgpack
@@ -73,7 +74,9 @@ def decode_array(message_map: dict[str, Any]) -> np.ndarray:
     if dtype.hasobject:
         raise OmInvalidDataError(f"array map declares the object dtype {dtype.str!r}")
     data = message_map["data"]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    # math.prod: exact for any declared shape, and ~40x faster than np.prod on a tuple (this
+    # runs for every array of every result the collecting rank receives).
+    expected = math.prod(shape) * dtype.itemsize
     if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) != expected:
         size = len(data) if isinstance(data, (bytes, bytearray, memoryview)) else "no"
         raise OmInvalidDataError(
