@@ -177,12 +177,19 @@ def report_stages(log: str) -> dict[str, float] | None:
     return stages
 
 
-def report_ranks(cpu: dict[int, float], rss_mb: dict[int, float]) -> None:
-    """Prints each rank's CPU (fraction of a core) and peak RSS (MB), rank 0 collecting."""
+def report_ranks(cpu: dict[int, float], rss_mb: dict[int, float],
+                 events_per_second: float) -> None:
+    """Prints each rank's CPU (fraction of a core) and peak RSS (MB), rank 0 collecting, and
+    the collecting rank's CPU per event: one collecting rank serves all the processing ranks,
+    so that cost bounds the events/s of the whole monitor."""
     for rank in sorted(cpu):
         role = "collecting" if rank == 0 else "processing"
         print(f"  rank {rank} ({role}): CPU {100 * cpu[rank]:.0f} % of a core, "
               f"peak RSS {rss_mb.get(rank, 0.0):.0f} MB")
+    if 0 in cpu and cpu[0] > 0 and events_per_second > 0:
+        per_event_ms = 1e3 * cpu[0] / events_per_second
+        print(f"  collecting rank: {per_event_ms:.2f} ms of CPU per event, so at most "
+              f"~{1e3 / per_event_ms:.0f} events/s for the whole monitor")
 
 
 def report(figures: dict) -> None:
@@ -202,7 +209,7 @@ def report(figures: dict) -> None:
     print(f"  latency detector timestamp -> broadcast received: p50 "
           f"{figures['latency_p50_ms']:.0f} ms, p99 {figures['latency_p99_ms']:.0f} ms "
           f"({figures['broadcasts']} broadcasts)")
-    report_ranks(figures["cpu"], figures["rss_mb"])
+    report_ranks(figures["cpu"], figures["rss_mb"], figures["events_per_second"])
     samples = figures.get("rss_samples") or []
     if len(samples) >= 2:
         print("  RSS over the run (MB, per rank):")

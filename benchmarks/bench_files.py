@@ -132,7 +132,7 @@ def measure_once(arguments: argparse.Namespace) -> tuple[float, float | None]:
     print(f"  processed {figures['events']} / {figures['expected']}, "
           f"{figures['events_per_second']:.1f} events/s (first to last broadcast), "
           f"monitor exit code {figures['exit_code']}")
-    report_ranks(figures["cpu"], figures["rss_mb"])
+    report_ranks(figures["cpu"], figures["rss_mb"], figures["events_per_second"])
     stages = report_stages(figures["log"])
     share = None
     if kernel:

@@ -4,8 +4,10 @@
 import numpy as np
 
 from om.lib.hit_rate import HitRateHistory
+from om.lib.parameters import MonitorParameters
 from om.lib.peakogram import Peakogram
 from om.lib.virtual_powder import VirtualPowderPattern
+from om.simulation.configuration import write_monitor_configuration
 
 
 def test_hit_rate_running_average_and_history():
@@ -30,7 +32,7 @@ def test_peakogram_grows_its_intensity_axis():
 
 def test_virtual_powder_sums_repeated_pixels():
     powder = VirtualPowderPattern((4, 5))
-    powder.add(np.array([1, 1, 3]), np.array([2, 2, 4]), np.array([1.0, 2.0, 5.0]))
+    powder.add(np.array([1 * 5 + 2, 1 * 5 + 2, 3 * 5 + 4]), np.array([1.0, 2.0, 5.0]))
     assert powder.image[1, 2] == 3.0 and powder.image[3, 4] == 5.0 and powder.image.sum() == 8.0
 
 
@@ -46,3 +48,39 @@ def test_peakogram_clamps_out_of_range_peaks_to_its_edges():
     assert histogram.sum() == 3
     peakogram.add(np.array([4.0]), np.array([1e9]))  # after the axis grew: same histogram
     assert peakogram.histogram[2, 63] == 2
+
+
+def test_the_collecting_rank_adds_each_peak_at_its_assembled_pixel(tmp_path, geometry_1m):
+    # The real 1M geometry (every slab pixel on a panel); peaks at fractional slab positions,
+    # two nearest to the same pixel, one left of the slab.
+    from om.lib.geometry import load_geometry
+    from om.processing_layer.crystallography import CrystallographyProcessing
+
+    config = write_monitor_configuration(tmp_path / "monitor.yaml", {"crystallography": {
+        "geometry_file": str(geometry_1m), "data_broadcast_url": "tcp://127.0.0.1:*",
+        "responding_url": None}})
+    parameters = MonitorParameters(config)
+    parameters.validate(CrystallographyProcessing.parameter_groups, complete=False)
+    collecting = CrystallographyProcessing(parameters=parameters)
+    collecting.initialize_collecting_node(node_rank=0, node_pool_size=2)
+    geometry = load_geometry(geometry_1m)
+    fs = np.array([10.4, 10.2, 700.6, -0.7])
+    ss = np.array([20.3, 19.8, 900.49, 3.0])
+    result = {"timestamp": 1.0, "event_id": "e", "beam_energy": 12400.0,
+              "detector_distance": 100.0, "frame_is_hit": True, "num_peaks": 4,
+              "peak_fs": fs, "peak_ss": ss, "peak_intensity": np.array([1.0, 2.0, 4.0, 8.0]),
+              "peak_max_pixel_intensity": np.array([5.0, 5.0, 5.0, 5.0]),
+              "peak_radius": np.array([100.0, 100.0, 300.0, 400.0])}
+    try:
+        collecting.collect_data(node_rank=0, node_pool_size=2, processed_data=(result, 1))
+        powder = collecting._powder.image
+        first = geometry.assembled_row[20, 10], geometry.assembled_col[20, 10]
+        second = geometry.assembled_row[900, 701], geometry.assembled_col[900, 701]
+        assert powder[first] == 3.0  # two peaks nearest to slab pixel (ss 20, fs 10)
+        assert powder[second] == 4.0
+        # -0.7 rounds to fs -1, clamped to the slab's first column, which is on a panel.
+        third = geometry.assembled_row[3, 0], geometry.assembled_col[3, 0]
+        assert powder[third] == 8.0
+        assert powder.sum() == 15.0
+    finally:
+        collecting._broadcaster.close(0)

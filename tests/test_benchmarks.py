@@ -36,6 +36,7 @@ _CASES = {
         rf"processed 200 / 200, {_NUMBER} events/s \(first to last broadcast\), monitor exit "
         r"code 0",
         r"rank 1 \(processing\): CPU \d+ % of a core, peak RSS \d+ MB",
+        rf"collecting rank: {_NUMBER} ms of CPU per event, so at most ~\d+ events/s",
         rf"per event on the processing ranks: next_event {_NUMBER}, data_retrieval {_NUMBER}, "
         rf"processing {_NUMBER}, sending {_NUMBER} ms",
         r"events/s per processing rank = \d+ % of it",
@@ -47,6 +48,7 @@ _CASES = {
         r"frames sent \d+, processed \d+",
         rf"latency detector timestamp -> broadcast received: p50 {_NUMBER}",
         r"rank 1 \(processing\): CPU \d+ % of a core, peak RSS \d+ MB",
+        rf"collecting rank: {_NUMBER} ms of CPU per event, so at most ~\d+ events/s",
     ]),
     "scaling": ("bench_scaling.py", ["--max-ranks", "2", "--rate", "20", "--duration", "3",
                                      "--kernel-ms", "1.3"], [

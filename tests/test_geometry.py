@@ -114,6 +114,13 @@ def test_slab_to_assembled_matches_the_index_maps(geometry):
     assert np.isnan(outside_col).all()
 
 
+def test_flat_index_is_the_row_and_column_in_one(geometry):
+    rows, cols = geometry.assembled_row, geometry.assembled_col
+    expected = np.where(rows >= 0, rows.astype(np.int64) * geometry.assembled_shape[1] + cols, -1)
+    np.testing.assert_array_equal(geometry.assembled_flat_index, expected)
+    assert geometry.assembled_flat_index.shape == geometry.slab_shape
+
+
 def test_4m_geometry_bad_regions_and_coffset(geometry_1m):
     path = geometry_1m.parent / GEOMETRY_4M_NAME
     if not path.exists():

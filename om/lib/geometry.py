@@ -127,6 +127,12 @@ class DetectorGeometry:
     _flat_index: np.ndarray = dataclasses.field(repr=False)
 
     @property
+    def assembled_flat_index(self) -> np.ndarray:
+        """int64 ``slab_shape``: index of each slab pixel in the flattened assembled image
+        (``assembled_row * W + assembled_col``), -1 outside every panel."""
+        return self._flat_index
+
+    @property
     def panel_rectangles(self) -> list[tuple[int, int, int, int]]:
         """The panels as ``(min_fs, max_fs, min_ss, max_ss)`` tuples (peakfinder8's input)."""
         return [(p.min_fs, p.max_fs, p.min_ss, p.max_ss) for p in self.panels]

@@ -18,9 +18,9 @@ class VirtualPowderPattern:
         """Clears the pattern."""
         self.image[:] = 0
 
-    def add(self, rows: np.ndarray, cols: np.ndarray, intensity: np.ndarray) -> None:
-        """Adds peaks: integer pixel indices (n,) in the assembled image and intensities (n,)."""
+    def add(self, pixels: np.ndarray, intensity: np.ndarray) -> None:
+        """Adds peaks: integer indices (n,) of their pixels in the flattened assembled image
+        (``DetectorGeometry.assembled_flat_index``) and their intensities (n,)."""
         # One flat index: numpy's fast path of add.at (a tuple of index arrays takes the
         # general, twice slower one).
-        np.add.at(self.image.reshape(-1), rows * self.image.shape[1] + cols,
-                  intensity.astype(np.float32))
+        np.add.at(self.image.reshape(-1), pixels, intensity.astype(np.float32))

@@ -314,8 +314,13 @@ class CrystallographyProcessing:
         fs = np.asarray(result["peak_fs"], dtype=np.float64)
         ss = np.asarray(result["peak_ss"], dtype=np.float64)
         if fs.size:
-            rows, cols, inside = self._peak_pixels_in_assembled(fs, ss)
-            self._powder.add(rows, cols, np.asarray(result["peak_intensity"])[inside])
+            # One lookup per peak in a table the size of the frame: the collecting rank's
+            # caches are cold, each lookup is a cache miss.
+            slab_shape = self._geometry.slab_shape
+            pixels = self._geometry.assembled_flat_index[_nearest_index(ss, slab_shape[0]),
+                                                         _nearest_index(fs, slab_shape[1])]
+            inside = pixels >= 0
+            self._powder.add(pixels[inside], np.asarray(result["peak_intensity"])[inside])
             self._peakogram.add(np.asarray(result["peak_radius"]),
                                 np.asarray(result["peak_max_pixel_intensity"]))
         self._latest = result
