@@ -142,7 +142,7 @@ def measure_once(arguments: argparse.Namespace) -> tuple[float, float | None]:
         print(f"  kernel alone (bench_kernel.py before and after: "
               f"{' and '.join(f'{k:.2f}' for k in kernel)} ms) {alone:.2f} ms/frame = "
               f"{1e3 / alone:.0f} frames/s; events/s per processing rank = "
-              f"{100 * share:.0f} % of it")
+              f"{100 * share:.1f} % of it")
         if stages:
             in_place = stages["data_retrieval"] + stages["processing"]
             print(f"  kernel in place / alone: {in_place / alone:.2f}")
@@ -178,8 +178,8 @@ def main() -> None:
               f"median {np.median(rates):.1f}")
         if shares:
             print(f"  events/s per processing rank as a share of the kernel alone: "
-                  f"{', '.join(f'{100 * s:.0f}' for s in shares)} %; median "
-                  f"{100 * np.median(shares):.0f} %, {sum(s >= 0.8 for s in shares)} of "
+                  f"{', '.join(f'{100 * s:.1f}' for s in shares)} %; median "
+                  f"{100 * np.median(shares):.1f} %, {sum(s >= 0.8 for s in shares)} of "
                   f"{len(shares)} runs at 80 % or more")
 
 

@@ -39,9 +39,10 @@ _CASES = {
         rf"collecting rank: {_NUMBER} ms of CPU per event, so at most ~\d+ events/s",
         rf"per event on the processing ranks: next_event {_NUMBER}, data_retrieval {_NUMBER}, "
         rf"processing {_NUMBER}, sending {_NUMBER} ms",
-        r"events/s per processing rank = \d+ % of it",
+        rf"events/s per processing rank = {_NUMBER} % of it",
         r"2 runs: events/s .*; median",
-        r"share of the kernel alone: \d+, \d+ %; median \d+ %, \d of 2 runs at 80 % or more",
+        rf"share of the kernel alone: {_NUMBER}, {_NUMBER} %; median {_NUMBER} %, \d of 2 runs at "
+        r"80 % or more",
     ]),
     "end to end": ("bench_end_to_end.py", ["--ranks", "2", "--rate", "20", "--duration", "3"], [
         r"end to end: mpiexec -n 2 \(1 processing ranks\), simulator at 20 frames/s for 3 s",
