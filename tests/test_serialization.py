@@ -8,6 +8,7 @@ import pytest
 from om.lib.exceptions import OmInvalidDataError
 from om.lib.serialization import (
     OutOfBandBuffers,
+    decode_array,
     pack,
     pack_out_of_band,
     unpack,
@@ -37,10 +38,16 @@ def test_array_map_is_the_crystfel_layout():
     msgpack.packb({"type": "<f4", "shape": [2, 2], "data": b"\x00" * 15}, use_bin_type=True),
     msgpack.packb({"type": "nonsense", "shape": [1], "data": b"\x00"}, use_bin_type=True),
     msgpack.packb({"type": "|O", "shape": [1], "data": b"\x00" * 8}, use_bin_type=True),
+    msgpack.packb({"type": "<f4", "shape": [-1, -4], "data": b"\x00" * 16}, use_bin_type=True),
 ])
 def test_bad_payloads_raise_one_error_type(payload):
     with pytest.raises(OmInvalidDataError):
         unpack(payload)
+
+
+def test_a_negative_size_is_named():
+    with pytest.raises(OmInvalidDataError, match=r"shape \[-1, -4\]"):
+        decode_array({"type": "<f4", "shape": [-1, -4], "data": b"\x00" * 16})
 
 
 def test_objects_without_msgpack_form_are_refused():

@@ -64,7 +64,8 @@ def decode_array(message_map: dict[str, Any]) -> np.ndarray:
         The array, with the dtype and shape the map declares.
 
     Raises:
-        OmInvalidDataError: when the dtype is unknown or the byte count does not match the shape.
+        OmInvalidDataError: when the dtype is unknown, a size is negative or the byte count does
+            not match the shape.
     """
     try:
         dtype = np.dtype(message_map["type"])
@@ -73,6 +74,8 @@ def decode_array(message_map: dict[str, Any]) -> np.ndarray:
         raise OmInvalidDataError(f"bad array map (type={message_map.get('type')!r}): {error}")
     if dtype.hasobject:
         raise OmInvalidDataError(f"array map declares the object dtype {dtype.str!r}")
+    if any(n < 0 for n in shape):  # two negative sizes would give a positive byte count
+        raise OmInvalidDataError(f"array map declares the shape {list(shape)}")
     data = message_map["data"]
     # math.prod: exact for any declared shape, and ~40x faster than np.prod on a tuple (this
     # runs for every array of every result the collecting rank receives).
