@@ -314,13 +314,8 @@ class CrystallographyProcessing:
         fs = np.asarray(result["peak_fs"], dtype=np.float64)
         ss = np.asarray(result["peak_ss"], dtype=np.float64)
         if fs.size:
-            # One lookup per peak in a table the size of the frame: the collecting rank's
-            # caches are cold, each lookup is a cache miss.
-            slab_shape = self._geometry.slab_shape
-            pixels = self._geometry.assembled_flat_index[_nearest_index(ss, slab_shape[0]),
-                                                         _nearest_index(fs, slab_shape[1])]
-            inside = pixels >= 0
-            self._powder.add(pixels[inside], np.asarray(result["peak_intensity"])[inside])
+            pixels, inside = self._peak_pixels_in_assembled(fs, ss)
+            self._powder.add(pixels, np.asarray(result["peak_intensity"])[inside])
             self._peakogram.add(np.asarray(result["peak_radius"]),
                                 np.asarray(result["peak_max_pixel_intensity"]))
         self._latest = result
@@ -331,17 +326,25 @@ class CrystallographyProcessing:
         self._report_speed_if_due()
 
     def _peak_pixels_in_assembled(self, fs: np.ndarray,
-                                  ss: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Returns (rows, cols) of the peaks' pixels in the assembled image (int64) and the
-        boolean selection of the peaks that land on a panel."""
-        geometry = self._geometry
-        # Positions are pixel indices (pixel i centred on i): round to the nearest pixel.
-        ss_index = _nearest_index(ss, geometry.slab_shape[0])
-        fs_index = _nearest_index(fs, geometry.slab_shape[1])
-        rows = geometry.assembled_row[ss_index, fs_index]
-        cols = geometry.assembled_col[ss_index, fs_index]
-        inside = rows >= 0
-        return rows[inside], cols[inside], inside
+                                  ss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Returns the indices (int64) of the peaks' pixels in the flattened assembled image
+        and the boolean selection of the peaks that land on a panel."""
+        slab_shape = self._geometry.slab_shape
+        # Positions are pixel indices (pixel i centred on i): round to the nearest pixel. One
+        # lookup per peak in a table the size of the frame: the collecting rank's caches are
+        # cold, each lookup is a cache miss.
+        pixels = self._geometry.assembled_flat_index[_nearest_index(ss, slab_shape[0]),
+                                                     _nearest_index(fs, slab_shape[1])]
+        inside = pixels >= 0
+        return pixels[inside], inside
+
+    def _rows_and_columns(self, fs: np.ndarray,
+                          ss: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, cols) float64 of the peaks' pixels in the assembled image, and the selection
+        of the peaks that land on a panel."""
+        pixels, inside = self._peak_pixels_in_assembled(fs, ss)
+        rows, cols = np.divmod(pixels, self._geometry.assembled_shape[1])
+        return rows.astype(np.float64), cols.astype(np.float64), inside
 
     def _common_keys(self, result: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -393,12 +396,12 @@ class CrystallographyProcessing:
     def _broadcast_frame(self, result: dict[str, Any]) -> None:
         fs = np.asarray(result["peak_fs"], dtype=np.float64)
         ss = np.asarray(result["peak_ss"], dtype=np.float64)
-        rows, cols, inside = self._peak_pixels_in_assembled(fs, ss)
+        rows, cols, inside = self._rows_and_columns(fs, ss)
         self._broadcaster.send("omframedata", {
             **self._common_keys(result),
             "frame_data": assemble(result["detector_data"], self._geometry),
-            "peak_list_x_in_frame": cols.astype(np.float64),
-            "peak_list_y_in_frame": rows.astype(np.float64),
+            "peak_list_x_in_frame": cols,
+            "peak_list_y_in_frame": rows,
             "peak_list_intensity": np.asarray(result["peak_intensity"], dtype=np.float64)[inside],
             "event_id": result["event_id"],
             "frame_is_hit": bool(result["frame_is_hit"]),
@@ -409,10 +412,10 @@ class CrystallographyProcessing:
     def _detector_spots_in_frame(self, spots: dict[str, Any] | None) -> dict[str, Any]:
         if spots is None:
             return {}
-        rows, cols, inside = self._peak_pixels_in_assembled(np.asarray(spots["fs"]),
-                                                            np.asarray(spots["ss"]))
-        return {"detector_spots_x_in_frame": cols.astype(np.float64),
-                "detector_spots_y_in_frame": rows.astype(np.float64),
+        rows, cols, inside = self._rows_and_columns(np.asarray(spots["fs"]),
+                                                    np.asarray(spots["ss"]))
+        return {"detector_spots_x_in_frame": cols,
+                "detector_spots_y_in_frame": rows,
                 "detector_spots_intensity": np.asarray(spots["intensity"])[inside]}
 
     def _report_speed_if_due(self) -> None:
