@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """End-to-end benchmark without a stream simulator: raw JUNGFRAU files → ``mpiexec -n N om_monitor.py``.
 
-Run: ``python benchmarks/bench_files.py --ranks 2 --repeats 10 [--runs N]``.
+Run: ``python benchmarks/bench_files.py --ranks 2 --repeats 10 [--runs N] [--memory-map both]``.
 Writes the 20 real module frames of ../shared/data as 1M frames (the module twice, raw uint16
 (n, 1024, 1024), 200 frames, ~400 MB, read back from the page cache) and lets the monitor's
 HDF5 files source read them ``--repeats`` times on the processing ranks, calibrate them with
@@ -11,7 +11,8 @@ the kernel: events/s against ``bench_kernel.py``'s frames/s on one core. Prints 
 the first to the last broadcast), CPU and peak RSS of every rank, the monitor's own account of
 where the processing ranks' time went per event (its final summary), and, with bench_kernel.py
 run just before and after (the host's speed drifts), the events/s per processing rank as a
-share of the kernel's frames/s alone.
+share of the kernel's frames/s alone. ``--memory-map both`` measures the monitor with the images
+copied from the file and memory-mapped (``files_memory_map``) in alternating runs.
 """
 
 import argparse
@@ -38,9 +39,11 @@ from om.simulation.configuration import write_monitor_configuration
 from om.simulation.frame_sources import HDF5FrameSource
 
 _FRAMES_IN_FILE = 200
+_IMAGES = {False: "images copied", True: "images memory-mapped"}
 
 
-def run(*, ranks: int, repeats: int, read_ahead: int | None = None) -> dict:
+def run(*, ranks: int, repeats: int, read_ahead: int | None = None,
+        memory_map: bool = False) -> dict:
     """Runs the monitor once over the files; returns the figures (see the module doc)."""
     need_real_data()
     folder = pathlib.Path(tempfile.mkdtemp(prefix="om_bench_files_"))
@@ -61,6 +64,7 @@ def run(*, ranks: int, repeats: int, read_ahead: int | None = None) -> dict:
         "detector_calibration": True, "detector_dark_filenames": darks,
         "detector_gain_filenames": gains,
         "detector_photon_energy_kev": constants["photon_energy_ev"] / 1000.0,
+        "files_memory_map": memory_map,
         **({} if read_ahead is None else {"files_read_ahead": read_ahead})}})
     source = ",".join([str(data_file)] * repeats)
     subscriber = zmq.Context.instance().socket(zmq.SUB)
@@ -118,17 +122,19 @@ def kernel_ms_per_frame(repeats: int) -> float:
     return float(re.search(r"total\s+median\s+([\d.]+) ms", output).group(1))
 
 
-def measure_once(arguments: argparse.Namespace) -> tuple[float, float | None]:
+def measure_once(arguments: argparse.Namespace,
+                 memory_map: bool) -> tuple[float, float | None]:
     """One run of the monitor, with bench_kernel.py just before and after it; prints its
     figures and returns (events/s, events/s per processing rank as a share of the kernel's
     frames/s alone, or None without kernel runs)."""
     kernel = [kernel_ms_per_frame(arguments.kernel_repeats)] if arguments.kernel_repeats else []
     figures = run(ranks=arguments.ranks, repeats=arguments.repeats,
-                  read_ahead=arguments.read_ahead)
+                  read_ahead=arguments.read_ahead, memory_map=memory_map)
     if kernel:
         kernel.append(kernel_ms_per_frame(arguments.kernel_repeats))
     print(f"files end to end: mpiexec -n {figures['ranks']} ({figures['ranks'] - 1} processing "
-          f"ranks), {figures['expected']} raw 1M frames from the page cache")
+          f"ranks), {figures['expected']} raw 1M frames from the page cache, "
+          f"{_IMAGES[memory_map]}")
     print(f"  processed {figures['events']} / {figures['expected']}, "
           f"{figures['events_per_second']:.1f} events/s (first to last broadcast), "
           f"monitor exit code {figures['exit_code']}")
@@ -165,22 +171,34 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1,
                         help="measure this many times and print the medians (the host's speed "
                         "varies from run to run; default 1)")
+    parser.add_argument("--memory-map", choices=("off", "on", "both"), default="off",
+                        help="files_memory_map of the monitor; both: alternate the two in "
+                        "each run (default off)")
     arguments = parser.parse_args()
     need_real_data()
-    rates, shares = [], []
+    modes = {"off": [False], "on": [True], "both": [False, True]}[arguments.memory_map]
+    rates: dict[bool, list[float]] = {mode: [] for mode in modes}
+    shares: dict[bool, list[float]] = {mode: [] for mode in modes}
     for _ in range(arguments.runs):
-        rate, share = measure_once(arguments)
-        rates.append(rate)
-        if share is not None:
-            shares.append(share)
-    if arguments.runs > 1:
-        print(f"{arguments.runs} runs: events/s {', '.join(f'{r:.1f}' for r in rates)}; "
-              f"median {np.median(rates):.1f}")
-        if shares:
-            print(f"  events/s per processing rank as a share of the kernel alone: "
-                  f"{', '.join(f'{100 * s:.1f}' for s in shares)} %; median "
-                  f"{100 * np.median(shares):.1f} %, {sum(s >= 0.8 for s in shares)} of "
-                  f"{len(shares)} runs at 80 % or more")
+        for mode in modes:
+            rate, share = measure_once(arguments, mode)
+            rates[mode].append(rate)
+            if share is not None:
+                shares[mode].append(share)
+    if arguments.runs > 1 or len(modes) > 1:
+        for mode in modes:
+            runs = f"{arguments.runs} run{'s' if arguments.runs > 1 else ''}"
+            _print_medians(f"{runs}, {_IMAGES[mode]}", rates[mode], shares[mode])
+
+
+def _print_medians(title: str, rates: list[float], shares: list[float]) -> None:
+    print(f"{title}: events/s {', '.join(f'{r:.1f}' for r in rates)}; "
+          f"median {np.median(rates):.1f}")
+    if shares:
+        print(f"  events/s per processing rank as a share of the kernel alone: "
+              f"{', '.join(f'{100 * s:.1f}' for s in shares)} %; median "
+              f"{100 * np.median(shares):.1f} %, {sum(s >= 0.8 for s in shares)} of "
+              f"{len(shares)} runs at 80 % or more")
 
 
 if __name__ == "__main__":

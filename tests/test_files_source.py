@@ -198,30 +198,63 @@ def test_decoded_images_equal_the_written_ones(tmp_path, layout, compression, dt
         assert np.isnan(by_index[0]["detector_data"]).sum() == 4
 
 
+def test_memory_mapped_float_images_with_the_pixel_mask_applied(tmp_path):
+    """Mapped images are read-only: the pixel mask, applied in place, goes into a copy of a
+    float32 image, and the file's pages are never written."""
+    images, _ = gaussian_spot_images(4, (40, 60), n_spots=3, seed=6, min_radius=8,
+                                     max_radius=18)
+    images = images.astype(np.float32) + np.float32(0.5)
+    mask = np.zeros((40, 60), dtype=np.uint32)
+    mask[7, 9] = mask[30, 2] = 1
+    files = write_nxmx(tmp_path, "run", images, images_per_file=2,
+                       metadata=NxmxMetadata(wavelength_A=1.0, detector_distance_m=0.1,
+                                             pixel_mask=mask))
+    config, _, _ = _configuration(tmp_path, {"files_memory_map": True,
+                                             "files_apply_pixel_mask": True})
+    (handler,) = _handlers(config, str(files.master), ranks=2)
+    data = _run(handler, 1, ranks=2)
+    assert len(data) == 4
+    for index, event in enumerate(data):
+        frame = event["detector_data"]
+        assert frame.flags.writeable
+        assert np.isnan(frame[7, 9]) and np.isnan(frame[30, 2])
+        assert np.array_equal(frame[mask == 0], images[index][mask == 0])
+    with h5py.File(files.data_files[0], "r") as handle:  # the file is as written
+        assert np.array_equal(handle["/entry/data/data"][()], images[:2])
+
+
 @pytest.mark.parametrize("compression", ["none", "bslz4"])
 def test_reading_ahead_gives_the_events_of_reading_in_the_loop(tmp_path, compression):
-    """Images read in the read-ahead thread (straight from the file when uncompressed, by h5py
-    otherwise) are the images, ids and metadata read in the event loop, in the same order."""
+    """Images read in the read-ahead thread (straight from the file when uncompressed, copied
+    or memory-mapped, by h5py otherwise) are the images, ids and metadata read in the event
+    loop, in the same order."""
     images, _ = gaussian_spot_images(9, (40, 60), n_spots=3, seed=8, min_radius=8,
                                      max_radius=18)
     files = write_nxmx(tmp_path, "run", images, images_per_file=4, compression=compression)
-    by_depth = {}
-    for depth in (0, 3):
-        (tmp_path / f"depth{depth}").mkdir()
-        config, _, _ = _configuration(tmp_path / f"depth{depth}",
-                                      {"files_read_ahead": depth})
+    by_setting = {}
+    for name, settings in (("in_loop", {"files_read_ahead": 0}),
+                           ("ahead", {"files_read_ahead": 3}),
+                           ("mapped", {"files_read_ahead": 3, "files_memory_map": True})):
+        (tmp_path / name).mkdir()
+        config, _, _ = _configuration(tmp_path / name, settings)
         handlers = _handlers(config, str(files.master))
         events = handlers[0].event_generator(node_rank=1, node_pool_size=3)
         first = next(events)
         threads = {thread.name for thread in threading.enumerate()}
-        assert ("om-read-ahead-rank-1" in threads) == (depth > 0)
-        by_depth[depth] = [first, *events]
+        assert ("om-read-ahead-rank-1" in threads) == (name != "in_loop")
+        by_setting[name] = [first, *events]
         assert "om-read-ahead-rank-1" not in {t.name for t in threading.enumerate()}
-    assert [e["event_id"].rpartition("//")[2] for e in by_depth[3]] == ["0", "2", "4", "6", "8"]
-    for ahead, in_loop in zip(by_depth[3], by_depth[0], strict=True):
-        assert ahead.keys() == in_loop.keys()
-        assert np.array_equal(ahead.pop("image"), in_loop.pop("image"))
-        assert ahead == in_loop
+    assert [e["event_id"].rpartition("//")[2] for e in by_setting["ahead"]] == [
+        "0", "2", "4", "6", "8"]
+    # Only uncompressed images can be mapped; mapped ones are read-only.
+    assert all(e["image"].flags.writeable == (compression != "none")
+               for e in by_setting["mapped"])
+    for name in ("ahead", "mapped"):
+        for other, in_loop in zip(by_setting[name], by_setting["in_loop"], strict=True):
+            other, in_loop = dict(other), dict(in_loop)
+            assert other.keys() == in_loop.keys()
+            assert np.array_equal(other.pop("image"), in_loop.pop("image"))
+            assert other == in_loop
 
 
 def test_data_files_plain_files_and_single_event_retrieval(tmp_path):

@@ -2,7 +2,8 @@
 """Reading uncompressed HDF5 images straight from the file
 (``om.data_retrieval_layer.hdf5_direct_read``, used by ``nxmx_files.ImageReader``): every
 layout gives exactly h5py's images, the layouts that cannot be read directly fall back to h5py,
-and a truncated file is an error, not a crash. Real HDF5 files in ``tmp_path``."""
+and a truncated file is an error, not a crash, whether the images are copied or memory-mapped.
+Real HDF5 files in ``tmp_path``."""
 
 import os
 
@@ -39,9 +40,10 @@ LAYOUTS = [
 ]
 
 
+@pytest.mark.parametrize("memory_map", [False, True], ids=["copied", "mapped"])
 @pytest.mark.parametrize("dtype", ["<u2", ">u2", "<i4", "<f4", ">f8"])
 @pytest.mark.parametrize("name, keywords, direct", LAYOUTS, ids=[c[0] for c in LAYOUTS])
-def test_every_layout_reads_h5pys_images(tmp_path, name, keywords, direct, dtype):
+def test_every_layout_reads_h5pys_images(tmp_path, name, keywords, direct, dtype, memory_map):
     images = _images(dtype)
     path = tmp_path / f"{name}.h5"
     with h5py.File(path, "w", userblock_size=1024) as handle:  # offsets count the user block
@@ -50,13 +52,18 @@ def test_every_layout_reads_h5pys_images(tmp_path, name, keywords, direct, dtype
     with h5py.File(path, "r") as handle:
         assert (direct_layout(handle["/data/data"]) is not None) == direct
         assert direct_layout(handle["/data/single"]) is not None  # a 2-D contiguous image
-    reader = ImageReader()
+    reader = ImageReader(memory_map=memory_map)
     for index in range(SHAPE[0]):
         image = reader.read(_block(path, "/data/data"), index)
         assert image.dtype == np.dtype(dtype) and image.shape == SHAPE[1:]
         assert np.array_equal(image, images[index])
-    assert np.array_equal(reader.read(_block(path, "/data/single", 1, True), 0), images[2])
+        assert image.flags.writeable == (not memory_map or not direct)
+    single = reader.read(_block(path, "/data/single", 1, True), 0)
+    assert np.array_equal(single, images[2])
+    assert single.flags.writeable == (not memory_map)
     reader.close()
+    # Mapped images outlive their file's closing (the mapping is the array's).
+    assert np.array_equal(single, images[2])
 
 
 def test_storage_never_written_gives_h5pys_fill_values(tmp_path):
@@ -107,16 +114,17 @@ def test_virtual_external_and_compact_data_sets_are_read_by_h5py(tmp_path):
     reader.close()
 
 
+@pytest.mark.parametrize("memory_map", [False, True], ids=["copied", "mapped"])
 @pytest.mark.parametrize("keywords", [{}, {"chunks": (1, *SHAPE[1:])}],
                          ids=["contiguous", "chunked_by_image"])
-def test_a_truncated_file_is_an_error_and_the_reader_goes_on(tmp_path, keywords):
+def test_a_truncated_file_is_an_error_and_the_reader_goes_on(tmp_path, keywords, memory_map):
     images = _images("<u2")
     path = tmp_path / "truncated.h5"
     with h5py.File(path, "w") as handle:
         handle.create_dataset("/data/data", data=images, **keywords)
         offset = (handle["/data/data"].id.get_offset() if not keywords else
                   handle["/data/data"].id.get_chunk_info_by_coord((3, 0, 0)).byte_offset)
-    reader = ImageReader()
+    reader = ImageReader(memory_map=memory_map)
     block = _block(path, "/data/data")
     assert np.array_equal(reader.read(block, 0), images[0])  # opened: its layout is kept
     cut = offset + (3 * images[0].nbytes if not keywords else 0) + 100
@@ -141,4 +149,29 @@ def test_an_index_outside_the_data_set_is_an_error(tmp_path):
     reader = ImageReader()
     with pytest.raises(OmInvalidDataError, match=r"\[6\] cannot be read: image 6 is outside"):
         reader.read(_block(path, "/data/data"), 6)
+    reader.close()
+
+
+def _mapped_regions(path):
+    with open("/proc/self/maps") as maps:
+        return sum(str(path) in line for line in maps)
+
+
+def test_a_memory_mapped_image_is_unmapped_with_its_last_array(tmp_path):
+    """Each mapped image maps only its own pages, and gives them back when its array goes: a
+    monitor going through a large run does not accumulate mappings (nor count the run's pages
+    in its memory)."""
+    images = _images("<u2")
+    path = tmp_path / "mapped.h5"
+    with h5py.File(path, "w") as handle:
+        handle["/data/data"] = images
+    reader = ImageReader(memory_map=True)
+    kept = [reader.read(_block(path, "/data/data"), index) for index in range(SHAPE[0])]
+    assert _mapped_regions(path) == SHAPE[0]
+    view = kept[3][10:20]  # a view keeps its image's mapping
+    kept.clear()
+    assert _mapped_regions(path) == 1
+    assert np.array_equal(view, images[3][10:20])
+    del view
+    assert _mapped_regions(path) == 0
     reader.close()

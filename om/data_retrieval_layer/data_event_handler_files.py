@@ -99,7 +99,7 @@ class Hdf5FilesDataEventHandler:
             documentation).
         data_sources: the Data Sources to extract, by name.
         parameters: the monitor's configuration (keys ``files_data_hdf5_path``,
-            ``files_follow_directory``).
+            ``files_follow_directory``, ``files_read_ahead``, ``files_memory_map``).
 
     Raises:
         OmConfigurationError: when the source names nothing or has a non-ZeroMQ URL.
@@ -116,6 +116,10 @@ class Hdf5FilesDataEventHandler:
             Parameter("files_read_ahead", int, default=2, minimum=0,
                       description="images each processing rank reads ahead in a thread of its "
                       "own, while it processes the current one (0: read in the event loop)"),
+            Parameter("files_memory_map", bool, default=False,
+                      description="map uncompressed images into memory instead of copying "
+                      "them (faster; only for files that nothing truncates or rewrites while "
+                      "the monitor reads them: that would kill the processing rank)"),
         )),
     )
 
@@ -126,8 +130,10 @@ class Hdf5FilesDataEventHandler:
         self._data_sources = data_sources
         self._parameters = parameters
         self._files: list[FileImages] = []
-        self._reader = ImageReader()  # the event generator's (it may run in a thread)
-        self._single_event_reader = ImageReader()  # retrieve_event_data's
+        memory_map = parameters.get(_GROUP, "files_memory_map")
+        # The event generator's (it may run in a thread), and retrieve_event_data's.
+        self._reader = ImageReader(memory_map=memory_map)
+        self._single_event_reader = ImageReader(memory_map=memory_map)
         self._sockets: list[zmq.Socket] = []
         self._stop = threading.Event()
         self._retrieval_ready = False

@@ -9,12 +9,20 @@ data set or in a chunk of its own, HDF5 tells where its bytes lie in the file
 them into a numpy array and releases the GIL while it does. h5py still parses the file; only the
 copy of the bytes bypasses it.
 
+Or, when asked (:meth:`DirectLayout.map`, the files source's ``files_memory_map``), the image
+is not copied at all: its pages of the file are mapped into memory (``mmap``) and the kernels
+read them straight from the page cache. That saves the copy (~0.2 ms of a core per 2 MB
+image), but a file cut short while one of its images is in use then kills the process (SIGBUS)
+instead of giving an error: only for files that nothing truncates or rewrites in place.
+
 Everything else goes through h5py as before (:func:`direct_layout` returns None): filtered
 (compressed) data, virtual data sets, external storage, compact data sets, chunks holding more
 or less than one image, and storage not allocated (h5py returns the fill value there).
 """
 
 import dataclasses
+import errno
+import mmap
 import os
 
 import h5py
@@ -22,6 +30,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from om.lib.exceptions import OmInvalidDataError
+
+# madvise(2) advice (Linux >= 5.14) that maps every page of a range now, reading it in if needed,
+# and fails with EFAULT, instead of a later SIGBUS, where the file ends. Python 3.11's mmap
+# module does not name it.
+_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +57,11 @@ class DirectLayout:
     contiguous_offset: int | None
     dataset: h5py.Dataset | None
 
+    @property
+    def image_nbytes(self) -> int:
+        """Bytes of one stored image."""
+        return self.dtype.itemsize * self.frame_shape[0] * self.frame_shape[1]
+
     def image_offset(self, index: int) -> int | None:
         """The byte offset of image ``index`` in the file, or None when its chunk is not
         allocated (h5py then returns the fill value).
@@ -54,11 +72,10 @@ class DirectLayout:
         if not 0 <= index < self.num_images:
             raise OmInvalidDataError(f"image {index} is outside the data set's "
                                      f"{self.num_images} images")
-        nbytes = self.dtype.itemsize * self.frame_shape[0] * self.frame_shape[1]
         if self.contiguous_offset is not None:
-            return self.contiguous_offset + index * nbytes
+            return self.contiguous_offset + index * self.image_nbytes
         info = self.dataset.id.get_chunk_info_by_coord((index, 0, 0))
-        if info.byte_offset is None or info.size != nbytes or info.filter_mask:
+        if info.byte_offset is None or info.size != self.image_nbytes or info.filter_mask:
             return None
         return int(info.byte_offset)
 
@@ -81,6 +98,48 @@ class DirectLayout:
             raise OmInvalidDataError(f"the file ends {count} bytes into the image's {image.nbytes} "
                                      f"(byte {offset}): truncated")
         return image
+
+    def map(self, fd: int, offset: int) -> NDArray:
+        """Maps the image at byte ``offset`` of the open file ``fd`` into memory, without a
+        copy (module documentation: a file truncated while the image is in use kills the
+        process).
+
+        The pages are mapped at once (``MADV_POPULATE_READ``), so that their page faults are
+        taken here, in the reading thread, and not by the kernels that read the image.
+
+        Returns:
+            A read-only array of ``frame_shape`` and ``dtype`` whose memory is the file's page
+            cache; the mapping is released with the last array that uses it.
+
+        Raises:
+            OmInvalidDataError: when the file ends before the image does (truncated file) or
+                cannot be mapped.
+        """
+        nbytes = self.image_nbytes
+        try:
+            size = os.fstat(fd).st_size
+        except OSError as error:
+            raise OmInvalidDataError(f"cannot be mapped at byte {offset}: {error.strerror}")
+        if offset + nbytes > size:
+            raise OmInvalidDataError(f"the file ends {max(size - offset, 0)} bytes into the "
+                                     f"image's {nbytes} (byte {offset}): truncated")
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        try:
+            mapping = mmap.mmap(fd, offset + nbytes - start, access=mmap.ACCESS_READ,
+                                offset=start)
+        except (OSError, ValueError) as error:
+            raise OmInvalidDataError(f"cannot be mapped at byte {offset}: {error}")
+        try:
+            mapping.madvise(_MADV_POPULATE_READ)
+        except OSError as error:
+            if error.errno == errno.EFAULT:  # cut short since the fstat above
+                mapping.close()
+                raise OmInvalidDataError(f"the file ends within the image's {nbytes} bytes "
+                                         f"(byte {offset}): truncated")
+            # EINVAL: a kernel older than 5.14; the kernels take the page faults instead.
+        image = np.frombuffer(mapping, dtype=self.dtype, count=nbytes // self.dtype.itemsize,
+                              offset=offset - start)
+        return image.reshape(self.frame_shape)
 
 
 def direct_layout(dataset: h5py.Dataset) -> DirectLayout | None:

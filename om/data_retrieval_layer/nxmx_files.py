@@ -528,7 +528,7 @@ def to_float32(image: NDArray[Any]) -> NDArray[np.float32]:
         image: a 2-D integer or floating-point image as stored.
 
     Returns:
-        float32 image of the same shape: unsigned integers' all-ones value (e.g. 0xFFFF for
+        a writeable float32 image of the same shape: unsigned integers' all-ones value (e.g. 0xFFFF for
         uint16, DECTRIS's and Jungfraujoch's mark of defective or missing pixels) and signed
         integers' minimum (e.g. -32768 for int16, Jungfraujoch's fill/underload value) are NaN;
         other values converted exactly up to 2**24. Floats keep their NaN.
@@ -538,7 +538,9 @@ def to_float32(image: NDArray[Any]) -> NDArray[np.float32]:
     """
     kind = image.dtype.kind
     if kind == "f":
-        return np.asarray(image, dtype=np.float32)
+        out = np.asarray(image, dtype=np.float32)
+        # A memory-mapped image is read-only, and the pixel mask is applied in place.
+        return out if out.flags.writeable else out.copy()
     if kind not in "iu":
         raise OmInvalidDataError(f"images must be integers or floats, not {image.dtype}")
     out = image.astype(np.float32)
@@ -552,10 +554,14 @@ class ImageReader:
 
     Args:
         max_open_files: how many HDF5 files to keep open (least recently used closed first).
+        memory_map: map uncompressed images into memory instead of copying them
+            (:meth:`~om.data_retrieval_layer.hdf5_direct_read.DirectLayout.map`: read-only
+            images; a file truncated while one of its images is in use kills the process).
     """
 
-    def __init__(self, max_open_files: int = 8) -> None:
+    def __init__(self, max_open_files: int = 8, memory_map: bool = False) -> None:
         self._max_open_files = max_open_files
+        self._memory_map = memory_map
         self._files: collections.OrderedDict[str, h5py.File] = collections.OrderedDict()
         # Looking a data set up by path costs as much as reading a 2 MB image from the page
         # cache: the open files' data sets are kept.
@@ -581,8 +587,9 @@ class ImageReader:
         """Returns local image ``index`` of ``block`` as stored: 2-D ``block.frame_shape``, of
         the stored dtype (filters such as bitshuffle/LZ4 decoded by HDF5).
 
-        Uncompressed images are copied straight from the file, without holding the GIL
-        (:mod:`om.data_retrieval_layer.hdf5_direct_read`); the others are read by h5py.
+        Uncompressed images are copied straight from the file, without holding the GIL, or
+        mapped, read-only, with ``memory_map`` (:mod:`om.data_retrieval_layer.hdf5_direct_read`);
+        the others are read by h5py.
 
         Raises:
             OmInvalidDataError: when the data set is gone or changed, or the image cannot be
@@ -616,7 +623,8 @@ class ImageReader:
         if layout is not None:
             offset = layout.image_offset(index)
             if offset is not None:
-                return layout.read(handle.id.get_vfd_handle(), offset)
+                read = layout.map if self._memory_map else layout.read
+                return read(handle.id.get_vfd_handle(), offset)
         return dataset[()] if block.single else dataset[index]
 
     def _forget(self, filename: str) -> None:
