@@ -106,6 +106,18 @@ def subscriber(url: str, tag: bytes) -> Iterator[zmq.Socket]:
         sock.close(0)
 
 
+def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Whether ``condition()`` holds within ``timeout`` s, looking every 10 ms (for states that
+    change asynchronously and give nothing to wait on, e.g. subscriptions reaching an XPUB
+    socket, or a producer thread filling its queue)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
 def receive_until(sock: zmq.Socket, condition: Callable[[dict[str, Any]], bool],
                   timeout: float, alive: Callable[[], bool] = lambda: True) -> dict[str, Any]:
     """Receives ``[tag, msgpack]`` messages until one satisfies ``condition``.

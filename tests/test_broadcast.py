@@ -1,11 +1,12 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The broadcast socket knows which tags its subscribers want (real ZeroMQ on 127.0.0.1)."""
 
-import time
 
 import numpy as np
 import pytest
 import zmq
+
+from helpers import eventually
 
 from om.lib import broadcast
 from om.lib.broadcast import DataBroadcaster
@@ -13,16 +14,6 @@ from om.lib.crystfel_feed import SUB_MODE_TAG, CrystfelFrameFeed
 from om.lib.serialization import unpack
 
 _TIMEOUT = 10.0
-
-
-def _eventually(condition) -> bool:
-    """Whether ``condition()`` holds within _TIMEOUT s (subscriptions travel asynchronously)."""
-    deadline = time.monotonic() + _TIMEOUT
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 @pytest.fixture
@@ -54,21 +45,21 @@ def test_no_tag_is_wanted_without_subscribers(broadcaster):
 
 def test_a_tag_is_wanted_while_a_subscriber_of_a_prefix_is_connected(broadcaster):
     gui = _subscriber(broadcaster.url, b"omdata")
-    assert _eventually(lambda: broadcaster.wants("omdata"))
+    assert eventually(lambda: broadcaster.wants("omdata"))
     assert not broadcaster.wants("omframedata")
     assert not broadcaster.wants("ondaframedata")
     everything = _subscriber(broadcaster.url, b"")
-    assert _eventually(lambda: broadcaster.wants("ondaframedata"))
+    assert eventually(lambda: broadcaster.wants("ondaframedata"))
     everything.close()
-    assert _eventually(lambda: not broadcaster.wants("ondaframedata"))
+    assert eventually(lambda: not broadcaster.wants("ondaframedata"))
     assert broadcaster.wants("omdata")  # the first subscriber is still there
     gui.close()
-    assert _eventually(lambda: not broadcaster.wants("omdata"))
+    assert eventually(lambda: not broadcaster.wants("omdata"))
 
 
 def test_a_subscriber_receives_what_it_subscribed_to(broadcaster):
     gui = _subscriber(broadcaster.url, b"omdata")
-    assert _eventually(lambda: broadcaster.wants("omdata"))
+    assert eventually(lambda: broadcaster.wants("omdata"))
     broadcaster.send("omframedata", {"frame_data": np.ones((2, 2), dtype=np.float32)})
     broadcaster.send("omdata", {"num_events": 7})
     assert gui.poll(int(_TIMEOUT * 1000))
@@ -81,10 +72,10 @@ def test_too_many_subscriptions_count_as_wanting_everything(broadcaster):
     # A misbehaving peer: the broadcaster keeps a bounded set and then answers "wanted".
     flood = _subscriber(broadcaster.url,
                         *(f"x{index}".encode() for index in range(broadcast._MAX_SUBSCRIPTIONS)))
-    assert _eventually(lambda: len(_prefixes(broadcaster)) == broadcast._MAX_SUBSCRIPTIONS)
+    assert eventually(lambda: len(_prefixes(broadcaster)) == broadcast._MAX_SUBSCRIPTIONS)
     assert not broadcaster.wants("omdata")
     flood.setsockopt(zmq.SUBSCRIBE, b"one more")
-    assert _eventually(lambda: broadcaster.wants("omdata"))
+    assert eventually(lambda: broadcaster.wants("omdata"))
     assert len(_prefixes(broadcaster)) == broadcast._MAX_SUBSCRIPTIONS
     flood.close()
 
@@ -96,7 +87,7 @@ def test_other_messages_from_a_peer_are_ignored(broadcaster):
     peer.send(b"\x07not a subscription")
     peer.send(b"")
     peer.send(b"\x01omdata")
-    assert _eventually(lambda: broadcaster.wants("omdata"))
+    assert eventually(lambda: broadcaster.wants("omdata"))
     assert _prefixes(broadcaster) == {b"omdata"}
     peer.close()
 
@@ -118,7 +109,7 @@ def test_the_crystfel_feed_builds_frames_only_for_a_subscribed_indexamajig(broad
         feed.offer(result)
         return feed.frames_published > 0
 
-    assert _eventually(offered_and_published)
+    assert eventually(offered_and_published)
     assert indexamajig.poll(int(_TIMEOUT * 1000))
     tag, payload = indexamajig.recv_multipart()
     assert tag == SUB_MODE_TAG.encode()

@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+from helpers import eventually
 
 from om.lib.read_ahead import read_ahead
 
@@ -34,13 +35,6 @@ class Producer:
             self.cleaned_up_in = threading.current_thread().name
 
 
-def _wait_until(condition, timeout=TIMEOUT_S):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
-
-
 @pytest.mark.parametrize("depth", [1, 3])
 def test_every_item_in_order_from_another_thread(depth):
     producer = Producer(50)
@@ -54,7 +48,7 @@ def test_the_producer_runs_at_most_depth_items_ahead():
     items = read_ahead(producer, 3)
     assert next(items) == 0
     # One consumed, three waiting in the queue, one produced and waiting for room.
-    _wait_until(lambda: producer.produced == 5)
+    assert eventually(lambda: producer.produced == 5, TIMEOUT_S)
     time.sleep(0.3)  # it must stay blocked
     assert producer.produced == 5
     items.close()
