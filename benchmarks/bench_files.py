@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """End-to-end benchmark without a stream simulator: raw JUNGFRAU files → ``mpiexec -n N om_monitor.py``.
 
-Run: ``python benchmarks/bench_files.py --ranks 2 --repeats 10 [--runs N] [--memory-map both]``.
+Run: ``python benchmarks/bench_files.py --ranks 2 --repeats 10 [--runs N]
+[--memory-map both]``.
 Writes the 20 real module frames of ../shared/data as 1M frames (the module twice, raw uint16
 (n, 1024, 1024), 200 frames, ~400 MB, read back from the page cache) and lets the monitor's
 HDF5 files source read them ``--repeats`` times on the processing ranks, calibrate them with

@@ -528,10 +528,10 @@ def to_float32(image: NDArray[Any]) -> NDArray[np.float32]:
         image: a 2-D integer or floating-point image as stored.
 
     Returns:
-        a writeable float32 image of the same shape: unsigned integers' all-ones value (e.g. 0xFFFF for
-        uint16, DECTRIS's and Jungfraujoch's mark of defective or missing pixels) and signed
-        integers' minimum (e.g. -32768 for int16, Jungfraujoch's fill/underload value) are NaN;
-        other values converted exactly up to 2**24. Floats keep their NaN.
+        a writeable float32 image of the same shape: unsigned integers' all-ones value (e.g.
+        0xFFFF for uint16, DECTRIS's and Jungfraujoch's mark of defective or missing pixels) and
+        signed integers' minimum (e.g. -32768 for int16, Jungfraujoch's fill/underload value)
+        are NaN; other values converted exactly up to 2**24. Floats keep their NaN.
 
     Raises:
         OmInvalidDataError: for a dtype that is not an integer or float.
