@@ -10,6 +10,10 @@ Two ways, both with the same msgpack payload (``docs/crystfel.md``):
 - **REQ mode** (``--zmq-request=next``): each ``next`` request on the responding socket gets one
   payload, a single frame with no tag, of the oldest queued frame not yet served: several
   indexamajig workers (``-j N``) get different frames. A request waits while the queue is empty.
+  Frames are queued only while a client is there (it asked within ``REQUEST_PATIENCE`` s).
+
+The feed tells the collecting rank how many frames a second it wants from the processing ranks
+(:meth:`CrystfelFrameFeed.frames_wanted_per_second`, ``om/lib/frame_demand.py``).
 
 Payload facts from CrystFEL's ``libcrystfel/src/image-msgpack.c``: a top-level map; the image
 under the key named by the geometry's ``data`` line, as ``{type: '<f4', shape: [ss, fs],
@@ -20,6 +24,7 @@ since indexamajig compares only the length of the key it finds.
 """
 
 import collections
+import math
 import time
 from typing import Any, Literal
 
@@ -31,6 +36,9 @@ from om.lib.serialization import pack
 
 SUB_MODE_TAG = "ondaframedata"
 NEXT_REQUEST = b"next"
+# s without a request after which no REQ client counts as connected: its queued frames are
+# dropped (a client that comes later gets live frames) and it no longer asks for frames.
+REQUEST_PATIENCE = 10.0
 
 
 def crystfel_payload(result: dict[str, Any]) -> bytes:
@@ -89,6 +97,8 @@ class CrystfelFrameFeed:
         self._seen = 0
         self._queue: collections.deque[bytes] = collections.deque(maxlen=max(1, queue_length))
         self._waiting: collections.deque[bytes] = collections.deque(maxlen=256)
+        self._max_rate = max_rate
+        self._last_request = -math.inf
         self.frames_published = 0
         self.frames_served = 0
         if responding_socket is not None:
@@ -106,18 +116,38 @@ class CrystfelFrameFeed:
         now = time.monotonic()
         publish = (now - self._last_sent >= self._min_period
                    and self._broadcaster.wants(SUB_MODE_TAG))
-        if not publish and self._responder is None:
+        queue = self._req_client_connected(now)
+        if not publish and not queue:
             return  # encoding a frame (megabytes) nobody gets would cost the collecting rank
         payload = crystfel_payload(result)
         if publish:
             self._last_sent = now
             self._broadcaster.send_bytes(SUB_MODE_TAG, payload)
             self.frames_published += 1
-        if self._responder is not None:
+        if queue:
             self._queue.append(payload)
             self._serve_waiting()
 
+    def _req_client_connected(self, now: float) -> bool:
+        """Whether a REQ client waits or asked within the last ``REQUEST_PATIENCE`` s."""
+        return self._responder is not None and (
+            bool(self._waiting) or now - self._last_request < REQUEST_PATIENCE)
+
+    def frames_wanted_per_second(self) -> float:
+        """Frames per second this feed wants from the processing ranks: ``inf`` while a REQ
+        client asked within the last ``REQUEST_PATIENCE`` s, twice the SUB mode's
+        ``max_rate`` while someone subscribed to it, else 0."""
+        if self._frames == "none":
+            return 0.0
+        if self._req_client_connected(time.monotonic()):
+            return math.inf
+        self._queue.clear()
+        if not self._broadcaster.wants(SUB_MODE_TAG):
+            return 0.0
+        return 2.0 * self._max_rate if self._max_rate > 0 else math.inf
+
     def _on_next(self, identity: bytes) -> bytes | None:
+        self._last_request = time.monotonic()
         self._waiting.append(identity)
         self._serve_waiting()
         return None

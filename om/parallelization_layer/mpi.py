@@ -12,6 +12,12 @@ through a shared-memory slot of the processing rank instead
 collecting rank polls for results with ``Iprobe`` and, when none is waiting, hands the time to
 the processing layer's ``wait_for_data`` (which sleeps on its own sockets), so it never spins.
 
+Feedback (OM's mechanism): ``collect_data`` may return ``{rank: map}``; each map goes, as
+msgpack, to that processing rank, or to every processing rank still running when the key is the
+collecting rank's own number (rank 0 in OM). A processing rank merges the maps it received into
+the data of the next event it extracts, for that one event (a key the event's data already has
+is counted as ``processing_error`` and dropped).
+
 Stopping: SIGINT/SIGTERM (``mpiexec`` forwards them to every rank) or a STOP message from the
 collecting rank make each processing rank leave its event loop and send a DONE message with
 its last counts; the collecting rank waits (at most ``_FINAL_WAIT`` s) for every DONE, sends
@@ -65,6 +71,7 @@ _TAG_STOP = 3
 _TAG_BUFFER = 4  # an out-of-band array of the next DATA or DONE message
 _TAG_SHARED_BUFFER = 5  # the same, in a shared-memory slot: the slot's descriptor
 _TAG_SLOT_FREE = 6  # collecting -> processing rank: a shared-memory slot copied out (int64)
+_TAG_FEEDBACK = 7  # collecting -> processing rank: collect_data's feedback (msgpack map)
 _OUT_OF_BAND_BYTES = 65536  # arrays this large travel out of band
 # While a message is on its way the collecting rank looks again every _RECEIVE_POLL_STEP s, and
 # still hands the processing layer its idle time (wait_for_data) every _RECEIVE_POLL_PERIOD s.
@@ -134,6 +141,9 @@ class MpiParallelization:
         self._sends_in_flight: collections.deque[tuple[list[MPI.Request], Any]] = (
             collections.deque())
         self._out_of_band = OutOfBandBuffers()  # collecting rank: arrays awaiting their result
+        # Collecting rank: feedback sends not known to be complete (payloads kept alive).
+        self._feedback_in_flight: list[tuple[MPI.Request, bytes]] = []
+        self._feedback: dict[str, Any] = {}  # processing rank: received, not yet merged
         # Without single-copy transfers a frame moves only while its sender calls MPI: frames
         # then go through shared memory, or (other host, no free slot) are driven through MPI.
         self._drive_large_sends = large_sends_need_the_sender(MPI.Get_library_version())
@@ -315,8 +325,10 @@ class MpiParallelization:
         """Retrieves and processes one event: (the ``perf_counter`` time its data was
         retrieved, the result), or (None, None) when bad input made it fail (counted)."""
         self._handler.open_event(event=event)
+        self._receive_feedback()
         try:
             data = self._handler.extract_data(event=event)
+            self._merge_feedback(data)
             retrieved = time.perf_counter()
             result, _ = self._processing.process_data(data=data, **kwargs)
             return retrieved, result
@@ -328,6 +340,35 @@ class MpiParallelization:
         finally:
             self._handler.close_event(event=event)
         return None, None
+
+    def _receive_feedback(self) -> None:
+        """Receives the collecting rank's feedback sent so far (non-blocking), for the next
+        event; a message that is not a msgpack map is counted as ``bad_rank_message``."""
+        status = MPI.Status()
+        while self._comm.Iprobe(source=self._collector, tag=_TAG_FEEDBACK, status=status):
+            buffer = bytearray(status.Get_count(MPI.BYTE))
+            self._comm.Recv([buffer, MPI.BYTE], source=self._collector, tag=_TAG_FEEDBACK)
+            try:
+                message = unpack(bytes(buffer))
+            except OmException as error:
+                problems.report("bad_rank_message", f"feedback: {error}")
+                continue
+            if not isinstance(message, dict):
+                problems.report("bad_rank_message",
+                                f"feedback: a {type(message).__name__}, not a map")
+                continue
+            self._feedback.update(message)
+
+    def _merge_feedback(self, data: dict[str, Any]) -> None:
+        """Adds the feedback received since the last event to this event's data."""
+        if not self._feedback:
+            return
+        clashing = sorted(str(key) for key in self._feedback if key in data)
+        if clashing:
+            problems.report("processing_error", f"feedback keys {', '.join(clashing)} are "
+                            "also the event's data: dropped")
+        data.update((key, value) for key, value in self._feedback.items() if key not in data)
+        self._feedback = {}
 
     def _run_processing_rank(self) -> None:
         kwargs = {"node_rank": self._rank, "node_pool_size": self._size}
@@ -359,7 +400,9 @@ class MpiParallelization:
         if self._shared_sender is not None:
             self._take_back_slots()
             self._shared_sender.close()
+        self._receive_feedback()  # sent before our DONE arrived: received, not left unmatched
         self._final_barrier()
+        self._receive_feedback()
 
     def _final_barrier(self) -> None:
         """Waits (at most ``_FINAL_WAIT`` s) until every rank is done sending."""
@@ -482,4 +525,30 @@ class MpiParallelization:
         if tag == _TAG_DONE:
             done.add(source)
         if result is not None:
-            self._processing.collect_data(processed_data=(result, source), **kwargs)
+            feedback = self._processing.collect_data(processed_data=(result, source), **kwargs)
+            if feedback:
+                self._send_feedback(feedback, done)
+
+    def _send_feedback(self, feedback: dict[int, dict[str, Any]], done: set[int]) -> None:
+        """Sends each map of ``collect_data``'s feedback to its rank (the collecting rank's
+        number: every processing rank) unless that rank is done; a map msgpack cannot carry
+        or a key that is no processing rank is counted as ``processing_error``."""
+        self._feedback_in_flight = [(request, payload) for request, payload
+                                    in self._feedback_in_flight if not request.Test()]
+        running = set(range(self._size)) - {self._collector} - done
+        for key, message in feedback.items():
+            if key == self._collector:
+                ranks = running
+            elif isinstance(key, int) and 0 <= key < self._size:
+                ranks = running & {key}
+            else:
+                problems.report("processing_error", f"feedback for rank {key!r}: no such rank")
+                continue
+            try:
+                payload = pack(message)
+            except (TypeError, OmException) as error:
+                problems.report("processing_error", f"feedback not sent: {error}")
+                continue
+            for rank in sorted(ranks):
+                request = self._comm.Isend([payload, MPI.BYTE], dest=rank, tag=_TAG_FEEDBACK)
+                self._feedback_in_flight.append((request, payload))

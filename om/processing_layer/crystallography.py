@@ -19,6 +19,7 @@ from om.lib.broadcast import DataBroadcaster
 from om.lib.crystfel_feed import CrystfelFrameFeed
 from om.lib.exceptions import OmConfigurationError
 from om.lib.event_rate import EventRateMeter
+from om.lib.frame_demand import FrameDemand, FrameSendingGate
 from om.lib.geometry import DetectorGeometry, assemble, load_bad_pixel_map, load_geometry
 from om.lib.hit_rate import HitRateHistory
 from om.lib.parameters import MonitorParameters, Parameter, ParameterGroup
@@ -74,9 +75,11 @@ class CrystallographyProcessing:
             Parameter("responding_url", str, default=None, nullable=True,
                       description="ZeroMQ URL of the responding (ROUTER) socket, or null"),
             Parameter("hit_frame_sending_interval", int, default=1,
-                      description="send every Nth hit frame of each rank (0: none)"),
+                      description="send every Nth hit frame of each rank (0: none), while "
+                      "subscribers want frames"),
             Parameter("non_hit_frame_sending_interval", int, default=0,
-                      description="send every Nth non-hit frame of each rank (0: none)"),
+                      description="send every Nth non-hit frame of each rank (0: none), "
+                      "while subscribers want frames"),
             Parameter("speed_report_interval", int, default=100,
                       description="events between two speed reports on the console"),
             Parameter("peakogram_radius_bin_size", float, default=2.0,
@@ -169,6 +172,7 @@ class CrystallographyProcessing:
         self._non_hit_interval = self._get("non_hit_frame_sending_interval")
         self._hits_seen = 0
         self._non_hits_seen = 0
+        self._frame_gate = FrameSendingGate(processing_ranks=node_pool_size - 1)
 
     def _warm_up_frame(self) -> np.ndarray:
         """A noisy frame with one bright spot inside the searched radii: peakfinder8 runs every
@@ -182,12 +186,16 @@ class CrystallographyProcessing:
         return frame
 
     def _frame_is_due(self, is_hit: bool) -> bool:
-        # OM's rule: each processing rank sends every Nth hit (or non-hit) frame.
+        # OM's rule: each processing rank sends every Nth hit (or non-hit) frame; of those,
+        # only as many as the collecting rank's consumers want (om/lib/frame_demand.py).
         if is_hit:
             self._hits_seen += 1
-            return self._hit_interval > 0 and self._hits_seen % self._hit_interval == 0
-        self._non_hits_seen += 1
-        return self._non_hit_interval > 0 and self._non_hits_seen % self._non_hit_interval == 0
+            due = self._hit_interval > 0 and self._hits_seen % self._hit_interval == 0
+        else:
+            self._non_hits_seen += 1
+            due = (self._non_hit_interval > 0
+                   and self._non_hits_seen % self._non_hit_interval == 0)
+        return due and self._frame_gate.allows()
 
     def process_data(self, *, node_rank: int, node_pool_size: int,
                      data: dict[str, Any]) -> tuple[dict[str, Any], int]:
@@ -197,7 +205,8 @@ class CrystallographyProcessing:
             data: the event's ``detector_data`` (float32 (ss, fs) calibrated frame),
                 ``timestamp`` (s), ``event_id`` (str), ``beam_energy`` (eV) and
                 ``detector_distance`` (mm); optionally ``detector_spots`` (``fs``, ``ss``,
-                ``intensity`` arrays: spots found by the detector's software, passed through).
+                ``intensity`` arrays: spots found by the detector's software, passed through)
+                and the collecting rank's feedback ``frames_wanted_per_second``.
 
         Returns:
             The result map (peaks as float64 arrays ``peak_fs``, ``peak_ss``,
@@ -205,6 +214,7 @@ class CrystallographyProcessing:
             ``detector_data`` when due for sending) and this rank.
         """
         frame = data["detector_data"]
+        self._frame_gate.update(data)
         peaks = self._peakfinder.find_peaks(frame)
         num_peaks = len(peaks.fs)
         is_hit = self._min_peaks < num_peaks < self._max_peaks
@@ -258,6 +268,8 @@ class CrystallographyProcessing:
         self._rate = EventRateMeter()
         self._num_hits = 0
         self._events_per_rank: dict[str, int] = {}
+        self._frames_received = 0
+        self._frame_demand = FrameDemand(collecting_rank=node_rank)
         self._start = time.time()
         self._latest: dict[str, Any] = {}
         self._latest_frame: dict[str, Any] | None = None
@@ -301,8 +313,14 @@ class CrystallographyProcessing:
         return b"ok: hit rate history, virtual powder plot and peakogram reset"
 
     def collect_data(self, *, node_rank: int, node_pool_size: int,
-                     processed_data: tuple[dict[str, Any], int]) -> None:
-        """Adds one frame's result to the aggregates and broadcasts when due."""
+                     processed_data: tuple[dict[str, Any], int]
+                     ) -> dict[int, dict[str, float]] | None:
+        """Adds one frame's result to the aggregates and broadcasts when due.
+
+        Returns:
+            Feedback for every processing rank when the frames per second its subscribers
+            want has changed (``frames_wanted_per_second``, om/lib/frame_demand.py), else None.
+        """
         result, rank = processed_data
         self._events_per_rank[str(rank)] = self._events_per_rank.get(str(rank), 0) + 1
         if self._rate.count == 0:  # speed reports measure from the first event, not start-up
@@ -320,10 +338,19 @@ class CrystallographyProcessing:
                                 np.asarray(result["peak_max_pixel_intensity"]))
         self._latest = result
         if "detector_data" in result:
+            self._frames_received += 1
             self._latest_frame = result
             self._crystfel.offer(result)
         self._broadcast_if_due()
         self._report_speed_if_due()
+        return self._frame_demand.feedback(self._frames_wanted_per_second)
+
+    def _frames_wanted_per_second(self) -> float:
+        """Frames per second the subscribers want from all processing ranks together: twice
+        what the frame broadcasts show (so that a frame is there for each one), plus the
+        CrystFEL feed's; ``inf`` while indexamajig asks in REQ mode."""
+        rate = 2.0 / _MIN_BROADCAST_GAP if self._broadcaster.wants("omframedata") else 0.0
+        return rate + self._crystfel.frames_wanted_per_second()
 
     def _peak_pixels_in_assembled(self, fs: np.ndarray,
                                   ss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -387,6 +414,7 @@ class CrystallographyProcessing:
             "num_events": events,
             "num_hits": self._num_hits,
             "num_events_per_rank": dict(self._events_per_rank),
+            "num_frames_received": self._frames_received,
             "events_per_second": self._rate.rate(),
             "problems": problems.counts(),
             "responding_url": self._responder.url if self._responder else None,

@@ -38,7 +38,13 @@ class OmProcessingProtocol(Protocol):
     def collect_data(
         self, *, node_rank: int, node_pool_size: int, processed_data: tuple[dict[str, Any], int]
     ) -> dict[int, dict[str, Any]] | None:
-        """Aggregates one result on the collecting rank; may return feedback for ranks."""
+        """Aggregates one result on the collecting rank.
+
+        Returns:
+            None, or feedback for the processing ranks (OM's rule): ``{rank: map}``, the
+            collecting rank's own number meaning every processing rank. Each map (msgpack-
+            encodable) is merged into the data of the next event each of those ranks extracts.
+        """
 
     def end_processing_on_processing_node(
         self, *, node_rank: int, node_pool_size: int
