@@ -2,7 +2,7 @@
 """End-to-end benchmark without a stream simulator: raw JUNGFRAU files → ``mpiexec -n N om_monitor.py``.
 
 Run: ``python benchmarks/bench_files.py --ranks 2 --repeats 10 [--runs N]
-[--memory-map both]``.
+[--memory-map both] [--watch-frames]``.
 Writes the 20 real module frames of ../shared/data as 1M frames (the module twice, raw uint16
 (n, 1024, 1024), 200 frames, ~400 MB, read back from the page cache) and lets the monitor's
 HDF5 files source read them ``--repeats`` times on the processing ranks, calibrate them with
@@ -14,6 +14,8 @@ where the processing ranks' time went per event (its final summary), and, with b
 run just before and after (the host's speed drifts), the events/s per processing rank as a
 share of the kernel's frames/s alone. ``--memory-map both`` measures the monitor with the images
 copied from the file and memory-mapped (``files_memory_map``) in alternating runs.
+The subscriber takes ``omdata`` only unless ``--watch-frames`` (then ``omframedata`` too, as the
+GUI does): the processing ranks send frames only while someone subscribed to them.
 """
 
 import argparse
@@ -44,7 +46,8 @@ _IMAGES = {False: "images copied", True: "images memory-mapped"}
 
 
 def run(*, ranks: int, repeats: int, read_ahead: int | None = None,
-        memory_map: bool = False) -> dict:
+        memory_map: bool = False, watch_frames: bool = False,
+        hit_frame_interval: int = 10) -> dict:
     """Runs the monitor once over the files; returns the figures (see the module doc)."""
     need_real_data()
     folder = pathlib.Path(tempfile.mkdtemp(prefix="om_bench_files_"))
@@ -58,7 +61,7 @@ def run(*, ranks: int, repeats: int, read_ahead: int | None = None,
         "om": {"data_retrieval_layer": "Hdf5FilesDataRetrieval"},
         "crystallography": {"geometry_file": str(GEOMETRY_1M), "data_broadcast_url": broadcast,
                             "responding_url": None, "speed_report_interval": 1000,
-                            "hit_frame_sending_interval": 10},
+                            "hit_frame_sending_interval": hit_frame_interval},
     }, replace_groups={"data_retrieval_layer": {
         "fallback_beam_energy_in_eV": constants["photon_energy_ev"],
         "fallback_detector_distance_in_mm": 100.0, "files_data_hdf5_path": "/raw",
@@ -68,8 +71,12 @@ def run(*, ranks: int, repeats: int, read_ahead: int | None = None,
         "files_memory_map": memory_map,
         **({} if read_ahead is None else {"files_read_ahead": read_ahead})}})
     source = ",".join([str(data_file)] * repeats)
+    frames_received = None
     subscriber = zmq.Context.instance().socket(zmq.SUB)
     subscriber.setsockopt(zmq.SUBSCRIBE, b"omdata")
+    if watch_frames:  # as the GUI does: the processing ranks then send frames
+        subscriber.setsockopt(zmq.SUBSCRIBE, b"omframedata")
+    frame_broadcasts = 0
     subscriber.connect(broadcast)
     log = open(folder / "monitor.log", "w")  # noqa: SIM115 (closed below)
     monitor = subprocess.Popen(monitor_command(source, config, ranks), stdout=log,
@@ -86,7 +93,11 @@ def run(*, ranks: int, repeats: int, read_ahead: int | None = None,
             processes = _rank_processes(mpiexec)
         if not subscriber.poll(200):
             continue
-        message = unpack(subscriber.recv_multipart()[1])
+        tag, payload = subscriber.recv_multipart()
+        if tag != b"omdata":
+            frame_broadcasts += 1
+            continue
+        message = unpack(payload)
         now = time.monotonic()
         try:
             cpu = {rank: sum(p.cpu_times()[:2]) for rank, p in processes.items()}
@@ -96,6 +107,7 @@ def run(*, ranks: int, repeats: int, read_ahead: int | None = None,
         if first is None:
             first, cpu_start = (now, message["num_events"]), cpu
         last, cpu_end = (now, message["num_events"]), cpu
+        frames_received = message.get("num_frames_received")
     if monitor.poll() is None:
         monitor.kill()
     monitor.wait(30)
@@ -111,7 +123,8 @@ def run(*, ranks: int, repeats: int, read_ahead: int | None = None,
             "events_per_second": (last[1] - first[1]) / elapsed,
             "cpu": {rank: (cpu_end[rank] - cpu_start.get(rank, 0.0)) / elapsed
                     for rank in cpu_end},
-            "rss_mb": rss, "exit_code": monitor.returncode, "log": str(folder / "monitor.log")}
+            "rss_mb": rss, "exit_code": monitor.returncode, "log": str(folder / "monitor.log"),
+            "frames_received": frames_received, "frame_broadcasts": frame_broadcasts}
 
 
 def kernel_ms_per_frame(repeats: int) -> float:
@@ -130,7 +143,9 @@ def measure_once(arguments: argparse.Namespace,
     frames/s alone, or None without kernel runs)."""
     kernel = [kernel_ms_per_frame(arguments.kernel_repeats)] if arguments.kernel_repeats else []
     figures = run(ranks=arguments.ranks, repeats=arguments.repeats,
-                  read_ahead=arguments.read_ahead, memory_map=memory_map)
+                  read_ahead=arguments.read_ahead, memory_map=memory_map,
+                  watch_frames=arguments.watch_frames,
+                  hit_frame_interval=arguments.hit_frame_interval)
     if kernel:
         kernel.append(kernel_ms_per_frame(arguments.kernel_repeats))
     print(f"files end to end: mpiexec -n {figures['ranks']} ({figures['ranks'] - 1} processing "
@@ -139,6 +154,9 @@ def measure_once(arguments: argparse.Namespace,
     print(f"  processed {figures['events']} / {figures['expected']}, "
           f"{figures['events_per_second']:.1f} events/s (first to last broadcast), "
           f"monitor exit code {figures['exit_code']}")
+    print(f"  frames sent to the collecting rank: {figures['frames_received']}; omframedata "
+          f"broadcasts received: {figures['frame_broadcasts']}"
+          f"{'' if arguments.watch_frames else ' (not subscribed)'}")
     report_ranks(figures["cpu"], figures["rss_mb"], figures["events_per_second"])
     stages = report_stages(figures["log"])
     share = None
@@ -175,6 +193,12 @@ def main() -> None:
     parser.add_argument("--memory-map", choices=("off", "on", "both"), default="off",
                         help="files_memory_map of the monitor; both: alternate the two in "
                         "each run (default off)")
+    parser.add_argument("--watch-frames", action="store_true",
+                        help="subscribe to omframedata too, as the GUI does (the processing "
+                        "ranks send frames only while someone subscribed)")
+    parser.add_argument("--hit-frame-interval", type=int, default=10,
+                        help="hit_frame_sending_interval of the monitor (default 10; the "
+                        "example monitor.yaml's is 1: every hit)")
     arguments = parser.parse_args()
     need_real_data()
     modes = {"off": [False], "on": [True], "both": [False, True]}[arguments.memory_map]

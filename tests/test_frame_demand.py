@@ -2,19 +2,28 @@
 """Frames on demand: the processing ranks send frames only as often as subscribers want them
 (om/lib/frame_demand.py), told through the MPI layer's feedback (OM's mechanism)."""
 
+import itertools
 import math
 import time
 
 import pytest
 import zmq
+from helpers import (
+    Process,
+    configure,
+    counts_during,
+    eventually,
+    free_port,
+    monitor_command,
+    receive_until,
+    simulator_command,
+    subscriber,
+)
 
 from om.lib.broadcast import DataBroadcaster
 from om.lib.crystfel_feed import REQUEST_PATIENCE, CrystfelFrameFeed
 from om.lib.frame_demand import FEEDBACK_KEY, FrameDemand, FrameSendingGate
 from om.lib.responding_socket import RespondingSocket
-
-from helpers import (Process, configure, counts_during, eventually, free_port, monitor_command,
-                     receive_until, simulator_command, subscriber)
 
 
 def test_the_gate_sends_every_due_frame_until_told_otherwise():
@@ -34,7 +43,7 @@ def test_the_gate_shares_the_wanted_rate_between_the_processing_ranks():
     times = [t / 64 for t in range(3 * 64)]  # 3 s in steps of 1/64 s (exact in binary)
     sent = [t for t in times if gate.allows(now=t)]
     assert len(sent) == 24
-    assert min(b - a for a, b in zip(sent, sent[1:])) == 0.125
+    assert min(b - a for a, b in itertools.pairwise(sent)) == 0.125
 
 
 @pytest.mark.parametrize("value", [-1.0, math.nan, "many", True, None])
@@ -98,7 +107,7 @@ def test_frames_flow_only_while_a_subscriber_wants_them(tmp_path, real_module_fi
     simulator = Process(simulator_command(urls, "--file", str(real_module_file), "--rate", "60",
                                           "--frames", "100000"), tmp_path, "simulator")
     monitor = Process(monitor_command(urls, config), tmp_path, "monitor")
-    alive = lambda: monitor.popen.poll() is None  # noqa: E731
+    alive = lambda: monitor.popen.poll() is None
     try:
         with subscriber(broadcast, b"omdata") as omdata:
             first = receive_until(omdata, lambda m: m["num_events"] >= 60, 180, alive)
