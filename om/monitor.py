@@ -17,6 +17,7 @@ import zmq
 from om.lib.components import resolve_class
 from om.lib.exceptions import OmException
 from om.lib.parameters import MonitorParameters, Parameter, ParameterGroup
+from om.lib.problems import log_format
 from om.lib.stop_signals import on_stop_signals
 
 OM_GROUP = ParameterGroup("om", (
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None, early_stop: threading.Event | None = Non
 
     rank = MPI.COMM_WORLD.Get_rank()
     logging.basicConfig(level=arguments.log_level,
-                        format=f"om[{rank}] %(levelname)s: %(message)s", stream=sys.stderr)
+                        format=log_format(rank), stream=sys.stderr)
     try:
         monitor = build_monitor(arguments.source, arguments.config)
         monitor.initialize()

@@ -1,24 +1,39 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""The JUNGFRAU frame assembler on real ZeroMQ sockets on 127.0.0.1."""
+"""The JUNGFRAU frame assembler on real ZeroMQ sockets on 127.0.0.1, in a thread and in a
+process of its own (``frame_assembly_process``)."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 
+from om.data_retrieval_layer.frame_assembler_process import FrameAssemblerProcess
 from om.data_retrieval_layer.frame_distribution import FrameReceiver
 from om.data_retrieval_layer.jungfrau_frame_assembler import JungfrauFrameAssembler
+from om.lib.exceptions import OmConfigurationError
 from om.lib.problems import problems
 from om.simulation.jungfrau_stream import JungfrauStreamSender
 
+from helpers import eventually
 
-@pytest.fixture
-def streams():
+
+def _settings(urls, **changes):
+    return {"stream_urls": urls, "distribution_host": "127.0.0.1", "rows_per_stream": 512,
+            "assembly_timeout": 0.3, "expected_receivers": 1, **changes}
+
+
+@pytest.fixture(params=["thread", "process"])
+def streams(request):
     sender = JungfrauStreamSender(["tcp://127.0.0.1:*", "tcp://127.0.0.1:*"])
-    assembler = JungfrauFrameAssembler(stream_urls=sender.urls, distribution_host="127.0.0.1",
-                                       rows_per_stream=512, assembly_timeout=0.3,
-                                       expected_receivers=1)
+    if request.param == "thread":
+        assembler = JungfrauFrameAssembler(**_settings(sender.urls))
+    else:
+        assembler = FrameAssemblerProcess(assembler=_settings(sender.urls))
     assembler.start()
     receiver = FrameReceiver(assembler.endpoint, n_slots=8, slot_bytes=2 * 512 * 1024 * 2)
     assert sender.wait_for_subscribers(10.0)
@@ -44,8 +59,12 @@ def _module(value):
     return np.full((512, 1024), value, dtype=np.uint16)
 
 
+def _count(kind):
+    return problems.counts().get(kind, 0)
+
+
 def test_complete_frames_are_forwarded_whole(streams):
-    sender, _, pull = streams
+    sender, assembler, pull = streams
     for number in range(1, 4):
         frame = np.concatenate([_module(number), _module(100 + number)])
         sender.send_frame(frame, number, timestamp_ticks=number * 10_000_000)
@@ -58,6 +77,7 @@ def test_complete_frames_are_forwarded_whole(streams):
         assert meta["headers"][1]["modId"] == 1
     times = [meta["timestamp"] for meta, _ in received]
     np.testing.assert_allclose(np.diff(times), [1.0, 1.0])
+    assert eventually(lambda: assembler.frames_forwarded == 3, 5)
 
 
 def test_bad_input_is_counted_and_good_frames_follow(streams):
@@ -75,9 +95,10 @@ def test_bad_input_is_counted_and_good_frames_follow(streams):
     received = _frames(pull, 1)
     assert [meta["frame_number"] for meta, _ in received] == [12]
     assert _frames(pull, 1, timeout_ms=1000) == []  # frame 11 never comes: modules not mixed
-    after = problems.counts()
     for kind, expected in (("wrong_size", 1), ("bad_header", 2), ("incomplete_frame", 1)):
-        assert after.get(kind, 0) - before.get(kind, 0) == expected, kind
+        # From a process of its own, the counts come within 0.1 s.
+        assert eventually(lambda: _count(kind) - before.get(kind, 0) == expected, 5), kind
+    assert _count("wrong_size") - before.get("wrong_size", 0) == 1
 
 
 def test_a_module_image_after_its_frame_expired_is_late_not_a_second_incomplete_frame(streams):
@@ -104,13 +125,67 @@ def test_a_module_image_after_its_frame_expired_is_late_not_a_second_incomplete_
 
 
 def test_frame_numbers_a_stream_skips_are_counted(streams):
-    sender, _, receiver = streams
+    sender, assembler, receiver = streams
     before = problems.counts().get("missed_module_images", 0)
     for number in (30, 31, 35, 36):  # 32-34 never sent: 3 per module stream
         sender.send_frame(np.concatenate([_module(number), _module(number)]), number, 0)
     assert [meta["frame_number"] for meta, _ in _frames(receiver, 4)] == [30, 31, 35, 36]
-    assert problems.counts().get("missed_module_images", 0) - before == 2 * 3
+    assert eventually(lambda: _count("missed_module_images") - before == 2 * 3, 5)
     sender.send_end_of_acquisition()  # a new acquisition counts from 1 again: no gap
     sender.send_frame(np.concatenate([_module(1), _module(1)]), 1, 0)
     assert [meta["frame_number"] for meta, _ in _frames(receiver, 1)] == [1]
-    assert problems.counts().get("missed_module_images", 0) - before == 2 * 3
+    assert eventually(lambda: assembler.acquisitions_ended == 2, 5)  # one per stream
+    assert _count("missed_module_images") - before == 2 * 3
+
+
+def test_the_process_reports_its_start_up_error():
+    with pytest.raises(OmConfigurationError, match="cannot connect to the detector stream"):
+        FrameAssemblerProcess(assembler=_settings(["tcp://127.0.0.1:1", "nonsense://x"]))
+
+
+_PARENT = """
+import sys, time
+from om.data_retrieval_layer.frame_assembler_process import FrameAssemblerProcess
+assembler = FrameAssemblerProcess(assembler={settings!r})
+assembler.start()
+print(assembler.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"  # a zombie is gone
+    except FileNotFoundError:
+        return False
+
+
+def test_the_process_does_not_outlive_the_collecting_rank():
+    settings = _settings(["tcp://127.0.0.1:1", "tcp://127.0.0.1:2"])
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT.format(settings=settings)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        assert _alive(child)
+        os.kill(parent.pid, signal.SIGKILL)  # as mpiexec kills a rank
+        parent.wait(10)
+        assert eventually(lambda: not _alive(child), 10), "the assembler process outlived it"
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def test_the_process_stops_when_asked_and_ignores_ctrl_c():
+    sender = JungfrauStreamSender(["tcp://127.0.0.1:*", "tcp://127.0.0.1:*"])
+    assembler = FrameAssemblerProcess(assembler=_settings(sender.urls, expected_receivers=0))
+    assembler.start()
+    try:
+        os.kill(assembler.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
+        assert sender.wait_for_subscribers(10.0)  # still there, subscribed
+        sender.send_frame(np.concatenate([_module(5), _module(5)]), 5, 0)
+        assert eventually(lambda: _count("frame_dropped_ranks_busy") > 0, 5)  # no receiver
+    finally:
+        assembler.stop()
+        sender.close()
+    assert assembler.returncode == 0

@@ -17,6 +17,7 @@ from om.data_retrieval_layer.data_extraction import (
     StreamWithoutSingleEvents,
     extract_from_data_sources,
 )
+from om.data_retrieval_layer.frame_assembler_process import FrameAssemblerProcess
 from om.data_retrieval_layer.frame_distribution import FrameReceiver
 from om.data_retrieval_layer.jungfrau_frame_assembler import (
     BYTES_PER_PIXEL,
@@ -25,6 +26,7 @@ from om.data_retrieval_layer.jungfrau_frame_assembler import (
 )
 from om.lib.exceptions import OmConfigurationError
 from om.lib.parameters import MonitorParameters, Parameter, ParameterGroup
+from om.lib.problems import log_format
 from om.protocols.data_retrieval_layer import OmDataSourceProtocol
 
 _GROUP = "data_retrieval_layer"
@@ -51,6 +53,9 @@ class Jungfrau1MZmqDataEventHandler(StreamWithoutSingleEvents):
         ParameterGroup(_GROUP, (
             Parameter("frame_assembly_timeout", float, default=0.5,
                       description="wait for the missing modules of a frame, s"),
+            Parameter("frame_assembly_process", bool, default=True,
+                      description="assemble frames in a process of their own beside the "
+                      "collecting rank (else in a thread of it)"),
             Parameter("frame_distribution_host", str, default="127.0.0.1",
                       description="interface the collecting rank deals frames on"),
             Parameter("frame_queue_size", int, default=8, minimum=1,
@@ -74,7 +79,7 @@ class Jungfrau1MZmqDataEventHandler(StreamWithoutSingleEvents):
                 raise OmConfigurationError(f"source URL {url!r} is not a ZeroMQ tcp:// or ipc:// URL")
         self._data_sources = data_sources
         self._parameters = parameters
-        self._assembler: JungfrauFrameAssembler | None = None
+        self._assembler: JungfrauFrameAssembler | FrameAssemblerProcess | None = None
         self._endpoint: str | None = None
         self._receiver: FrameReceiver | None = None
         self._stop = threading.Event()
@@ -82,18 +87,25 @@ class Jungfrau1MZmqDataEventHandler(StreamWithoutSingleEvents):
     def initialize_event_handling_on_collecting_node(
         self, *, node_rank: int, node_pool_size: int
     ) -> dict[str, Any]:
-        """Starts the frame assembler; returns ``{"frame_endpoint": URL}`` for processing ranks.
+        """Starts the frame assembler (in a process of its own with ``frame_assembly_process``,
+        else in a thread); returns ``{"frame_endpoint": URL}`` for processing ranks.
 
         Raises:
-            OmConfigurationError: when a stream URL is malformed or the PUSH socket cannot bind.
+            OmConfigurationError: when a stream URL is malformed or the dealer's socket cannot
+                bind.
         """
-        self._assembler = JungfrauFrameAssembler(
-            stream_urls=self._urls,
-            distribution_host=self._parameters.get(_GROUP, "frame_distribution_host"),
-            rows_per_stream=_ROWS_PER_FRAME // len(self._urls),
-            assembly_timeout=self._parameters.get(_GROUP, "frame_assembly_timeout"),
-            expected_receivers=node_pool_size - 1,
-        )
+        settings = {
+            "stream_urls": self._urls,
+            "distribution_host": self._parameters.get(_GROUP, "frame_distribution_host"),
+            "rows_per_stream": _ROWS_PER_FRAME // len(self._urls),
+            "assembly_timeout": self._parameters.get(_GROUP, "frame_assembly_timeout"),
+            "expected_receivers": node_pool_size - 1,
+        }
+        if self._parameters.get(_GROUP, "frame_assembly_process"):
+            self._assembler = FrameAssemblerProcess(assembler=settings,
+                                                    log_format=log_format(node_rank))
+        else:
+            self._assembler = JungfrauFrameAssembler(**settings)
         self._assembler.start()
         return {"frame_endpoint": self._assembler.endpoint}
 

@@ -62,5 +62,10 @@ class ProblemCounter:
         return unsent
 
 
+def log_format(rank: int) -> str:
+    """The ``logging`` format of the monitor's lines on stderr: ``om[RANK] LEVEL: message``."""
+    return f"om[{rank}] %(levelname)s: %(message)s"
+
+
 problems = ProblemCounter()
 """The process-wide counter every layer reports to."""

@@ -1,0 +1,234 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The JUNGFRAU frame assembler in a process of its own, beside the collecting rank.
+
+In the collecting rank's process the assembler thread and the main thread (MPI receive,
+aggregation, broadcasts) share Python's GIL: measured at 300 frames/s, 0.53 and 0.43 ms of CPU
+per frame, so one collecting rank followed about 1000 frames/s even with cores to spare
+(docs/performance.md). Here the assembler runs in a child Python process started by the
+collecting rank (``python -m om.data_retrieval_layer.frame_assembler_process``), with its own
+GIL, and deals frames to the processing ranks exactly as in a thread (its
+:class:`~om.data_retrieval_layer.frame_distribution.FrameDealer` binds the endpoint they
+connect to).
+
+The two processes talk over a ZeroMQ PAIR socket on 127.0.0.1, in msgpack maps:
+
+* child → parent, once: ``{"endpoint": url}`` when the assembler is ready, or ``{"error":
+  message}`` when it could not start (a malformed stream URL, a port that cannot be bound);
+* child → parent, every 0.1 s while something changed, and a last time when it stops:
+  ``{"problems": {kind: count added}, "frames_forwarded": n, "acquisitions_ended": m}``; the
+  parent adds the problem counts to its own (the child logs each problem itself, on stderr);
+* parent → child: ``b"stop"``.
+
+The child runs in a session of its own and ignores SIGINT, so a Ctrl-C sent to the monitor's
+process group does not reach it (the collecting rank decides when it stops); it stops on
+SIGTERM, and asks Linux to send it SIGTERM when the collecting rank dies
+(``PR_SET_PDEATHSIG``), so it never outlives the monitor. It gets no MPI environment: it must not join the MPI job.
+"""
+
+import ctypes
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import zmq
+
+from om.data_retrieval_layer.jungfrau_frame_assembler import JungfrauFrameAssembler
+from om.lib.exceptions import OmConfigurationError, OmException
+from om.lib.problems import problems
+from om.lib.serialization import pack, unpack
+from om.lib.zmq_sockets import bind_socket
+
+logger = logging.getLogger("om")
+
+_STATUS_PERIOD = 0.1  # s between two status messages of the child
+_START_TIMEOUT = 60.0  # s for the child to start (imports numpy, zmq, binds)
+_STOP_TIMEOUT = 5.0  # s for the child to stop before it is killed
+_STOP = b"stop"
+_PR_SET_PDEATHSIG = 1
+# Environment variables of MPI launchers: the child must not look like a rank of the job.
+_MPI_ENVIRONMENT = ("PMI_", "PMIX_", "HYDRA_", "MPIR_", "MPICH_", "I_MPI_", "OMPI_")
+
+
+class FrameAssemblerProcess:
+    """A :class:`~om.data_retrieval_layer.jungfrau_frame_assembler.JungfrauFrameAssembler`
+    run in a child process; the same interface (``start``, ``stop``, ``endpoint``,
+    ``frames_forwarded``, ``acquisitions_ended``).
+
+    Args:
+        assembler: the assembler's keyword arguments (JSON-encodable: ``stream_urls``,
+            ``distribution_host``, ``rows_per_stream``, ``assembly_timeout``,
+            ``expected_receivers``).
+        log_format: the logging format of the child's lines (the collecting rank's).
+
+    Raises:
+        OmConfigurationError: the assembler's own start-up error, or when the child does not
+            start within 60 s.
+    """
+
+    def __init__(self, *, assembler: dict[str, Any], log_format: str = "om %(levelname)s: "
+                 "%(message)s") -> None:
+        self._control, url = bind_socket(zmq.PAIR, "tcp://127.0.0.1:*",
+                                         what="the frame assembler's control socket")
+        environment = {key: value for key, value in os.environ.items()
+                       if not key.startswith(_MPI_ENVIRONMENT)}
+        settings = {"assembler": assembler, "log_format": log_format,
+                    "log_level": logging.getLogger().getEffectiveLevel()}
+        # A session of its own: a Ctrl-C sent to the monitor's process group must not reach it
+        # (it would die of KeyboardInterrupt while importing); the collecting rank stops it.
+        self._child = subprocess.Popen([sys.executable, "-m", __name__, url, json.dumps(settings)],
+                                       env=environment, stdin=subprocess.DEVNULL,
+                                       start_new_session=True)
+        self.frames_forwarded = 0
+        self.acquisitions_ended = 0
+        self._stop_requested = threading.Event()
+        self._thread: threading.Thread | None = None
+        try:
+            self.endpoint: str = self._wait_for_start()
+        except OmConfigurationError:
+            self._end_child()
+            raise
+
+    def _wait_for_start(self) -> str:
+        deadline = time.monotonic() + _START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._control.poll(100):
+                message = unpack(self._control.recv())
+                if "error" in message:
+                    raise OmConfigurationError(str(message["error"]))
+                return str(message["endpoint"])
+            if self._child.poll() is not None:
+                raise OmConfigurationError(
+                    f"the frame assembler process ended at start-up (exit code "
+                    f"{self._child.returncode}); see its messages above")
+        raise OmConfigurationError(
+            f"the frame assembler process did not start within {_START_TIMEOUT:.0f} s")
+
+    def start(self) -> None:
+        """Starts taking the child's status messages (the child assembles already)."""
+        self._thread = threading.Thread(target=self._take_status, name="om-assembler-status",
+                                        daemon=True)
+        self._thread.start()
+
+    def _take_status(self) -> None:
+        # The only user of the control socket after start-up (ZeroMQ sockets are not
+        # thread-safe): it also sends the stop request.
+        stop_sent = False
+        try:
+            while True:
+                if self._stop_requested.is_set() and not stop_sent:
+                    stop_sent = _send_or_drop(self._control, _STOP)
+                if self._control.poll(50):
+                    self._on_status(self._control.recv())
+                elif self._child.poll() is not None:
+                    return
+        except zmq.ZMQError:  # the socket closed under it: stop() gave up waiting
+            return
+
+    def _on_status(self, payload: bytes) -> None:
+        try:
+            status = unpack(payload)
+            problems.merge(status.get("problems") or {})
+            self.frames_forwarded = int(status.get("frames_forwarded", self.frames_forwarded))
+            self.acquisitions_ended = int(status.get("acquisitions_ended",
+                                                     self.acquisitions_ended))
+        except (OmException, AttributeError, TypeError, ValueError) as error:
+            problems.report("bad_rank_message", f"frame assembler process: {error}")
+
+    def stop(self, timeout: float = _STOP_TIMEOUT) -> None:
+        """Stops the child (its last status is taken first); kills it after ``timeout`` s.
+        Idempotent."""
+        self._stop_requested.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self._end_child(timeout)
+
+    def _end_child(self, timeout: float = _STOP_TIMEOUT) -> None:
+        if self._child.poll() is None:
+            self._child.terminate()
+            try:
+                self._child.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._child.kill()
+                self._child.wait()
+        if not self._control.closed:
+            self._control.close(0)
+
+    @property
+    def pid(self) -> int:
+        """The child's process id."""
+        return self._child.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The child's exit code once it has ended (0: stopped cleanly), else None."""
+        return self._child.returncode
+
+
+def _send_or_drop(socket: zmq.Socket, payload: bytes) -> bool:
+    """Sends without blocking (a PAIR socket whose peer has gone would block); returns
+    whether the message was queued."""
+    try:
+        socket.send(payload, zmq.NOBLOCK)
+    except zmq.Again:
+        return False
+    return True
+
+
+def _die_with_parent() -> None:
+    """Asks Linux for SIGTERM when the parent dies (no-op where prctl is missing)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def main(argv: list[str]) -> int:
+    """The child: ``python -m om.data_retrieval_layer.frame_assembler_process URL SETTINGS``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+    _die_with_parent()
+    url, settings = argv[0], json.loads(argv[1])
+    logging.basicConfig(level=settings["log_level"], format=settings["log_format"],
+                        stream=sys.stderr)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    control = zmq.Context.instance().socket(zmq.PAIR)
+    control.setsockopt(zmq.LINGER, 1000)
+    control.connect(url)
+    try:
+        assembler = JungfrauFrameAssembler(**settings["assembler"])
+    except OmConfigurationError as error:
+        control.send(pack({"error": str(error)}))
+        control.close()
+        return 1
+    control.send(pack({"endpoint": assembler.endpoint}))
+    assembler.start()
+    last: tuple[int, int] = (0, 0)
+    while not stopping.is_set():
+        if control.poll(int(_STATUS_PERIOD * 1000)) and control.recv() == _STOP:
+            break
+        if os.getppid() != parent:  # it died before PR_SET_PDEATHSIG took effect
+            break
+        now = (assembler.frames_forwarded, assembler.acquisitions_ended)
+        unsent = problems.take_unsent()
+        if unsent or now != last:
+            _send_or_drop(control, pack({"problems": unsent, "frames_forwarded": now[0],
+                                         "acquisitions_ended": now[1]}))
+            last = now
+    assembler.stop()
+    _send_or_drop(control, pack({"problems": problems.take_unsent(),
+                                 "frames_forwarded": assembler.frames_forwarded,
+                                 "acquisitions_ended": assembler.acquisitions_ended}))
+    control.close()  # lingers until the last status is sent (at most 1 s)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
