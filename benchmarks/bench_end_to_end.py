@@ -45,6 +45,37 @@ def _rank_processes(mpiexec: psutil.Process) -> dict[int, psutil.Process]:
     return ranks
 
 
+def _assembler_process(collecting: psutil.Process | None) -> psutil.Process | None:
+    """The collecting rank's frame assembler process (``frame_assembly_process``), if any."""
+    for child in collecting.children() if collecting is not None else []:
+        try:
+            if any("frame_assembler_process" in part for part in child.cmdline()):
+                return child
+        except psutil.Error:
+            continue
+    return None
+
+
+def _thread_cpu(process: psutil.Process | None) -> dict[str, float]:
+    """CPU seconds of a process's threads: ``python`` (they share the GIL), ``zeromq``
+    (libzmq's I/O threads, named ZMQbg/IO/...) and ``zeromq_<n>`` for each I/O thread."""
+    if process is None:
+        return {}
+    totals = {"python": 0.0, "zeromq": 0.0}
+    try:
+        for thread in process.threads():
+            name = pathlib.Path(f"/proc/{process.pid}/task/{thread.id}/comm").read_text()
+            seconds = thread.user_time + thread.system_time
+            if name.startswith("ZMQbg/IO/"):
+                totals["zeromq"] += seconds
+                totals[f"zeromq_{name.strip().rsplit('/', 1)[-1]}"] = seconds
+            elif not name.startswith("ZMQbg"):
+                totals["python"] += seconds
+    except (psutil.Error, FileNotFoundError):
+        pass
+    return totals
+
+
 def _peak_rss_mb(process: psutil.Process) -> float:
     status = pathlib.Path(f"/proc/{process.pid}/status").read_text()
     return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
@@ -56,7 +87,8 @@ def _rss_mb(process: psutil.Process) -> float:
 
 def run(*, rate: float, duration: float, ranks: int, hit_frame_sending_interval: int = 10,
         synthetic: bool = False, frame_queue_size: int | None = None,
-        frozen_subscriber: bool = False, rss_every: float = 0.0) -> dict:
+        frozen_subscriber: bool = False, rss_every: float = 0.0,
+        assembly_process: bool = True) -> dict:
     """Runs the simulator and the monitor once; returns the figures (see the module doc)."""
     need_real_data()
     folder = pathlib.Path(tempfile.mkdtemp(prefix="om_bench_"))
@@ -79,6 +111,7 @@ def run(*, rate: float, duration: float, ranks: int, hit_frame_sending_interval:
         source = []
     if frame_queue_size is not None:
         overrides["data_retrieval_layer"]["frame_queue_size"] = frame_queue_size
+    overrides["data_retrieval_layer"]["frame_assembly_process"] = assembly_process
     config = write_monitor_configuration(folder / "monitor.yaml", overrides)
     urls = f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}"
     frames = int(rate * duration)
@@ -102,6 +135,7 @@ def run(*, rate: float, duration: float, ranks: int, hit_frame_sending_interval:
     mpiexec = psutil.Process(monitor.pid)
     processes: dict[int, psutil.Process] = {}
     cpu_start: dict[int, float] = {}
+    threads_start: dict[str, dict[str, float]] = {}
     deadline = time.monotonic() + duration + 120
     rss_samples: list[tuple[float, dict[int, float]]] = []  # (s since start, {rank: MB})
     started = next_rss = time.monotonic()
@@ -123,6 +157,9 @@ def run(*, rate: float, duration: float, ranks: int, hit_frame_sending_interval:
             if first_time is None:
                 first_time, first_events = time.monotonic(), last["num_events"]
                 cpu_start = {rank: sum(p.cpu_times()[:2]) for rank, p in processes.items()}
+                assembler = _assembler_process(processes.get(0))
+                threads_start = {"collecting rank": _thread_cpu(processes.get(0)),
+                                 "assembler process": _thread_cpu(assembler)}
             latencies.append(now - last["timestamp"])
         elif simulator.poll() is not None and time.monotonic() - last_received > 3.0:
             break  # the simulator is done and the monitor's last broadcast (<= 1 s) came
@@ -130,6 +167,11 @@ def run(*, rate: float, duration: float, ranks: int, hit_frame_sending_interval:
     cpu = {rank: (sum(p.cpu_times()[:2]) - cpu_start.get(rank, 0.0)) / max(elapsed, 1e-9)
            for rank, p in processes.items()}
     rss = {rank: _peak_rss_mb(p) for rank, p in processes.items()}
+    threads_end = {"collecting rank": _thread_cpu(processes.get(0)),
+                   "assembler process": _thread_cpu(_assembler_process(processes.get(0)))}
+    threads = {owner: {kind: (seconds - threads_start.get(owner, {}).get(kind, 0.0))
+                       / max(elapsed, 1e-9) for kind, seconds in threads_end[owner].items()}
+               for owner in threads_end if threads_end[owner]}
     monitor.send_signal(signal.SIGINT)
     monitor.wait(60)
     simulator.wait(60)
@@ -153,6 +195,7 @@ def run(*, rate: float, duration: float, ranks: int, hit_frame_sending_interval:
         "latency_p50_ms": 1e3 * float(np.median(latency)),
         "latency_p99_ms": 1e3 * float(np.percentile(latency, 99)), "broadcasts": latency.size,
         "cpu": cpu, "rss_mb": rss, "rss_samples": rss_samples, "log": str(folder / "monitor.log"),
+        "threads": threads, "assembly_process": assembly_process,
     }
 
 
@@ -192,6 +235,24 @@ def report_ranks(cpu: dict[int, float], rss_mb: dict[int, float],
               f"~{1e3 / per_event_ms:.0f} events/s for the whole monitor")
 
 
+def report_threads(threads: dict[str, dict[str, float]], events_per_second: float,
+                   assembly_process: bool) -> None:
+    """Prints the CPU of the Python threads (which share one GIL per process) and of
+    libzmq's I/O threads of the collecting rank and of its frame assembler process, per
+    event: the Python threads of one process bound the frames/s it can follow."""
+    print(f"  frame assembly in {'a process of its own' if assembly_process else 'a thread'}")
+    for owner, kinds in threads.items():
+        per_event = {kind: 1e3 * share / max(events_per_second, 1e-9)
+                     for kind, share in kinds.items()}
+        busiest = max((v for k, v in per_event.items() if k.startswith("zeromq_")), default=0.0)
+        print(f"  {owner}: Python threads {100 * kinds['python']:.0f} % of a core "
+              f"({per_event['python']:.2f} ms per event, so at most "
+              f"~{1e3 / max(per_event['python'], 1e-9):.0f} events/s), ZeroMQ I/O threads "
+              f"{100 * kinds['zeromq']:.0f} % ({per_event['zeromq']:.2f} ms per event, the "
+              f"busiest of {sum(k.startswith('zeromq_') for k in kinds)} "
+              f"{busiest:.2f} ms)")
+
+
 def report(figures: dict) -> None:
     """Prints the figures of one :func:`run`."""
     ranks, sent, events = figures["ranks"], figures["sent"], figures["events"]
@@ -210,6 +271,8 @@ def report(figures: dict) -> None:
           f"{figures['latency_p50_ms']:.0f} ms, p99 {figures['latency_p99_ms']:.0f} ms "
           f"({figures['broadcasts']} broadcasts)")
     report_ranks(figures["cpu"], figures["rss_mb"], figures["events_per_second"])
+    report_threads(figures["threads"], figures["events_per_second"],
+                   figures["assembly_process"])
     samples = figures.get("rss_samples") or []
     if len(samples) >= 2:
         print("  RSS over the run (MB, per rank):")
@@ -240,11 +303,15 @@ def main() -> None:
                         help="frames queued per processing rank (default: monitor.yaml's)")
     parser.add_argument("--rss-every", type=float, default=0.0, metavar="S",
                         help="also sample every rank's RSS every S seconds (0: peak RSS only)")
+    parser.add_argument("--assembly-thread", action="store_true",
+                        help="assemble frames in a thread of the collecting rank "
+                        "(frame_assembly_process: false) instead of a process of their own")
     arguments = parser.parse_args()
     report(run(rate=arguments.rate, duration=arguments.duration, ranks=arguments.ranks,
                hit_frame_sending_interval=arguments.hit_frame_sending_interval,
                synthetic=arguments.synthetic, frame_queue_size=arguments.frame_queue_size,
-               frozen_subscriber=arguments.frozen_subscriber, rss_every=arguments.rss_every))
+               frozen_subscriber=arguments.frozen_subscriber, rss_every=arguments.rss_every,
+               assembly_process=not arguments.assembly_thread))
 
 
 if __name__ == "__main__":

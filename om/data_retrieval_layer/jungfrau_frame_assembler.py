@@ -100,10 +100,14 @@ class JungfrauFrameAssembler:
         self._max_pending = 64
         self._context = zmq.Context.instance()
         self._subscribers: list[zmq.Socket] = []
-        for url in stream_urls:
+        io_threads = max(1, self._context.get(zmq.IO_THREADS))
+        for index, url in enumerate(stream_urls):
             socket = self._context.socket(zmq.SUB)
             socket.setsockopt(zmq.LINGER, 0)
             socket.setsockopt(zmq.RCVHWM, _STREAM_QUEUE_IMAGES)
+            # The streams' TCP receive spread over the context's I/O threads (one in a thread
+            # of the collecting rank; one per stream in the frame assembler process).
+            socket.setsockopt(zmq.AFFINITY, 1 << (index % io_threads))
             try:
                 socket.connect(url)
             except zmq.ZMQError as error:
