@@ -68,7 +68,7 @@ def _thread_cpu(process: psutil.Process | None) -> dict[str, float]:
             seconds = thread.user_time + thread.system_time
             if name.startswith("ZMQbg/IO/"):
                 totals["zeromq"] += seconds
-                totals[f"zeromq_{name.strip().rsplit('/', 1)[-1]}"] = seconds
+                totals[f"zeromq_{thread.id}"] = seconds  # several contexts: ids, not names
             elif not name.startswith("ZMQbg"):
                 totals["python"] += seconds
     except (psutil.Error, FileNotFoundError):
@@ -167,8 +167,11 @@ def run(*, rate: float, duration: float, ranks: int, hit_frame_sending_interval:
     cpu = {rank: (sum(p.cpu_times()[:2]) - cpu_start.get(rank, 0.0)) / max(elapsed, 1e-9)
            for rank, p in processes.items()}
     rss = {rank: _peak_rss_mb(p) for rank, p in processes.items()}
+    assembler = _assembler_process(processes.get(0))
     threads_end = {"collecting rank": _thread_cpu(processes.get(0)),
-                   "assembler process": _thread_cpu(_assembler_process(processes.get(0)))}
+                   "assembler process": _thread_cpu(assembler)}
+    if assembler is not None:
+        rss["assembler process"] = _peak_rss_mb(assembler)
     threads = {owner: {kind: (seconds - threads_start.get(owner, {}).get(kind, 0.0))
                        / max(elapsed, 1e-9) for kind, seconds in threads_end[owner].items()}
                for owner in threads_end if threads_end[owner]}
@@ -236,7 +239,7 @@ def report_ranks(cpu: dict[int, float], rss_mb: dict[int, float],
 
 
 def report_threads(threads: dict[str, dict[str, float]], events_per_second: float,
-                   assembly_process: bool) -> None:
+                   assembly_process: bool, rss_mb: dict) -> None:
     """Prints the CPU of the Python threads (which share one GIL per process) and of
     libzmq's I/O threads of the collecting rank and of its frame assembler process, per
     event: the Python threads of one process bound the frames/s it can follow."""
@@ -245,12 +248,13 @@ def report_threads(threads: dict[str, dict[str, float]], events_per_second: floa
         per_event = {kind: 1e3 * share / max(events_per_second, 1e-9)
                      for kind, share in kinds.items()}
         busiest = max((v for k, v in per_event.items() if k.startswith("zeromq_")), default=0.0)
+        memory = f", peak RSS {rss_mb[owner]:.0f} MB" if owner in rss_mb else ""
         print(f"  {owner}: Python threads {100 * kinds['python']:.0f} % of a core "
               f"({per_event['python']:.2f} ms per event, so at most "
               f"~{1e3 / max(per_event['python'], 1e-9):.0f} events/s), ZeroMQ I/O threads "
               f"{100 * kinds['zeromq']:.0f} % ({per_event['zeromq']:.2f} ms per event, the "
               f"busiest of {sum(k.startswith('zeromq_') for k in kinds)} "
-              f"{busiest:.2f} ms)")
+              f"{busiest:.2f} ms){memory}")
 
 
 def report(figures: dict) -> None:
@@ -272,7 +276,7 @@ def report(figures: dict) -> None:
           f"({figures['broadcasts']} broadcasts)")
     report_ranks(figures["cpu"], figures["rss_mb"], figures["events_per_second"])
     report_threads(figures["threads"], figures["events_per_second"],
-                   figures["assembly_process"])
+                   figures["assembly_process"], figures["rss_mb"])
     samples = figures.get("rss_samples") or []
     if len(samples) >= 2:
         print("  RSS over the run (MB, per rank):")
