@@ -145,8 +145,11 @@ def run(*, rate: float, duration: float, ranks: int, hit_frame_sending_interval:
         if rss_every > 0 and time.monotonic() >= next_rss and len(processes) == ranks:
             next_rss += rss_every
             try:
-                rss_samples.append((time.monotonic() - started,
-                                    {rank: _rss_mb(p) for rank, p in processes.items()}))
+                sample = {rank: _rss_mb(p) for rank, p in processes.items()}
+                assembler = _assembler_process(processes.get(0))
+                if assembler is not None:
+                    sample["assembler"] = _rss_mb(assembler)
+                rss_samples.append((time.monotonic() - started, sample))
             except psutil.NoSuchProcess:
                 pass
         if subscriber.poll(200):
@@ -280,14 +283,17 @@ def report(figures: dict) -> None:
     samples = figures.get("rss_samples") or []
     if len(samples) >= 2:
         print("  RSS over the run (MB, per rank):")
+        def name(rank: int | str) -> str:  # the assembler process is sampled too
+            return f"rank {rank}" if isinstance(rank, int) else f"{rank} process"
+
         for when, by_rank in samples:
-            print(f"    t={when:5.0f} s: " + ", ".join(f"rank {r} {mb:.0f}"
-                                                      for r, mb in sorted(by_rank.items())))
+            print(f"    t={when:5.0f} s: " + ", ".join(
+                f"{name(r)} {mb:.0f}" for r, mb in sorted(by_rank.items(), key=str)))
         later = [by_rank for when, by_rank in samples if when >= 60.0] or [samples[-1][1]]
-        for rank in sorted(samples[-1][1]):
+        for rank in sorted(samples[-1][1], key=str):
             values = [by_rank[rank] for by_rank in later if rank in by_rank]
-            print(f"  rank {rank}: RSS after the first minute {min(values):.0f}-{max(values):.0f} "
-                  f"MB (growth {values[-1] - values[0]:+.1f} MB)")
+            print(f"  {name(rank)}: RSS after the first minute {min(values):.0f}-"
+                  f"{max(values):.0f} MB (growth {values[-1] - values[0]:+.1f} MB)")
     report_stages(figures["log"])
     print(f"  log: {figures['log']}")
 
