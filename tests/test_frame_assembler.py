@@ -12,14 +12,17 @@ import time
 import numpy as np
 import pytest
 
-from om.data_retrieval_layer.frame_assembler_process import FrameAssemblerProcess
+from om.data_retrieval_layer.frame_assembler_process import (
+    ASSEMBLER_PROCESS_ENDED,
+    FrameAssemblerProcess,
+)
 from om.data_retrieval_layer.frame_distribution import FrameReceiver
 from om.data_retrieval_layer.jungfrau_frame_assembler import JungfrauFrameAssembler
 from om.lib.exceptions import OmConfigurationError
 from om.lib.problems import problems
 from om.simulation.jungfrau_stream import JungfrauStreamSender
 
-from helpers import eventually
+from helpers import DOCS, eventually
 
 
 def _settings(urls, **changes):
@@ -176,10 +179,25 @@ def test_the_process_does_not_outlive_the_collecting_rank():
         parent.wait()
 
 
+def test_a_process_that_dies_is_counted_and_logged():
+    assembler = FrameAssemblerProcess(assembler=_settings(["tcp://127.0.0.1:1",
+                                                          "tcp://127.0.0.1:2"]))
+    assembler.start()
+    before = _count(ASSEMBLER_PROCESS_ENDED)
+    try:
+        os.kill(assembler.pid, signal.SIGKILL)
+        assert eventually(lambda: _count(ASSEMBLER_PROCESS_ENDED) == before + 1, 10)
+    finally:
+        assembler.stop()
+    assert assembler.returncode == -signal.SIGKILL
+    assert ASSEMBLER_PROCESS_ENDED in (DOCS / "broadcast.md").read_text()
+
+
 def test_the_process_stops_when_asked_and_ignores_ctrl_c():
     sender = JungfrauStreamSender(["tcp://127.0.0.1:*", "tcp://127.0.0.1:*"])
     assembler = FrameAssemblerProcess(assembler=_settings(sender.urls, expected_receivers=0))
     assembler.start()
+    before = _count(ASSEMBLER_PROCESS_ENDED)
     try:
         os.kill(assembler.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
         assert sender.wait_for_subscribers(10.0)  # still there, subscribed
@@ -189,3 +207,4 @@ def test_the_process_stops_when_asked_and_ignores_ctrl_c():
         assembler.stop()
         sender.close()
     assert assembler.returncode == 0
+    assert _count(ASSEMBLER_PROCESS_ENDED) == before  # asked to stop: not a problem

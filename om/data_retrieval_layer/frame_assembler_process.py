@@ -19,6 +19,9 @@ The two processes talk over a ZeroMQ PAIR socket on 127.0.0.1, in msgpack maps:
   parent adds the problem counts to its own (the child logs each problem itself, on stderr);
 * parent → child: ``b"stop"``.
 
+A child that ends without being asked to (killed, or crashed) is counted as
+``assembler_process_ended`` and logged: no frame comes after it.
+
 The child runs in a session of its own and ignores SIGINT, so a Ctrl-C sent to the monitor's
 process group does not reach it (the collecting rank decides when it stops); it stops on
 SIGTERM, and asks Linux to send it SIGTERM when the collecting rank dies
@@ -50,6 +53,8 @@ _STATUS_PERIOD = 0.1  # s between two status messages of the child
 _START_TIMEOUT = 60.0  # s for the child to start (imports numpy, zmq, binds)
 _STOP_TIMEOUT = 5.0  # s for the child to stop before it is killed
 _STOP = b"stop"
+ASSEMBLER_PROCESS_ENDED = "assembler_process_ended"
+"""Problem kind: the child ended without being asked to (no more frames)."""
 _PR_SET_PDEATHSIG = 1
 # Environment variables of MPI launchers: the child must not look like a rank of the job.
 _MPI_ENVIRONMENT = ("PMI_", "PMIX_", "HYDRA_", "MPIR_", "MPICH_", "I_MPI_", "OMPI_")
@@ -126,6 +131,10 @@ class FrameAssemblerProcess:
                 if self._control.poll(50):
                     self._on_status(self._control.recv())
                 elif self._child.poll() is not None:
+                    if not self._stop_requested.is_set():
+                        problems.report(ASSEMBLER_PROCESS_ENDED, (
+                            f"the frame assembler process ended by itself (exit code "
+                            f"{self._child.returncode}): no more frames will come"))
                     return
         except zmq.ZMQError:  # the socket closed under it: stop() gave up waiting
             return
