@@ -206,8 +206,10 @@ def main(argv: list[str]) -> int:
     url, settings = argv[0], json.loads(argv[1])
     logging.basicConfig(level=settings["log_level"], format=settings["log_format"],
                         stream=sys.stderr)
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    # A plain flag, no lock: a handler that took a lock (threading.Event.set) deadlocked when
+    # a second SIGTERM came while the first one's handler held it (seen in 1 run of 6).
+    stopping: list[bool] = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     # One libzmq I/O thread per stream: the TCP receive of one 1M frame's module images cost
     # 0.6 ms of one I/O thread (measured at 400 frames/s), which alone would bound the
     # assembler near 1600 frames/s.
@@ -224,7 +226,7 @@ def main(argv: list[str]) -> int:
     control.send(pack({"endpoint": assembler.endpoint}))
     assembler.start()
     last: tuple[int, int] = (0, 0)
-    while not stopping.is_set():
+    while not stopping:
         if control.poll(int(_STATUS_PERIOD * 1000)) and control.recv() == _STOP:
             break
         if os.getppid() != parent:  # it died before PR_SET_PDEATHSIG took effect
