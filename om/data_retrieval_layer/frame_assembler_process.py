@@ -43,6 +43,7 @@ import zmq
 
 from om.data_retrieval_layer.jungfrau_frame_assembler import JungfrauFrameAssembler
 from om.lib.exceptions import OmConfigurationError, OmException
+from om.lib.problems import log_format as monitor_log_format
 from om.lib.problems import problems
 from om.lib.serialization import pack, unpack
 from om.lib.zmq_sockets import bind_socket
@@ -69,20 +70,21 @@ class FrameAssemblerProcess:
         assembler: the assembler's keyword arguments (JSON-encodable: ``stream_urls``,
             ``distribution_host``, ``rows_per_stream``, ``assembly_timeout``,
             ``expected_receivers``).
-        log_format: the logging format of the child's lines (the collecting rank's).
+        log_format: the logging format of the child's lines (default: rank 0's,
+            :func:`om.lib.problems.log_format`).
 
     Raises:
         OmConfigurationError: the assembler's own start-up error, or when the child does not
             start within 60 s.
     """
 
-    def __init__(self, *, assembler: dict[str, Any], log_format: str = "om %(levelname)s: "
-                 "%(message)s") -> None:
+    def __init__(self, *, assembler: dict[str, Any], log_format: str | None = None) -> None:
         self._control, url = bind_socket(zmq.PAIR, "tcp://127.0.0.1:*",
                                          what="the frame assembler's control socket")
         environment = {key: value for key, value in os.environ.items()
                        if not key.startswith(_MPI_ENVIRONMENT)}
-        settings = {"assembler": assembler, "log_format": log_format,
+        settings = {"assembler": assembler,
+                    "log_format": log_format or monitor_log_format(0),
                     "log_level": logging.getLogger().getEffectiveLevel()}
         # A session of its own: a Ctrl-C sent to the monitor's process group must not reach it
         # (it would die of KeyboardInterrupt while importing); the collecting rank stops it.
@@ -190,6 +192,14 @@ def _send_or_drop(socket: zmq.Socket, payload: bytes) -> bool:
     return True
 
 
+def _send_status(control: zmq.Socket, assembler: JungfrauFrameAssembler,
+                 unsent: dict[str, int]) -> None:
+    """Sends the child's status message (see the module doc) to the parent."""
+    _send_or_drop(control, pack({"problems": unsent,
+                                 "frames_forwarded": assembler.frames_forwarded,
+                                 "acquisitions_ended": assembler.acquisitions_ended}))
+
+
 def _die_with_parent() -> None:
     """Asks Linux for SIGTERM when the parent dies (no-op where prctl is missing)."""
     try:
@@ -231,16 +241,13 @@ def main(argv: list[str]) -> int:
             break
         if os.getppid() != parent:  # it died before PR_SET_PDEATHSIG took effect
             break
-        now = (assembler.frames_forwarded, assembler.acquisitions_ended)
+        counters = (assembler.frames_forwarded, assembler.acquisitions_ended)
         unsent = problems.take_unsent()
-        if unsent or now != last:
-            _send_or_drop(control, pack({"problems": unsent, "frames_forwarded": now[0],
-                                         "acquisitions_ended": now[1]}))
-            last = now
+        if unsent or counters != last:
+            _send_status(control, assembler, unsent)
+            last = counters
     assembler.stop()
-    _send_or_drop(control, pack({"problems": problems.take_unsent(),
-                                 "frames_forwarded": assembler.frames_forwarded,
-                                 "acquisitions_ended": assembler.acquisitions_ended}))
+    _send_status(control, assembler, problems.take_unsent())
     control.close()  # lingers until the last status is sent (at most 1 s)
     return 0
 
