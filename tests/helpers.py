@@ -5,6 +5,7 @@ and what the tests of the stream sources and their documentation share."""
 import contextlib
 import os
 import pathlib
+import random
 import re
 import signal
 import socket
@@ -30,8 +31,28 @@ BIN = pathlib.Path(sys.executable).parent
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
 
 
+def _ephemeral_ports_start() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+            return int(ports.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
+    """A TCP port free on 127.0.0.1 now, below the kernel's ephemeral range: ports of that
+    range are also handed to outgoing connections (ZeroMQ's attempts to reconnect to a stream
+    that is not there yet take a new one every 0.1 s), one of which could take the port before
+    the monitor binds it."""
+    start = _ephemeral_ports_start()
+    for _ in range(100):
+        port = random.randrange(max(1024, start - 12000), start)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
