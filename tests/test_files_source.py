@@ -7,8 +7,10 @@ announced like Jungfraujoch's writer does (follow mode). Files are real files in
 
 import json
 import os
+import pathlib
 import re
 import subprocess
+import sys
 import threading
 import time
 
@@ -28,6 +30,7 @@ from helpers import (
 )
 
 from om.data_retrieval_layer.data_retrieval_files import Hdf5FilesDataRetrieval
+from om.data_retrieval_layer.file_lease import LOCAL_FILE_SYSTEMS, file_system_type
 from om.data_retrieval_layer.jungfrau_calibration import JungfrauCalibration
 from om.data_retrieval_layer.nxmx_files import HC_EV_ANGSTROM
 from om.lib.exceptions import OmConfigurationError, OmDataExtractionError
@@ -223,6 +226,64 @@ def test_memory_mapped_float_images_with_the_pixel_mask_applied(tmp_path):
         assert np.array_equal(handle["/entry/data/data"][()], images[:2])
 
 
+def _mappings_of(path):
+    with open("/proc/self/maps") as maps:
+        return sum(str(path) in line for line in maps)
+
+
+def test_a_file_cut_short_while_its_images_are_mapped_ahead(tmp_path):
+    """Another process truncates a data file while the processing rank has its next images
+    memory-mapped (the default): the truncation waits until no image of the file is mapped any
+    more, every event's image is the one written, and the images the cut took are counted as
+    ``image_read_error``. Without the read lease, this process would die of SIGBUS."""
+    images, _ = gaussian_spot_images(20, (40, 60), n_spots=3, seed=9, min_radius=8,
+                                     max_radius=18)
+    files = write_nxmx(tmp_path, "run", images, images_per_file=20)
+    (data_file,) = files.data_files
+    if file_system_type(os.stat(tmp_path).st_dev) not in LOCAL_FILE_SYSTEMS:
+        pytest.skip("the test folder is not on a local file system: images are copied there")
+    with h5py.File(data_file, "r") as handle:
+        dataset = handle["/entry/data/data"]
+        offset = (dataset.id.get_offset() if dataset.chunks is None else
+                  dataset.id.get_chunk_info_by_coord((5, 0, 0)).byte_offset
+                  - 5 * images[0].nbytes)
+    cut = offset + 5 * images[0].nbytes + 100  # into image 5
+    config, _, _ = _configuration(tmp_path, {"files_read_ahead": 3})
+    (handler,) = _handlers(config, str(files.master), ranks=2)
+    before = _problem_counts()
+    events = handler.event_generator(node_rank=1, node_pool_size=2)
+    first = next(events)
+    assert not first["image"].flags.writeable  # mapped
+    got = {int(first["event_id"].rpartition("//")[2]): first["image"].copy()}
+    del first
+    truncater = subprocess.Popen(
+        [sys.executable, "-c", "import os, sys; os.truncate(sys.argv[1], int(sys.argv[2]))",
+         str(data_file), str(cut)])
+    try:
+        deadline = time.monotonic() + 20
+        while (f"BREAKER   WRITE {truncater.pid} " not in pathlib.Path("/proc/locks").read_text()
+               and time.monotonic() < deadline):
+            time.sleep(0.01)
+        for event in events:
+            got[int(event["event_id"].rpartition("//")[2])] = event["image"].copy()
+            assert event["image"].flags.writeable  # a copy, since the break
+            del event
+            if os.stat(data_file).st_size != cut and _mappings_of(data_file) == 0:
+                # The last mapped image gone, the truncation goes on; the images read from
+                # now on see the cut.
+                assert truncater.wait(timeout=20) == 0
+                assert os.stat(data_file).st_size == cut
+        assert truncater.wait(timeout=20) == 0
+    finally:
+        truncater.kill()
+        truncater.wait()
+    for index, image in got.items():
+        assert np.array_equal(image, images[index])
+    assert set(range(5)) <= set(got)  # before the cut
+    errors = _new_problems(before).get("image_read_error", 0)
+    assert errors >= 1 and len(got) + errors == 20
+
+
 @pytest.mark.parametrize("compression", ["none", "bslz4"])
 def test_reading_ahead_gives_the_events_of_reading_in_the_loop(tmp_path, compression):
     """Images read in the read-ahead thread (straight from the file when uncompressed, copied
@@ -233,7 +294,7 @@ def test_reading_ahead_gives_the_events_of_reading_in_the_loop(tmp_path, compres
     files = write_nxmx(tmp_path, "run", images, images_per_file=4, compression=compression)
     by_setting = {}
     for name, settings in (("in_loop", {"files_read_ahead": 0}),
-                           ("ahead", {"files_read_ahead": 3}),
+                           ("ahead", {"files_read_ahead": 3, "files_memory_map": False}),
                            ("mapped", {"files_read_ahead": 3, "files_memory_map": True})):
         (tmp_path / name).mkdir()
         config, _, _ = _configuration(tmp_path / name, settings)

@@ -5,14 +5,22 @@ layout gives exactly h5py's images, the layouts that cannot be read directly fal
 and a truncated file is an error, not a crash, whether the images are copied or memory-mapped.
 Real HDF5 files in ``tmp_path``."""
 
+import logging
 import os
+import subprocess
+import sys
 
 import h5py
 import hdf5plugin
 import numpy as np
 import pytest
 
-from om.data_retrieval_layer.hdf5_direct_read import direct_layout
+from om.data_retrieval_layer.file_lease import LOCAL_FILE_SYSTEMS, file_system_type
+from om.data_retrieval_layer.hdf5_direct_read import (
+    MappedImage,
+    direct_layout,
+    usable_image,
+)
 from om.data_retrieval_layer.nxmx_files import ImageBlock, ImageReader
 from om.lib.exceptions import OmInvalidDataError
 
@@ -54,11 +62,13 @@ def test_every_layout_reads_h5pys_images(tmp_path, name, keywords, direct, dtype
         assert direct_layout(handle["/data/single"]) is not None  # a 2-D contiguous image
     reader = ImageReader(memory_map=memory_map)
     for index in range(SHAPE[0]):
-        image = reader.read(_block(path, "/data/data"), index)
+        read = reader.read(_block(path, "/data/data"), index)
+        assert isinstance(read, MappedImage) == (memory_map and direct)
+        image = usable_image(read)
         assert image.dtype == np.dtype(dtype) and image.shape == SHAPE[1:]
         assert np.array_equal(image, images[index])
         assert image.flags.writeable == (not memory_map or not direct)
-    single = reader.read(_block(path, "/data/single", 1, True), 0)
+    single = usable_image(reader.read(_block(path, "/data/single", 1, True), 0))
     assert np.array_equal(single, images[2])
     assert single.flags.writeable == (not memory_map)
     reader.close()
@@ -126,7 +136,9 @@ def test_a_truncated_file_is_an_error_and_the_reader_goes_on(tmp_path, keywords,
                   handle["/data/data"].id.get_chunk_info_by_coord((3, 0, 0)).byte_offset)
     reader = ImageReader(memory_map=memory_map)
     block = _block(path, "/data/data")
-    assert np.array_equal(reader.read(block, 0), images[0])  # opened: its layout is kept
+    # Opened: its layout is kept. (The image's mapping, and with it the read lease that would
+    # make the truncation below wait for it, goes with the array.)
+    assert np.array_equal(usable_image(reader.read(block, 0)), images[0])
     cut = offset + (3 * images[0].nbytes if not keywords else 0) + 100
     os.truncate(path, cut)  # the file shrinks under the monitor, into image 3
     with pytest.raises(OmInvalidDataError, match=r"truncated\.h5:/data/data\[3\].*truncated"):
@@ -138,7 +150,7 @@ def test_a_truncated_file_is_an_error_and_the_reader_goes_on(tmp_path, keywords,
     good = tmp_path / "good.h5"
     with h5py.File(good, "w") as handle:
         handle["/data/data"] = images
-    assert np.array_equal(reader.read(_block(good, "/data/data"), 5), images[5])
+    assert np.array_equal(usable_image(reader.read(_block(good, "/data/data"), 5)), images[5])
     reader.close()
 
 
@@ -166,7 +178,8 @@ def test_a_memory_mapped_image_is_unmapped_with_its_last_array(tmp_path):
     with h5py.File(path, "w") as handle:
         handle["/data/data"] = images
     reader = ImageReader(memory_map=True)
-    kept = [reader.read(_block(path, "/data/data"), index) for index in range(SHAPE[0])]
+    kept = [usable_image(reader.read(_block(path, "/data/data"), index))
+            for index in range(SHAPE[0])]
     assert _mapped_regions(path) == SHAPE[0]
     view = kept[3][10:20]  # a view keeps its image's mapping
     kept.clear()
@@ -174,4 +187,104 @@ def test_a_memory_mapped_image_is_unmapped_with_its_last_array(tmp_path):
     assert np.array_equal(view, images[3][10:20])
     del view
     assert _mapped_regions(path) == 0
+    reader.close()
+
+
+_HOLDER = r"""
+import sys
+import numpy as np
+from om.data_retrieval_layer.hdf5_direct_read import MappedImage
+from om.data_retrieval_layer.nxmx_files import ImageBlock, ImageReader
+from om.lib.exceptions import OmInvalidDataError
+import time
+
+path, n, ss, fs = sys.argv[1], *map(int, sys.argv[2:5])
+block = ImageBlock(filename=path, data_filename=path, dataset="/data/data", first=0, count=n,
+                   frame_shape=(ss, fs), dtype="<u2", single=False)
+reader = ImageReader(memory_map=True)
+mapped = reader.read(block, 3)
+print("mapped", isinstance(mapped, MappedImage), flush=True)
+deadline = time.monotonic() + 20
+while (image := mapped.usable()).flags.writeable is False and time.monotonic() < deadline:
+    time.sleep(0.01)
+print("usable", "copied" if image.flags.writeable else "still mapped", int(image.sum()), flush=True)
+sys.stdin.readline()
+del mapped  # the mapping and its lease go: the truncation goes on
+print("released", flush=True)
+sys.stdin.readline()
+try:
+    reader.read(block, 3)
+except OmInvalidDataError as error:
+    print("error", error, flush=True)
+"""
+
+
+def test_a_file_cut_short_under_a_mapped_image_waits_for_it_and_the_image_is_copied(tmp_path):
+    """Another process truncates the file of a memory-mapped image that is not yet used: the
+    truncation waits (the read lease), the image is then used as a copy of the still whole
+    file, and the truncation goes on once the mapping is gone. Without the lease, the holder
+    would die of SIGBUS reading the image; it runs in a process of its own so that this test
+    would then fail instead of dying."""
+    images = _images("<u2")
+    path = tmp_path / "cut_under_mapping.h5"
+    with h5py.File(path, "w") as handle:
+        handle["/data/data"] = images
+        offset = handle["/data/data"].id.get_offset()
+    if file_system_type(os.stat(tmp_path).st_dev) not in LOCAL_FILE_SYSTEMS:
+        pytest.skip("the test folder is not on a local file system: images are copied there")
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(path), *map(str, SHAPE)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    truncater = None
+    try:
+        assert holder.stdout.readline() == "mapped True\n"
+        cut = offset + 3 * images[0].nbytes + 100  # into image 3
+        truncater = subprocess.Popen(
+            [sys.executable, "-c", "import os, sys; os.truncate(sys.argv[1], int(sys.argv[2]))",
+             str(path), str(cut)])
+        assert holder.stdout.readline() == f"usable copied {int(images[3].sum())}\n"
+        assert truncater.poll() is None  # still waiting for the mapping to go
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline() == "released\n"
+        assert truncater.wait(timeout=20) == 0
+        assert os.stat(path).st_size == cut
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        output, _ = holder.communicate(timeout=20)
+    finally:
+        for process in (holder, truncater):
+            if process is not None:
+                process.kill()
+                process.wait()
+    assert holder.returncode == 0
+    assert "truncated" in output and output.startswith("error ")
+
+
+def test_images_are_copied_while_another_process_writes_their_file(tmp_path, caplog):
+    """No read lease while the file is open for writing: the images are copied, and the
+    reason is logged once."""
+    images = _images("<u2")
+    path = tmp_path / "being_written.h5"
+    with h5py.File(path, "w") as handle:
+        handle["/data/data"] = images
+    if file_system_type(os.stat(tmp_path).st_dev) not in LOCAL_FILE_SYSTEMS:
+        pytest.skip("the test folder is not on a local file system: images are copied there")
+    writer = subprocess.Popen(
+        [sys.executable, "-c", "import sys; f = open(sys.argv[1], 'r+b'); print('open', "
+         "flush=True); sys.stdin.read()", str(path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    reader = ImageReader(memory_map=True)
+    try:
+        assert writer.stdout.readline() == "open\n"
+        with caplog.at_level(logging.INFO, logger="om.data_retrieval_layer.nxmx_files"):
+            for index in range(SHAPE[0]):
+                image = reader.read(_block(path, "/data/data"), index)
+                assert isinstance(image, np.ndarray) and image.flags.writeable
+                assert np.array_equal(image, images[index])
+    finally:
+        writer.communicate(timeout=20)
+    refusals = [r.getMessage() for r in caplog.records if "not memory-mapped" in r.getMessage()]
+    assert len(refusals) == 1 and "open for writing" in refusals[0]
+    # The writer gone, the images are mapped again.
+    assert isinstance(reader.read(_block(path, "/data/data"), 0), MappedImage)
     reader.close()

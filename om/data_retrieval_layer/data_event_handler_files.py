@@ -38,6 +38,7 @@ from typing import Any, ClassVar, Generator, Iterator, Literal
 import zmq
 
 from om.data_retrieval_layer.data_extraction import extract_from_data_sources
+from om.data_retrieval_layer.hdf5_direct_read import usable_image
 from om.data_retrieval_layer.nxmx_files import (
     FileImages,
     ImageBlock,
@@ -116,10 +117,10 @@ class Hdf5FilesDataEventHandler:
             Parameter("files_read_ahead", int, default=2, minimum=0,
                       description="images each processing rank reads ahead in a thread of its "
                       "own, while it processes the current one (0: read in the event loop)"),
-            Parameter("files_memory_map", bool, default=False,
+            Parameter("files_memory_map", bool, default=True,
                       description="map uncompressed images into memory instead of copying "
-                      "them (faster; only for files that nothing truncates or rewrites while "
-                      "the monitor reads them: that would kill the processing rank)"),
+                      "them, where a read lease on the file can be had (a file of this user "
+                      "on a local file system, open for writing by nobody); otherwise copy"),
         )),
     )
 
@@ -299,11 +300,20 @@ class Hdf5FilesDataEventHandler:
         a thread of their own, that many images ahead (:mod:`om.lib.read_ahead`)."""
         share, shares = node_rank - 1, node_pool_size - 1
         depth = self._parameters.get(_GROUP, "files_read_ahead")
-        if depth > 0:
-            yield from read_ahead(lambda: self._events(share, shares), depth,
-                                  name=f"om-read-ahead-rank-{node_rank}")
-        else:
-            yield from self._events(share, shares)
+        events = (read_ahead(lambda: self._events(share, shares), depth,
+                             name=f"om-read-ahead-rank-{node_rank}")
+                  if depth > 0 else self._events(share, shares))
+        try:
+            for event in events:
+                # A mapped image is checked here, where it is used, not where it was read.
+                try:
+                    event["image"] = usable_image(event["image"])
+                except OmInvalidDataError as error:
+                    problems.report(IMAGE_READ_ERROR, f"{event['event_id']}: {error}")
+                    continue
+                yield event
+        finally:
+            events.close()
 
     def _events(self, share: int, shares: int) -> Generator[dict[str, Any], None, None]:
         try:
@@ -389,7 +399,7 @@ class Hdf5FilesDataEventHandler:
         except OmInvalidDataError as error:
             raise OmDataExtractionError(f"event {event_id}: {error}")
         try:
-            image = self._single_event_reader.read(block, local)
+            image = usable_image(self._single_event_reader.read(block, local))
         except OmInvalidDataError as error:
             raise OmDataExtractionError(f"event {event_id}: {error}")
         metadata = found.metadata

@@ -9,11 +9,15 @@ data set or in a chunk of its own, HDF5 tells where its bytes lie in the file
 them into a numpy array and releases the GIL while it does. h5py still parses the file; only the
 copy of the bytes bypasses it.
 
-Or, when asked (:meth:`DirectLayout.map`, the files source's ``files_memory_map``), the image
-is not copied at all: its pages of the file are mapped into memory (``mmap``) and the kernels
-read them straight from the page cache. That saves the copy (~0.2 ms of a core per 2 MB
-image), but a file cut short while one of its images is in use then kills the process (SIGBUS)
-instead of giving an error: only for files that nothing truncates or rewrites in place.
+Or (:meth:`DirectLayout.map`, the files source's ``files_memory_map``), the image is not
+copied at all: its pages of the file are mapped into memory (``mmap``) and the kernels read them
+straight from the page cache. That saves the copy (~0.2 ms of a core per 2 MB image). A file cut
+short while one of its mapped images is read would kill the process (SIGBUS): an image is
+therefore mapped only under a read lease (:mod:`om.data_retrieval_layer.file_lease`), which
+makes a process that wants to write or truncate the file wait until the mapping is gone, and
+the image is used only while the lease holds (:meth:`MappedImage.usable`). Where no lease can
+be had (a file of another user, on a network file system, or open for writing) the image is
+copied.
 
 Everything else goes through h5py as before (:func:`direct_layout` returns None): filtered
 (compressed) data, virtual data sets, external storage, compact data sets, chunks holding more
@@ -24,11 +28,13 @@ import dataclasses
 import errno
 import mmap
 import os
+import weakref
 
 import h5py
 import numpy as np
 from numpy.typing import NDArray
 
+from om.data_retrieval_layer.file_lease import lease_held, take_read_lease
 from om.lib.exceptions import OmInvalidDataError
 
 # madvise(2) advice (Linux >= 5.14) that maps every page of a range now, reading it in if needed,
@@ -99,22 +105,33 @@ class DirectLayout:
                                      f"(byte {offset}): truncated")
         return image
 
-    def map(self, fd: int, offset: int) -> NDArray:
+    def map(self, fd: int, offset: int) -> "MappedImage":
         """Maps the image at byte ``offset`` of the open file ``fd`` into memory, without a
-        copy (module documentation: a file truncated while the image is in use kills the
-        process).
+        copy, under a read lease on the file (module documentation).
 
         The pages are mapped at once (``MADV_POPULATE_READ``), so that their page faults are
         taken here, in the reading thread, and not by the kernels that read the image.
 
         Returns:
-            A read-only array of ``frame_shape`` and ``dtype`` whose memory is the file's page
-            cache; the mapping is released with the last array that uses it.
+            The mapped image; its array (:meth:`MappedImage.usable`) is read-only, its memory
+            the file's page cache, and the mapping and the lease go with the last array that
+            uses it.
 
         Raises:
+            LeaseRefusedError: when no read lease can be had on the file (the image is then to
+                be copied with :meth:`read`).
             OmInvalidDataError: when the file ends before the image does (truncated file) or
                 cannot be mapped.
         """
+        leased = take_read_lease(fd)
+        try:
+            array = self._map_leased(leased, offset)
+        except BaseException:
+            os.close(leased)
+            raise
+        return MappedImage(array, leased, self, offset)
+
+    def _map_leased(self, fd: int, offset: int) -> NDArray:
         nbytes = self.image_nbytes
         try:
             size = os.fstat(fd).st_size
@@ -125,6 +142,7 @@ class DirectLayout:
                                      f"image's {nbytes} (byte {offset}): truncated")
         start = offset - offset % mmap.ALLOCATIONGRANULARITY
         try:
+            # The mapping keeps a duplicate of fd, and with it the lease, while it lives.
             mapping = mmap.mmap(fd, offset + nbytes - start, access=mmap.ACCESS_READ,
                                 offset=start)
         except (OSError, ValueError) as error:
@@ -140,6 +158,56 @@ class DirectLayout:
         image = np.frombuffer(mapping, dtype=self.dtype, count=nbytes // self.dtype.itemsize,
                               offset=offset - start)
         return image.reshape(self.frame_shape)
+
+
+class MappedImage:
+    """An image mapped from its file's pages under a read lease (:meth:`DirectLayout.map`).
+
+    Args:
+        array: the mapped image, read-only, ``frame_shape`` of the stored dtype.
+        leased_fd: the descriptor holding the lease (closed with this object; the mapping
+            holds the lease with its own duplicate).
+        layout: the image's data set layout.
+        offset: the image's byte offset in the file.
+    """
+
+    def __init__(self, array: NDArray, leased_fd: int, layout: DirectLayout,
+                 offset: int) -> None:
+        self._array = array
+        self._fd = leased_fd
+        self._layout = layout
+        self._offset = offset
+        weakref.finalize(self, os.close, leased_fd)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The image's shape, ``(ss, fs)``."""
+        return self._array.shape
+
+    def usable(self) -> NDArray:
+        """The image, to be used at once (within the lease-break time, 45 s by default).
+
+        Returns:
+            The mapped array while the lease holds. Once a process has asked to write or
+            truncate the file, a copy read from the file now (that process still waits for
+            the mapping to go, so the copy is the image that was mapped); the mapping goes
+            with this object.
+
+        Raises:
+            OmInvalidDataError: when the file was cut short meanwhile.
+        """
+        if lease_held(self._fd):
+            return self._array
+        return self._layout.read(self._fd, self._offset)
+
+
+def usable_image(image: "NDArray | MappedImage") -> NDArray:
+    """``image`` itself, or :meth:`MappedImage.usable` of a mapped image.
+
+    Raises:
+        OmInvalidDataError: when a mapped image's file was cut short.
+    """
+    return image.usable() if isinstance(image, MappedImage) else image
 
 
 def direct_layout(dataset: h5py.Dataset) -> DirectLayout | None:

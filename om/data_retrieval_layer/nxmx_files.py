@@ -40,6 +40,7 @@ import collections
 import dataclasses
 import datetime
 import glob
+import logging
 import os
 import re
 from typing import Any
@@ -49,8 +50,15 @@ import hdf5plugin  # noqa: F401  (registers bitshuffle/LZ4 and other filters of 
 import numpy as np
 from numpy.typing import NDArray
 
-from om.data_retrieval_layer.hdf5_direct_read import DirectLayout, direct_layout
+from om.data_retrieval_layer.file_lease import LeaseRefusedError
+from om.data_retrieval_layer.hdf5_direct_read import (
+    DirectLayout,
+    MappedImage,
+    direct_layout,
+)
 from om.lib.exceptions import OmInvalidDataError
+
+logger = logging.getLogger(__name__)
 
 # Problem kinds (counted with om.lib.problems; documented in docs/broadcast.md).
 MISSING_FILE = "missing_file"
@@ -554,9 +562,9 @@ class ImageReader:
 
     Args:
         max_open_files: how many HDF5 files to keep open (least recently used closed first).
-        memory_map: map uncompressed images into memory instead of copying them
-            (:meth:`~om.data_retrieval_layer.hdf5_direct_read.DirectLayout.map`: read-only
-            images; a file truncated while one of its images is in use kills the process).
+        memory_map: map uncompressed images into memory instead of copying them, where a
+            read lease on the file can be had
+            (:meth:`~om.data_retrieval_layer.hdf5_direct_read.DirectLayout.map`).
     """
 
     def __init__(self, max_open_files: int = 8, memory_map: bool = False) -> None:
@@ -568,6 +576,7 @@ class ImageReader:
         self._datasets: dict[tuple[str, str], h5py.Dataset] = {}
         self._layouts: dict[tuple[str, str], DirectLayout | None] = {}
         self._masks: dict[tuple[str, str], NDArray[np.bool_] | None] = {}
+        self._lease_refusals: set[str] = set()  # reasons logged
 
     def _open(self, filename: str) -> h5py.File:
         handle = self._files.pop(filename, None)
@@ -583,13 +592,15 @@ class ImageReader:
         self._files[filename] = handle
         return handle
 
-    def read(self, block: ImageBlock, index: int) -> NDArray[Any]:
+    def read(self, block: ImageBlock, index: int) -> NDArray[Any] | MappedImage:
         """Returns local image ``index`` of ``block`` as stored: 2-D ``block.frame_shape``, of
         the stored dtype (filters such as bitshuffle/LZ4 decoded by HDF5).
 
-        Uncompressed images are copied straight from the file, without holding the GIL, or
-        mapped, read-only, with ``memory_map`` (:mod:`om.data_retrieval_layer.hdf5_direct_read`);
-        the others are read by h5py.
+        Uncompressed images are copied straight from the file, without holding the GIL, or,
+        with ``memory_map`` and a read lease on the file, mapped: a
+        :class:`~om.data_retrieval_layer.hdf5_direct_read.MappedImage`, whose array
+        :func:`~om.data_retrieval_layer.hdf5_direct_read.usable_image` gives when it is used
+        (:mod:`om.data_retrieval_layer.hdf5_direct_read`). The others are read by h5py.
 
         Raises:
             OmInvalidDataError: when the data set is gone or changed, or the image cannot be
@@ -611,7 +622,8 @@ class ImageReader:
                                      f"{tuple(block.frame_shape)}")
         return image
 
-    def _read_image(self, handle: h5py.File, block: ImageBlock, index: int) -> NDArray[Any]:
+    def _read_image(self, handle: h5py.File, block: ImageBlock,
+                    index: int) -> NDArray[Any] | MappedImage:
         key = (block.data_filename, block.dataset)
         dataset = self._datasets.get(key)
         if dataset is None:
@@ -623,9 +635,21 @@ class ImageReader:
         if layout is not None:
             offset = layout.image_offset(index)
             if offset is not None:
-                read = layout.map if self._memory_map else layout.read
-                return read(handle.id.get_vfd_handle(), offset)
+                fd = handle.id.get_vfd_handle()
+                if self._memory_map:
+                    try:
+                        return layout.map(fd, offset)
+                    except LeaseRefusedError as refusal:
+                        self._log_lease_refusal(block.data_filename, str(refusal))
+                return layout.read(fd, offset)
         return dataset[()] if block.single else dataset[index]
+
+    def _log_lease_refusal(self, filename: str, reason: str) -> None:
+        # Once per reason: following a run of another user's files would repeat it per file.
+        if reason not in self._lease_refusals:
+            self._lease_refusals.add(reason)
+            logger.info("images of %s (and of any file for the same reason) are copied, not "
+                        "memory-mapped: %s", filename, reason)
 
     def _forget(self, filename: str) -> None:
         """Drops the kept data sets of ``filename`` (before it is closed)."""

@@ -1,0 +1,89 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Read leases (``om.data_retrieval_layer.file_lease``), with real files in ``tmp_path`` and
+real other processes that write or truncate them."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from om.data_retrieval_layer.file_lease import (
+    LOCAL_FILE_SYSTEMS,
+    LeaseRefusedError,
+    file_system_type,
+    lease_held,
+    take_read_lease,
+)
+
+_WAIT_S = 20.0
+
+
+@pytest.fixture
+def local_file(tmp_path):
+    kind = file_system_type(os.stat(tmp_path).st_dev)
+    if kind not in LOCAL_FILE_SYSTEMS:
+        pytest.skip(f"the test folder is on a {kind!r} file system, where no lease is taken")
+    path = tmp_path / "leased.bin"
+    path.write_bytes(b"\x01" * 65536)
+    fd = os.open(path, os.O_RDONLY)
+    yield path, fd
+    os.close(fd)
+
+
+def test_a_truncation_waits_for_the_lease_and_its_holder_sees_the_break(local_file):
+    path, fd = local_file
+    leased = take_read_lease(fd)
+    assert leased != fd and lease_held(leased)
+    truncater = subprocess.Popen(
+        [sys.executable, "-c", "import os, sys; os.truncate(sys.argv[1], 100); print('cut')",
+         str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + _WAIT_S
+        while lease_held(leased) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not lease_held(leased), "the lease break never came"
+        # The kernel's break signal did not kill this process, and the truncation waits.
+        assert truncater.poll() is None
+        assert os.stat(path).st_size == 65536
+        os.close(leased)
+        output, _ = truncater.communicate(timeout=_WAIT_S)
+    finally:
+        truncater.kill()
+        truncater.wait()
+    assert output == "cut\n" and os.stat(path).st_size == 100
+
+
+def test_no_lease_while_another_process_has_the_file_open_for_writing(local_file):
+    path, fd = local_file
+    writer = subprocess.Popen(
+        [sys.executable, "-c", "import sys; f = open(sys.argv[1], 'ab'); print('open', "
+         "flush=True); sys.stdin.read()", str(path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline() == "open\n"
+        with pytest.raises(LeaseRefusedError, match="no read lease: a process has it open for "
+                                                    "writing"):
+            take_read_lease(fd)
+    finally:
+        writer.communicate(timeout=_WAIT_S)
+    # Once the writer has gone, the lease is granted.
+    leased = take_read_lease(fd)
+    assert lease_held(leased)
+    os.close(leased)
+    assert not lease_held(leased)
+
+
+def test_no_lease_on_a_file_system_that_is_not_local():
+    fd = os.open("/proc/self/status", os.O_RDONLY)
+    try:
+        assert file_system_type(os.fstat(fd).st_dev) == "proc"
+        with pytest.raises(LeaseRefusedError, match="file system of type 'proc', not a local"):
+            take_read_lease(fd)
+    finally:
+        os.close(fd)
+
+
+def test_an_unknown_device_has_an_unknown_file_system():
+    assert file_system_type(os.makedev(4095, 1048575)) == "unknown"
