@@ -12,8 +12,9 @@ the kernel: events/s against ``bench_kernel.py``'s frames/s on one core. Prints 
 the first to the last broadcast), CPU and peak RSS of every rank, the monitor's own account of
 where the processing ranks' time went per event (its final summary), and, with bench_kernel.py
 run just before and after (the host's speed drifts), the events/s per processing rank as a
-share of the kernel's frames/s alone. ``--memory-map both`` measures the monitor with the images
-copied from the file and memory-mapped (``files_memory_map``) in alternating runs.
+share of the kernel's frames/s alone. The images are memory-mapped under a read lease, as by
+default (``files_memory_map``; the script says when the monitor had to copy them instead);
+``--memory-map both`` measures copied and mapped images in alternating runs.
 The subscriber takes ``omdata`` only unless ``--watch-frames`` (then ``omframedata`` too, as the
 GUI does): the processing ranks send frames only while someone subscribed to them.
 """
@@ -46,7 +47,7 @@ _IMAGES = {False: "images copied", True: "images memory-mapped"}
 
 
 def run(*, ranks: int, repeats: int, read_ahead: int | None = None,
-        memory_map: bool = False, watch_frames: bool = False,
+        memory_map: bool = True, watch_frames: bool = False,
         hit_frame_interval: int = 10) -> dict:
     """Runs the monitor once over the files; returns the figures (see the module doc)."""
     need_real_data()
@@ -158,6 +159,10 @@ def measure_once(arguments: argparse.Namespace,
           f"broadcasts received: {figures['frame_broadcasts']}"
           f"{'' if arguments.watch_frames else ' (not subscribed)'}")
     report_ranks(figures["cpu"], figures["rss_mb"], figures["events_per_second"])
+    if memory_map:
+        with open(figures["log"], encoding="utf-8", errors="replace") as log:
+            refused = [line.strip() for line in log if "not memory-mapped" in line]
+        print(f"  images mapped: {'no: ' + refused[0] if refused else 'yes (no lease refused)'}")
     stages = report_stages(figures["log"])
     share = None
     if kernel:
@@ -190,9 +195,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1,
                         help="measure this many times and print the medians (the host's speed "
                         "varies from run to run; default 1)")
-    parser.add_argument("--memory-map", choices=("off", "on", "both"), default="off",
+    parser.add_argument("--memory-map", choices=("off", "on", "both"), default="on",
                         help="files_memory_map of the monitor; both: alternate the two in "
-                        "each run (default off)")
+                        "each run (default on, the monitor's default)")
     parser.add_argument("--watch-frames", action="store_true",
                         help="subscribe to omframedata too, as the GUI does (the processing "
                         "ranks send frames only while someone subscribed)")
