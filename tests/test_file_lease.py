@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from om.data_retrieval_layer import file_lease
 from om.data_retrieval_layer.file_lease import (
     LOCAL_FILE_SYSTEMS,
     LeaseRefusedError,
@@ -87,3 +88,23 @@ def test_no_lease_on_a_file_system_that_is_not_local():
 
 def test_an_unknown_device_has_an_unknown_file_system():
     assert file_system_type(os.makedev(4095, 1048575)) == "unknown"
+
+
+def test_no_lease_where_the_kernel_would_not_hold_writers_back_long_enough(local_file,
+                                                                          tmp_path, monkeypatch):
+    """A lease-break time set (by the system's administrator) below a few seconds would let a
+    truncation through while an image is processed: no lease then, and none when the setting
+    cannot be read."""
+    _, fd = local_file
+    setting = tmp_path / "lease-break-time"
+    monkeypatch.setattr(file_lease, "LEASE_BREAK_TIME_FILE", str(setting))
+    setting.write_text("1\n")
+    with pytest.raises(LeaseRefusedError, match=r"lease-break time .* is 1 s, under 5 s"):
+        take_read_lease(fd)
+    setting.unlink()
+    with pytest.raises(LeaseRefusedError, match="is 0 s"):
+        take_read_lease(fd)
+    setting.write_text("45\n")
+    leased = take_read_lease(fd)
+    assert lease_held(leased)
+    os.close(leased)

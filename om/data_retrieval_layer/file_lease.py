@@ -21,6 +21,10 @@ cluster file system (NFS, GPFS, Lustre, BeeGFS, CephFS, ...) is not held back by
 are therefore taken here only on the local file systems of :data:`LOCAL_FILE_SYSTEMS`, found in
 ``/proc/self/mountinfo`` (``proc(5)``).
 
+How long the kernel makes a writer wait is a system setting (``lease-break-time``); where it is
+set below :data:`MIN_LEASE_BREAK_TIME_S`, a lease would not protect an image being processed, and
+none is taken.
+
 The kernel announces a lease break with a signal (``SIGIO`` unless ``F_SETSIG`` names
 another), whose default action would terminate the process. Leases are taken here with
 ``SIGURG``, whose default action is to ignore it: nothing needs to catch it, since the holder
@@ -37,6 +41,12 @@ LOCAL_FILE_SYSTEMS: frozenset[str] = frozenset(
     {"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs"})
 """File systems on which read leases are taken: local ones, whose every writer is a process
 of this machine."""
+
+MIN_LEASE_BREAK_TIME_S: int = 5
+"""The shortest ``/proc/sys/fs/lease-break-time`` (s) with which leases are taken: a writer
+waits at most that long for the monitor's mappings to go."""
+
+LEASE_BREAK_TIME_FILE = "/proc/sys/fs/lease-break-time"
 
 _LEASE_SIGNAL = signal.SIGURG
 
@@ -65,8 +75,9 @@ def take_read_lease(fd: int) -> int:
         duplicate of it (a memory mapping's, for example) are closed.
 
     Raises:
-        LeaseRefusedError: when the file is not on a local file system, or the kernel refuses
-            the lease (:func:`fcntl.fcntl` errors, named).
+        LeaseRefusedError: when the file is not on a local file system, the kernel's
+            lease-break time is too short, or the kernel refuses the lease
+            (:func:`fcntl.fcntl` errors, named).
     """
     try:
         device = os.fstat(fd).st_dev
@@ -76,6 +87,10 @@ def take_read_lease(fd: int) -> int:
     if kind not in LOCAL_FILE_SYSTEMS:
         raise LeaseRefusedError(f"it is on a file system of type {kind!r}, not a local one "
                                 f"({', '.join(sorted(LOCAL_FILE_SYSTEMS))})")
+    waited = lease_break_time_s()
+    if waited < MIN_LEASE_BREAK_TIME_S:
+        raise LeaseRefusedError(f"the kernel's lease-break time ({LEASE_BREAK_TIME_FILE}) is "
+                                f"{waited} s, under {MIN_LEASE_BREAK_TIME_S} s")
     try:
         # The same file (inode) as fd, even when its name was since given to another file.
         leased = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
@@ -98,6 +113,16 @@ def lease_held(fd: int) -> bool:
         return fcntl.fcntl(fd, fcntl.F_GETLEASE) == fcntl.F_RDLCK
     except OSError:
         return False
+
+
+def lease_break_time_s() -> int:
+    """The kernel's lease-break time, s (:data:`LEASE_BREAK_TIME_FILE`); 0 when it cannot be
+    read."""
+    try:
+        with open(LEASE_BREAK_TIME_FILE, encoding="ascii") as setting:
+            return int(setting.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 @functools.lru_cache(maxsize=64)
