@@ -98,13 +98,23 @@ def test_no_lease_where_the_kernel_would_not_hold_writers_back_long_enough(local
     _, fd = local_file
     setting = tmp_path / "lease-break-time"
     monkeypatch.setattr(file_lease, "LEASE_BREAK_TIME_FILE", str(setting))
-    setting.write_text("1\n")
-    with pytest.raises(LeaseRefusedError, match=r"lease-break time .* is 1 s, under 5 s"):
-        take_read_lease(fd)
-    setting.unlink()
-    with pytest.raises(LeaseRefusedError, match="is 0 s"):
-        take_read_lease(fd)
-    setting.write_text("45\n")
-    leased = take_read_lease(fd)
-    assert lease_held(leased)
-    os.close(leased)
+
+    def lease_with(value):
+        if value is None:
+            setting.unlink()
+        else:
+            setting.write_text(value)
+        file_lease.lease_break_time_s.cache_clear()  # read once per process
+        return take_read_lease(fd)
+
+    try:
+        with pytest.raises(LeaseRefusedError, match=r"lease-break time .* is 1 s, under 5 s"):
+            lease_with("1\n")
+        with pytest.raises(LeaseRefusedError, match="is 0 s"):
+            lease_with(None)
+        leased = lease_with("45\n")
+        assert lease_held(leased)
+        os.close(leased)
+    finally:
+        monkeypatch.undo()
+        file_lease.lease_break_time_s.cache_clear()
