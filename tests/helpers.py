@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import zmq
 
+from om.data_retrieval_layer.file_lease import LOCAL_FILE_SYSTEMS, file_system_type
 from om.lib.exceptions import OmConfigurationError
 from om.lib.parameters import MonitorParameters
 from om.lib.problems import problems
@@ -56,6 +57,35 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def skip_unless_leases_are_taken(folder: pathlib.Path) -> None:
+    """Skips the test when ``folder`` is on a file system where no read lease is taken
+    (``om.data_retrieval_layer.file_lease``): images are copied there, never mapped."""
+    kind = file_system_type(os.stat(folder).st_dev)
+    if kind not in LOCAL_FILE_SYSTEMS:
+        pytest.skip(f"the test folder is on a {kind!r} file system, where no lease is taken")
+
+
+def mapped_regions(path: pathlib.Path) -> int:
+    """How many regions of this process's memory map ``path`` (``/proc/self/maps``)."""
+    with open("/proc/self/maps") as maps:
+        return sum(str(path) in line for line in maps)
+
+
+@contextlib.contextmanager
+def process_holding_open_for_writing(path: pathlib.Path, mode: str = "ab") -> Iterator[None]:
+    """Runs the block while a child process has ``path`` open for writing (``mode``); the
+    child is gone when the block ends."""
+    writer = subprocess.Popen(
+        [sys.executable, "-c", f"import sys; f = open(sys.argv[1], {mode!r}); print('open', "
+         "flush=True); sys.stdin.read()", str(path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline() == "open\n"
+        yield
+    finally:
+        writer.communicate(timeout=20)
 
 
 def mpiexec() -> str:

@@ -8,10 +8,10 @@ import sys
 import time
 
 import pytest
+from helpers import process_holding_open_for_writing, skip_unless_leases_are_taken
 
 from om.data_retrieval_layer import file_lease
 from om.data_retrieval_layer.file_lease import (
-    LOCAL_FILE_SYSTEMS,
     LeaseRefusedError,
     file_system_type,
     lease_held,
@@ -23,9 +23,7 @@ _WAIT_S = 20.0
 
 @pytest.fixture
 def local_file(tmp_path):
-    kind = file_system_type(os.stat(tmp_path).st_dev)
-    if kind not in LOCAL_FILE_SYSTEMS:
-        pytest.skip(f"the test folder is on a {kind!r} file system, where no lease is taken")
+    skip_unless_leases_are_taken(tmp_path)
     path = tmp_path / "leased.bin"
     path.write_bytes(b"\x01" * 65536)
     fd = os.open(path, os.O_RDONLY)
@@ -58,17 +56,9 @@ def test_a_truncation_waits_for_the_lease_and_its_holder_sees_the_break(local_fi
 
 def test_no_lease_while_another_process_has_the_file_open_for_writing(local_file):
     path, fd = local_file
-    writer = subprocess.Popen(
-        [sys.executable, "-c", "import sys; f = open(sys.argv[1], 'ab'); print('open', "
-         "flush=True); sys.stdin.read()", str(path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert writer.stdout.readline() == "open\n"
-        with pytest.raises(LeaseRefusedError, match="no read lease: a process has it open for "
-                                                    "writing"):
-            take_read_lease(fd)
-    finally:
-        writer.communicate(timeout=_WAIT_S)
+    with process_holding_open_for_writing(path), pytest.raises(
+            LeaseRefusedError, match="no read lease: a process has it open for writing"):
+        take_read_lease(fd)
     # Once the writer has gone, the lease is granted.
     leased = take_read_lease(fd)
     assert lease_held(leased)

@@ -23,22 +23,23 @@ from helpers import (
     assert_source_documented,
     configure_single_panel,
     free_port,
+    mapped_regions,
     monitor_command,
     problem_kinds,
     simulator_mode_command,
+    skip_unless_leases_are_taken,
     subscriber,
 )
 
 from om.data_retrieval_layer.data_retrieval_files import Hdf5FilesDataRetrieval
-from om.data_retrieval_layer.file_lease import LOCAL_FILE_SYSTEMS, file_system_type
 from om.data_retrieval_layer.jungfrau_calibration import JungfrauCalibration
 from om.data_retrieval_layer.nxmx_files import HC_EV_ANGSTROM
 from om.lib.exceptions import OmConfigurationError, OmDataExtractionError
 from om.lib.geometry import load_geometry, slab_to_assembled
 from om.lib.parameters import MonitorParameters
 from om.lib.problems import problems
-from om.parallelization_layer.mpi_single_copy import large_sends_need_the_sender
 from om.lib.serialization import pack, unpack
+from om.parallelization_layer.mpi_single_copy import large_sends_need_the_sender
 from om.simulation import nxmx_writer
 from om.simulation.nxmx_writer import NxmxMetadata, gaussian_spot_images, write_nxmx
 
@@ -226,11 +227,6 @@ def test_memory_mapped_float_images_with_the_pixel_mask_applied(tmp_path):
         assert np.array_equal(handle["/entry/data/data"][()], images[:2])
 
 
-def _mappings_of(path):
-    with open("/proc/self/maps") as maps:
-        return sum(str(path) in line for line in maps)
-
-
 def test_a_file_cut_short_while_its_images_are_mapped_ahead(tmp_path):
     """Another process truncates a data file while the processing rank has its next images
     memory-mapped (the default): the truncation waits until no image of the file is mapped any
@@ -240,8 +236,7 @@ def test_a_file_cut_short_while_its_images_are_mapped_ahead(tmp_path):
                                      max_radius=18)
     files = write_nxmx(tmp_path, "run", images, images_per_file=20)
     (data_file,) = files.data_files
-    if file_system_type(os.stat(tmp_path).st_dev) not in LOCAL_FILE_SYSTEMS:
-        pytest.skip("the test folder is not on a local file system: images are copied there")
+    skip_unless_leases_are_taken(tmp_path)
     with h5py.File(data_file, "r") as handle:
         dataset = handle["/entry/data/data"]
         offset = (dataset.id.get_offset() if dataset.chunks is None else
@@ -268,7 +263,7 @@ def test_a_file_cut_short_while_its_images_are_mapped_ahead(tmp_path):
             got[int(event["event_id"].rpartition("//")[2])] = event["image"].copy()
             assert event["image"].flags.writeable  # a copy, since the break
             del event
-            if os.stat(data_file).st_size != cut and _mappings_of(data_file) == 0:
+            if os.stat(data_file).st_size != cut and mapped_regions(data_file) == 0:
                 # The last mapped image gone, the truncation goes on; the images read from
                 # now on see the cut.
                 assert truncater.wait(timeout=20) == 0

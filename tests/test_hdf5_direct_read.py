@@ -14,8 +14,12 @@ import h5py
 import hdf5plugin
 import numpy as np
 import pytest
+from helpers import (
+    mapped_regions,
+    process_holding_open_for_writing,
+    skip_unless_leases_are_taken,
+)
 
-from om.data_retrieval_layer.file_lease import LOCAL_FILE_SYSTEMS, file_system_type
 from om.data_retrieval_layer.hdf5_direct_read import (
     MappedImage,
     direct_layout,
@@ -164,11 +168,6 @@ def test_an_index_outside_the_data_set_is_an_error(tmp_path):
     reader.close()
 
 
-def _mapped_regions(path):
-    with open("/proc/self/maps") as maps:
-        return sum(str(path) in line for line in maps)
-
-
 def test_a_memory_mapped_image_is_unmapped_with_its_last_array(tmp_path):
     """Each mapped image maps only its own pages, and gives them back when its array goes: a
     monitor going through a large run does not accumulate mappings (nor count the run's pages
@@ -180,13 +179,13 @@ def test_a_memory_mapped_image_is_unmapped_with_its_last_array(tmp_path):
     reader = ImageReader(memory_map=True)
     kept = [usable_image(reader.read(_block(path, "/data/data"), index))
             for index in range(SHAPE[0])]
-    assert _mapped_regions(path) == SHAPE[0]
+    assert mapped_regions(path) == SHAPE[0]
     view = kept[3][10:20]  # a view keeps its image's mapping
     kept.clear()
-    assert _mapped_regions(path) == 1
+    assert mapped_regions(path) == 1
     assert np.array_equal(view, images[3][10:20])
     del view
-    assert _mapped_regions(path) == 0
+    assert mapped_regions(path) == 0
     reader.close()
 
 
@@ -230,8 +229,7 @@ def test_a_file_cut_short_under_a_mapped_image_waits_for_it_and_the_image_is_cop
     with h5py.File(path, "w") as handle:
         handle["/data/data"] = images
         offset = handle["/data/data"].id.get_offset()
-    if file_system_type(os.stat(tmp_path).st_dev) not in LOCAL_FILE_SYSTEMS:
-        pytest.skip("the test folder is not on a local file system: images are copied there")
+    skip_unless_leases_are_taken(tmp_path)
     holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(path), *map(str, SHAPE)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     truncater = None
@@ -267,22 +265,14 @@ def test_images_are_copied_while_another_process_writes_their_file(tmp_path, cap
     path = tmp_path / "being_written.h5"
     with h5py.File(path, "w") as handle:
         handle["/data/data"] = images
-    if file_system_type(os.stat(tmp_path).st_dev) not in LOCAL_FILE_SYSTEMS:
-        pytest.skip("the test folder is not on a local file system: images are copied there")
-    writer = subprocess.Popen(
-        [sys.executable, "-c", "import sys; f = open(sys.argv[1], 'r+b'); print('open', "
-         "flush=True); sys.stdin.read()", str(path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    skip_unless_leases_are_taken(tmp_path)
     reader = ImageReader(memory_map=True)
-    try:
-        assert writer.stdout.readline() == "open\n"
-        with caplog.at_level(logging.INFO, logger="om.data_retrieval_layer.nxmx_files"):
-            for index in range(SHAPE[0]):
-                image = reader.read(_block(path, "/data/data"), index)
-                assert isinstance(image, np.ndarray) and image.flags.writeable
-                assert np.array_equal(image, images[index])
-    finally:
-        writer.communicate(timeout=20)
+    with process_holding_open_for_writing(path, "r+b"), caplog.at_level(
+            logging.INFO, logger="om.data_retrieval_layer.nxmx_files"):
+        for index in range(SHAPE[0]):
+            image = reader.read(_block(path, "/data/data"), index)
+            assert isinstance(image, np.ndarray) and image.flags.writeable
+            assert np.array_equal(image, images[index])
     refusals = [r.getMessage() for r in caplog.records if "not memory-mapped" in r.getMessage()]
     assert len(refusals) == 1 and "open for writing" in refusals[0]
     # The writer gone, the images are mapped again.
