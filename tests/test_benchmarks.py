@@ -42,10 +42,16 @@ _CASES = {
         rf"events/s per processing rank = {_NUMBER} % of it",
         r"raw 1M frames from the page cache, images copied",
         r"raw 1M frames from the page cache, images memory-mapped",
+        r"images mapped: (yes \(no lease refused\)|no: .*not memory-mapped)",
         r"1 run, images copied: events/s .*; median",
         r"1 run, images memory-mapped: events/s .*; median",
         rf"share of the kernel alone: {_NUMBER} %; median {_NUMBER} %, \d of 1 runs at "
         r"80 % or more",
+    ]),
+    "image read": ("bench_image_read.py", ["--images", "5", "--rounds", "1"], [
+        r"one raw 1M image \(2 MB\) from the page cache, median of 5 per round",
+        rf"round 1: copied \(preadv\) {_NUMBER} ms, mapped under a lease {_NUMBER} ms; "
+        rf"mapped / copied {_NUMBER}",
     ]),
     "end to end": ("bench_end_to_end.py", ["--ranks", "2", "--rate", "20", "--duration", "3"], [
         r"end to end: mpiexec -n 2 \(1 processing ranks\), simulator at 20 frames/s for 3 s",
