@@ -53,7 +53,7 @@ def monitor_kernel():
         "adc_threshold", "minimum_snr", "min_pixel_count", "max_pixel_count", "local_bg_radius",
         "min_res", "max_res", "max_num_peaks")}
     geometry = load_geometry(GEOMETRY_1M)
-    finder = Peakfinder8PeakDetection(radius_map=geometry.radius,
+    finder = Peakfinder8PeakDetection(radius_map=geometry.peakfinder8_radius,
                                       panels=geometry.panel_rectangles, **pf8)
     return (calibration, finder, parameters.get("crystallography", "min_num_peaks_for_hit"),
             parameters.get("crystallography", "max_num_peaks_for_hit"))

@@ -153,7 +153,7 @@ class CrystallographyProcessing:
                     self._geometry.slab_shape,
                 )
         self._peakfinder = Peakfinder8PeakDetection(
-            radius_map=self._geometry.radius,
+            radius_map=self._geometry.peakfinder8_radius,
             panels=[(p.min_fs, p.max_fs, p.min_ss, p.max_ss) for p in self._geometry.panels],
             adc_threshold=self._get("adc_threshold", _PEAKFINDER8),
             minimum_snr=self._get("minimum_snr", _PEAKFINDER8),
