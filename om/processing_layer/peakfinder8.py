@@ -179,10 +179,11 @@ def _range_min_table(values, levels, table):
 
 @numba.njit(**_JIT)
 def _scan_frame(data, pixel_class, masked_class, core_low, core_high, high_table,
-                negative_low_table, chunk_low, chunk_high, tails, sums):
+                negative_low_table, chunk_low, chunk_high, tails, tail_class, tail_value, sums):
     """The one pass over the frame: per class, the sum and sum of squares of all values
     (float64, as one complex number: one memory update per pixel), and the flat indices, in
-    raster order, of the used pixels outside their bin's core range (the tails). Returns the
+    raster order, of the used pixels outside their bin's core range (the tails), with their
+    bins and values (so that nothing later reads the frame at random for them). Returns the
     number of tails.
 
     The core range of bin k is ``core_low[k] <= value < core_high[k]``. Per chunk of 64 pixels,
@@ -228,12 +229,14 @@ def _scan_frame(data, pixel_class, masked_class, core_low, core_high, high_table
             value = data[u]
             if not ((value >= core_low[k]) & (value < core_high[k])):
                 tails[count] = u
+                tail_class[count] = k
+                tail_value[count] = value
                 count += 1
     return count
 
 
 @numba.njit(**_JIT)
-def _core_sums(data, bin_sums, tail_order, first_tail, last_tail, bin_pixels, first_pixel,
+def _core_sums(data, bin_sums, sorted_value, first_tail, last_tail, bin_pixels, first_pixel,
                last_pixel, core_low, core_high):
     """Sum and sum of squares of one bin's core: the bin's sums less its tails, or, when a
     tail is not finite or too large to subtract without losing the core's digits, the core's
@@ -241,7 +244,7 @@ def _core_sums(data, bin_sums, tail_order, first_tail, last_tail, bin_pixels, fi
     total = bin_sums.real
     total_sq = bin_sums.imag
     for t in range(first_tail, last_tail):
-        value = np.float64(data[_U(tail_order[t])])
+        value = np.float64(sorted_value[t])
         if not ((value > -_CORE_LIMIT) & (value < _CORE_LIMIT)):
             total = 0.0
             total_sq = 0.0
@@ -270,9 +273,9 @@ def _bin_statistics(count, total, total_sq, minimum_snr, adc_threshold):
 
 
 @numba.njit(**_JIT)
-def _radial_statistics(data, pixel_class, tails, num_tails, sums, static_count, core_low,
+def _radial_statistics(data, tail_class, tail_value, num_tails, sums, static_count, core_low,
                        core_high, bin_pixels, bin_start, iterations, minimum_snr,
-                       adc_threshold, tail_start, tail_order, radial_mean, radial_sigma,
+                       adc_threshold, tail_start, sorted_value, radial_mean, radial_sigma,
                        threshold, leaky):
     """Step 2 for every bin, from the core sums and the tails (see the module docstring).
 
@@ -283,19 +286,19 @@ def _radial_statistics(data, pixel_class, tails, num_tails, sums, static_count, 
     for k in range(num_bins + 1):
         tail_start[k] = 0
     for t in range(num_tails):
-        tail_start[pixel_class[_U(tails[t])] + 1] += 1
+        tail_start[tail_class[t] + 1] += 1
     for k in range(num_bins):
         tail_start[k + 1] += tail_start[k]
-    for t in range(num_tails):  # tails grouped by bin, raster order kept
-        k = pixel_class[_U(tails[t])]
-        tail_order[tail_start[k]] = tails[t]
+    for t in range(num_tails):  # the tails' values grouped by bin, raster order kept
+        k = tail_class[t]
+        sorted_value[tail_start[k]] = tail_value[t]
         tail_start[k] += 1
     for k in range(num_bins - 1, -1, -1):
         tail_start[k + 1] = tail_start[k]
     tail_start[0] = 0
     whole_bins = 0
     for k in range(num_bins):
-        core_total, core_total_sq = _core_sums(data, sums[k], tail_order, tail_start[k],
+        core_total, core_total_sq = _core_sums(data, sums[k], sorted_value, tail_start[k],
                                                tail_start[k + 1], bin_pixels, bin_start[k],
                                                bin_start[k + 1], core_low[k], core_high[k])
         core_count = static_count[k] - (tail_start[k + 1] - tail_start[k])
@@ -304,6 +307,7 @@ def _radial_statistics(data, pixel_class, tails, num_tails, sums, static_count, 
         whole_bin = False
         mean = 0.0
         sigma = 0.0
+        last = (-1, 0.0, 0.0)
         for _ in range(iterations):
             whole_bin |= not ((low < core_low[k]) & (core_high[k] <= high))
             count = 0
@@ -321,11 +325,14 @@ def _radial_statistics(data, pixel_class, tails, num_tails, sums, static_count, 
                 total = core_total
                 total_sq = core_total_sq
                 for t in range(tail_start[k], tail_start[k + 1]):
-                    value = data[_U(tail_order[t])]
+                    value = sorted_value[t]
                     if (value > low) & (value < high):
                         count += 1
                         total += np.float64(value)
                         total_sq += np.float64(value) * np.float64(value)
+            if (count, total, total_sq) == last:
+                break  # the same sums again: every further round repeats this one
+            last = (count, total, total_sq)
             mean, sigma, low, high = _bin_statistics(count, total, total_sq, minimum_snr,
                                                      adc_threshold)
         radial_mean[k] = mean
@@ -359,15 +366,15 @@ def _next_core_ranges(radial_mean, radial_sigma, minimum_snr, adc_threshold, cor
 
 
 @numba.njit(**_JIT)
-def _seeds(data, pixel_class, pixel_threshold, tails, num_tails, leaky, core_low, core_high,
-           bin_pixels, bin_start, seed_rank, num_panels, panel_count, seeds, work):
+def _seeds(data, pixel_threshold, tails, tail_class, tail_value, num_tails, leaky, core_low,
+           core_high, bin_pixels, bin_start, seed_rank, num_panels, panel_count, seeds, work):
     """The candidates that may start a group (not on a panel edge), in search order: by panel
     rank, then raster order. Returns their number."""
     count = 0
     for t in range(num_tails):
-        u = _U(tails[t])
-        value = data[u]
-        if seed_rank[u] >= 0 and value > pixel_threshold[pixel_class[u]] and value < _INF32:
+        value = tail_value[t]
+        if value > pixel_threshold[tail_class[t]] and value < _INF32 \
+                and seed_rank[_U(tails[t])] >= 0:
             work[count] = tails[t]
             count += 1
     from_tails = count
@@ -398,8 +405,8 @@ def _seeds(data, pixel_class, pixel_threshold, tails, num_tails, leaky, core_low
 
 
 @numba.njit(**_JIT)
-def _grow_group(data, pixel_class, pixel_threshold, taken, seed, rect, n_fs, slot_fs, slot_ss,
-                slots_used, group):
+def _grow_group(data, pixel_class, pixel_threshold, taken, seed, rect, rank, n_fs, slot_fs,
+                slot_ss, slot_dead, slots_used, group):
     """Step 4: grows the group of ``seed`` with the reference's search; returns (size,
     slots_used).
 
@@ -410,6 +417,11 @@ def _grow_group(data, pixel_class, pixel_threshold, taken, seed, rect, n_fs, slo
     taken is appended (position at entry ``size``, flat index in ``group``) and taken. The walk
     repeats while the group grows; a repeat can only add pixels when an append replaced the
     entry being read (appending at ``p == size``), so otherwise it is skipped.
+
+    ``slot_dead[p] == rank + 1`` records that entry ``p``, read past a group's end in this
+    panel, added nothing: as long as it is not written again it cannot add anything later in
+    the panel either (candidates do not change, taken pixels stay taken), so it is not read
+    again.
     """
     min_fs, max_fs, min_ss, max_ss = rect[0], rect[1], rect[2], rect[3]
     width = max_fs - min_fs + 1
@@ -417,6 +429,7 @@ def _grow_group(data, pixel_class, pixel_threshold, taken, seed, rect, n_fs, slo
     seed_ss = seed // n_fs
     slot_fs[0] = seed - seed_ss * n_fs - min_fs
     slot_ss[0] = seed_ss - min_ss
+    slot_dead[0] = 0
     slots_used = max(slots_used, 1)
     size = 0
     while True:
@@ -424,6 +437,10 @@ def _grow_group(data, pixel_class, pixel_threshold, taken, seed, rect, n_fs, slo
         replaced = False
         p = 0
         while p <= size:
+            past_end = p == size
+            if past_end and slot_dead[p] == rank + 1:
+                p += 1
+                continue
             for k in range(9):
                 local_fs = (slot_fs[p] if p < slots_used else 0) + _SEARCH_FS[k]
                 local_ss = (slot_ss[p] if p < slots_used else 0) + _SEARCH_SS[k]
@@ -436,14 +453,37 @@ def _grow_group(data, pixel_class, pixel_threshold, taken, seed, rect, n_fs, slo
                     continue
                 slot_fs[size] = local_fs
                 slot_ss[size] = local_ss
+                slot_dead[size] = 0
                 slots_used = max(slots_used, size + 1)
                 replaced |= p == size
                 taken[u] = 1
                 group[size] = u
                 size += 1
+            if past_end and size == p:  # read past the end, added nothing
+                slot_dead[p] = rank + 1
             p += 1
         if size == size_before or not replaced:
             return size, slots_used
+
+
+@numba.njit(fastmath={"reassoc", "contract", "nsz", "arcp"}, **_JIT)
+def _background_row(data, pixel_class, pixel_threshold, start, stop):
+    """Count, sum, sum of squares (float64) and maximum (at least 0) of the background pixels
+    of ``data[start:stop]``: below their bin's threshold, used (the masked class's threshold is
+    NaN), finite. Vectorised: its sums may be reordered."""
+    count = 0
+    total = 0.0
+    total_sq = 0.0
+    largest = 0.0
+    for u in range(start, stop):
+        value = data[_U(u)]
+        background = (value < pixel_threshold[pixel_class[_U(u)]]) & (value > -_INF32)
+        v = np.float64(value) if background else 0.0
+        count += 1 if background else 0
+        total += v
+        total_sq += v * v
+        largest = max(largest, v)
+    return count, total, total_sq, largest
 
 
 @numba.njit(**_JIT)
@@ -485,23 +525,22 @@ def _measure_group(data, radius, pixel_class, center_bin, radial_mean, pixel_thr
     total = 0.0
     total_sq = 0.0
     background_max = 0.0
-    for d_ss in range(-width, width):
-        b_ss = centre_ss + d_ss
-        if b_ss < min_ss or b_ss > max_ss:
-            continue
-        for d_fs in range(-width, width):
-            b_fs = centre_fs + d_fs
-            if b_fs < min_fs or b_fs > max_fs or d_fs * d_fs + d_ss * d_ss > width * width:
-                continue
-            u = _U(b_ss * n_fs + b_fs)
-            value = data[u]
-            # Below its threshold, used (the masked class's threshold is NaN), finite.
-            if (value < pixel_threshold[pixel_class[u]]) & (value > -_INF32):
-                v = np.float64(value)
-                count += 1
-                total += v
-                total_sq += v * v
-                background_max = max(background_max, v)
+    for d_ss in range(max(-width, min_ss - centre_ss), min(width, max_ss - centre_ss + 1)):
+        # The disc's row: |d_fs| <= reach, and d_fs < width.
+        reach = int(math.sqrt(width * width - d_ss * d_ss))
+        while reach * reach > width * width - d_ss * d_ss:
+            reach -= 1
+        while (reach + 1) * (reach + 1) <= width * width - d_ss * d_ss:
+            reach += 1
+        first_fs = max(centre_fs - reach, min_fs)
+        last_fs = min(centre_fs + min(reach, width - 1), max_fs)
+        row = (centre_ss + d_ss) * n_fs
+        n, row_total, row_total_sq, row_max = _background_row(
+            data, pixel_class, pixel_threshold, row + first_fs, row + last_fs + 1)
+        count += n
+        total += row_total
+        total_sq += row_total_sq
+        background_max = max(background_max, row_max)
     if count > 0:
         offset = total / count
         variance = total_sq / count - offset * offset
@@ -567,8 +606,10 @@ class _Buffers(NamedTuple):
     negative_low: np.ndarray  # float32 (num_bins,): -core_low
     high_table: np.ndarray  # float32 range-minimum tables of core_high and -core_low
     negative_low_table: np.ndarray
-    tails: np.ndarray  # int32 (n,)
-    tail_order: np.ndarray
+    tails: np.ndarray  # int32 (n,): flat indices of the tails
+    tail_class: np.ndarray  # int32 (n,): their bins
+    tail_value: np.ndarray  # float32 (n,): their values
+    sorted_value: np.ndarray  # float32 (n,): their values grouped by bin
     tail_start: np.ndarray  # int64 (num_bins + 1,)
     sums: np.ndarray  # complex128 (num_bins + 1,)
     radial_mean: np.ndarray  # float64 (num_bins,)
@@ -581,6 +622,7 @@ class _Buffers(NamedTuple):
     taken: np.ndarray  # uint8 (n,): zero between frames
     slot_fs: np.ndarray  # int64 (n + 1,)
     slot_ss: np.ndarray
+    slot_dead: np.ndarray  # int32 (n + 1,): zero between frames
     group: np.ndarray  # int32 (n,)
     out: np.ndarray  # float64 (7, capacity)
 
@@ -599,15 +641,15 @@ def _find_peaks_kernel(data, tables, buffers, settings):
     _range_min_table(b.negative_low, t.levels, b.negative_low_table)
     num_tails = _scan_frame(data, t.pixel_class, settings.masked_class, b.core_low,
                             b.core_high, b.high_table, b.negative_low_table, t.chunk_low,
-                            t.chunk_high, b.tails, b.sums)
-    _radial_statistics(data, t.pixel_class, b.tails, num_tails, b.sums, t.static_count,
+                            t.chunk_high, b.tails, b.tail_class, b.tail_value, b.sums)
+    _radial_statistics(data, b.tail_class, b.tail_value, num_tails, b.sums, t.static_count,
                        b.core_low, b.core_high, t.bin_pixels, t.bin_start, settings.iterations,
                        settings.minimum_snr, settings.adc_threshold, b.tail_start,
-                       b.tail_order, b.radial_mean, b.radial_sigma, b.pixel_threshold,
+                       b.sorted_value, b.radial_mean, b.radial_sigma, b.pixel_threshold,
                        b.leaky)
-    num_seeds = _seeds(data, t.pixel_class, b.pixel_threshold, b.tails, num_tails, b.leaky,
-                       b.core_low, b.core_high, t.bin_pixels, t.bin_start, t.seed_rank,
-                       settings.num_panels, b.panel_count, b.seeds, b.seed_work)
+    num_seeds = _seeds(data, b.pixel_threshold, b.tails, b.tail_class, b.tail_value, num_tails,
+                       b.leaky, b.core_low, b.core_high, t.bin_pixels, t.bin_start,
+                       t.seed_rank, settings.num_panels, b.panel_count, b.seeds, b.seed_work)
     _next_core_ranges(b.radial_mean, b.radial_sigma, settings.minimum_snr,
                       settings.adc_threshold, b.core_low, b.core_high)
     if num_seeds > b.out.shape[1]:
@@ -619,10 +661,11 @@ def _find_peaks_kernel(data, tables, buffers, settings):
         seed = b.seeds[i]
         if b.taken[_U(seed)] != 0:
             continue
-        rect = t.rects[t.panel_rank[_U(seed)]]
+        rank = t.panel_rank[_U(seed)]
+        rect = t.rects[rank]
         size, slots_used = _grow_group(data, t.pixel_class, b.pixel_threshold, b.taken, seed,
-                                       rect, settings.n_fs, b.slot_fs, b.slot_ss, slots_used,
-                                       b.group[taken_count:])
+                                       rect, rank, settings.n_fs, b.slot_fs, b.slot_ss,
+                                       b.slot_dead, slots_used, b.group[taken_count:])
         if _measure_group(data, t.radius, t.pixel_class, t.center_bin, b.radial_mean,
                           b.pixel_threshold, b.group[taken_count:], size, rect, settings.n_fs,
                           settings, b.out, num_peaks):
@@ -630,6 +673,8 @@ def _find_peaks_kernel(data, tables, buffers, settings):
         taken_count += size
     for j in range(taken_count):  # leave the taken map zeroed for the next frame
         b.taken[_U(b.group[j])] = 0
+    for p in range(min(slots_used + 1, b.slot_dead.shape[0])):
+        b.slot_dead[p] = 0
     return num_peaks
 
 
@@ -772,7 +817,9 @@ class Peakfinder8PeakDetection:
             negative_low=np.zeros(num_bins, dtype=np.float32),
             high_table=np.full(levels * num_bins + 1, np.inf, dtype=np.float32),
             negative_low_table=np.full(levels * num_bins + 1, np.inf, dtype=np.float32),
-            tails=np.empty(size, dtype=np.int32), tail_order=np.empty(size, dtype=np.int32),
+            tails=np.empty(size, dtype=np.int32), tail_class=np.empty(size, dtype=np.int32),
+            tail_value=np.empty(size, dtype=np.float32),
+            sorted_value=np.empty(size, dtype=np.float32),
             tail_start=np.zeros(num_bins + 1, dtype=np.int64),
             sums=np.zeros(num_bins + 1, dtype=np.complex128),
             radial_mean=np.zeros(num_bins, dtype=np.float64),
@@ -784,6 +831,7 @@ class Peakfinder8PeakDetection:
             taken=np.zeros(size, dtype=np.uint8),
             slot_fs=np.zeros(size + 1, dtype=np.int64),
             slot_ss=np.zeros(size + 1, dtype=np.int64),
+            slot_dead=np.zeros(size + 1, dtype=np.int32),
             group=np.empty(size, dtype=np.int32),
             out=np.empty((7, 4096), dtype=np.float64))
 
