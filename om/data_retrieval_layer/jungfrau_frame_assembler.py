@@ -28,7 +28,7 @@ import zmq
 from om.data_retrieval_layer.frame_distribution import FrameDealer
 from om.lib.exceptions import OmConfigurationError
 from om.lib.problems import problems
-from om.lib.waiting_report import WaitingReport
+from om.lib.waiting_report import WAITING_REPORT_INTERVAL, WaitingReport
 
 logger = logging.getLogger("om")
 
@@ -87,13 +87,16 @@ class JungfrauFrameAssembler:
         expected_receivers: the assembler subscribes to the detector streams only once this
             many :class:`~om.data_retrieval_layer.frame_distribution.FrameReceiver` have said
             hello, so no frame is dropped at start-up.
+        waiting_report_interval: seconds without a frame between two lines saying what the
+            streams sent meanwhile (:mod:`om.lib.waiting_report`).
 
     Raises:
         OmConfigurationError: when a URL is malformed or the dealer's socket cannot bind.
     """
 
     def __init__(self, *, stream_urls: list[str], distribution_host: str, rows_per_stream: int,
-                 assembly_timeout: float, expected_receivers: int = 0) -> None:
+                 assembly_timeout: float, expected_receivers: int = 0,
+                 waiting_report_interval: float = WAITING_REPORT_INTERVAL) -> None:
         self._urls = stream_urls
         self._image_bytes = rows_per_stream * MODULE_FS * BYTES_PER_PIXEL
         self._rows = rows_per_stream
@@ -137,7 +140,8 @@ class JungfrauFrameAssembler:
         # and unusable messages by kind.
         self._images_since_frame = [0] * len(stream_urls)
         self._bad_since_frame: dict[str, int] = {}
-        self._waiting = WaitingReport(", ".join(stream_urls), self._describe_wait)
+        self._waiting = WaitingReport(", ".join(stream_urls), self._describe_wait,
+                                      waiting_report_interval)
 
     def start(self) -> None:
         """Starts the assembly thread."""
