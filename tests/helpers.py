@@ -18,7 +18,6 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-import pytest
 import zmq
 
 from om.data_retrieval_layer.file_lease import LOCAL_FILE_SYSTEMS, file_system_type
@@ -62,6 +61,8 @@ def free_port() -> int:
 def skip_unless_leases_are_taken(folder: pathlib.Path) -> None:
     """Skips the test when ``folder`` is on a file system where no read lease is taken
     (``om.data_retrieval_layer.file_lease``): images are copied there, never mapped."""
+    import pytest  # here: the benchmarks import this module without pytest
+
     kind = file_system_type(os.stat(folder).st_dev)
     if kind not in LOCAL_FILE_SYSTEMS:
         pytest.skip(f"the test folder is on a {kind!r} file system, where no lease is taken")
@@ -346,6 +347,8 @@ def assert_one_zeromq_url_source(data_retrieval_class: type, parameters: Monitor
     """Checks a pull-stream set-up: ``source`` (padded with blanks) is accepted, the first rank
     collects, single events cannot be retrieved, anything but one ZeroMQ URL is refused, and an
     unreachable host stops the processing rank's start with ``unreachable`` in the message."""
+    import pytest  # here: the benchmarks import this module without pytest
+
     handler = data_retrieval_class(parameters=parameters,
                                    source=f" {source} ").get_data_event_handler()
     assert handler.designated_collector_rank() == "first" and handler.skip_rank_finalization()
