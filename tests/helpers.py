@@ -25,7 +25,7 @@ from om.lib.exceptions import OmConfigurationError
 from om.lib.parameters import MonitorParameters
 from om.lib.problems import problems
 from om.lib.serialization import unpack
-from om.simulation.configuration import write_monitor_configuration
+from om.simulation.configuration import SPOT_PEAKFINDER8, write_monitor_configuration
 
 BIN = pathlib.Path(sys.executable).parent
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
@@ -232,11 +232,7 @@ p0/fs = +1.0x
 p0/ss = +1.0y
 """
 
-SPOT_PEAKFINDER8 = {"adc_threshold": 50.0, "minimum_snr": 6.0, "min_pixel_count": 2,
-                    "max_pixel_count": 50, "local_bg_radius": 3, "min_res": 20, "max_res": 250,
-                    "max_num_peaks": 2048, "bad_pixel_map_filename": None,
-                    "bad_pixel_map_hdf5_path": None}
-"""peakfinder8 settings that find the synthetic Gaussian spots of the stream senders."""
+
 
 
 def configure_single_panel(tmp_path: pathlib.Path, data_retrieval_class: str,
