@@ -18,7 +18,8 @@ whether this test runs it:
     ``../shared/data/jungfrau_module_real.h5``); skipped with that reason when it is missing.
   - ``stop-when="REGEX"``: for commands that run until Ctrl-C (the monitor, the demo): once the
     block's output matches REGEX, its process group gets SIGINT, as from a terminal's Ctrl-C,
-    and the block must then end by itself; exit code 0 or 130 (bash's for a Ctrl-C) passes.
+    and the block must then end by itself; exit code 0, or bash's for a Ctrl-C (130, or its
+    death by SIGINT), passes.
     Nothing waits a fixed time: the block is stopped as soon as it has shown what it should.
   - ``expect="REGEX"``: the output (stdout and stderr) must match REGEX.
 
@@ -234,7 +235,8 @@ def test_documented_command(page, line, clones, namespace, tmp_path):
     except AssertionError as error:
         raise AssertionError(f"{where}: {error}\n{log.read_text(errors='replace')[-4000:]}")
     print(f"{where}: exit code {exit_code} in {time.monotonic() - started:.1f} s\n{output}")
-    allowed = (0, 130) if "stop-when" in options else (0,)
+    # After a Ctrl-C, bash ends with 130, or dies of the SIGINT itself (-2 here).
+    allowed = (0, 130, -signal.SIGINT) if "stop-when" in options else (0,)
     assert exit_code in allowed, f"{where}: exit code {exit_code}\n{output[-4000:]}"
     rejected = _REJECT.search(output)
     assert rejected is None, f"{where}: printed {rejected.group(0)!r}\n{output[-4000:]}"

@@ -66,7 +66,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"om_simulator.py: wrote {written} for mode {arguments.mode}")
         return 0
     module = importlib.import_module(MODES[arguments.mode].module)
-    return module.main(arguments.arguments)
+    import zmq
+
+    try:
+        return module.main(arguments.arguments)
+    except zmq.ZMQError as error:  # e.g. a second simulator on the same port
+        print(f"om_simulator.py {arguments.mode}: error: {error} (is another simulator or "
+              "program using the port? choose other URLs)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
