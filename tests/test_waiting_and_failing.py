@@ -114,3 +114,15 @@ def test_a_geometry_that_fits_no_frame_stops_the_monitor(tmp_path, limit, expect
     assert re.search(expected, errors[0]), errors[0]
     assert "does not match the geometry's" in errors[0]
     assert "final summary: 0 events" in monitor.stdout
+
+
+def test_frames_dropped_while_stopping_are_not_counted_as_busy_ranks():
+    from om.lib.problems import ProblemCounter
+
+    counter = ProblemCounter()
+    counter.report("frame_dropped_ranks_busy", "frame 1 dropped")
+    counter.rename_from_now({"frame_dropped_ranks_busy": "frame_dropped_at_stop"})
+    counter.report("frame_dropped_ranks_busy", "frame 2 dropped")
+    counter.merge({"frame_dropped_ranks_busy": 2, "incomplete_frame": 1})
+    assert counter.counts() == {"frame_dropped_ranks_busy": 1, "frame_dropped_at_stop": 3,
+                                "incomplete_frame": 1}

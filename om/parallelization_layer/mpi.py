@@ -486,6 +486,9 @@ class MpiParallelization:
             if self._stop_requested.is_set():
                 if deadline is None:
                     deadline = time.monotonic() + _FINAL_WAIT
+                    # Processing ranks that stopped take no more frames: a frame still coming
+                    # is dropped because of the stop, not because the ranks were busy.
+                    problems.rename_from_now({"frame_dropped_ranks_busy": "frame_dropped_at_stop"})
                     self._handler.stop()  # take no more events while the ranks finish
                     self._send_stop(processing_ranks)
                 elif time.monotonic() > deadline:
