@@ -16,7 +16,8 @@ from om.lib.package_data import packaged_file
 from om.simulation.jungfrau_frames import SyntheticJungfrau
 from om.simulation.jungfrau_stream import JungfrauStreamSender
 
-from helpers import Process, configure_single_panel, eventually, free_port, monitor_command
+from helpers import (Process, configure_single_panel, configure_stream, eventually, free_port,
+                     monitor_command)
 from helpers import simulator_mode_command
 
 _FRAME = SyntheticJungfrau(n_modules=2, seed=0).raw_frame(0)[0]
@@ -126,3 +127,23 @@ def test_frames_dropped_while_stopping_are_not_counted_as_busy_ranks():
     counter.merge({"frame_dropped_ranks_busy": 2, "incomplete_frame": 1})
     assert counter.counts() == {"frame_dropped_ranks_busy": 1, "frame_dropped_at_stop": 3,
                                 "incomplete_frame": 1}
+
+
+@pytest.mark.slow
+def test_a_push_source_that_sends_nothing_is_reported_by_one_rank(tmp_path):
+    """A streaming-receiver URL nobody binds: the first processing rank (only it) says what it
+    waits for; Ctrl-C still stops the monitor cleanly."""
+    url = f"tcp://127.0.0.1:{free_port()}"
+    config, _ = configure_stream(tmp_path, "StreamingReceiverDataRetrieval")
+    monitor = Process(monitor_command(url, config), tmp_path, "monitor")
+    try:
+        line = f"WARNING: waiting for data from {url}: nothing usable for"
+        assert eventually(lambda: line in monitor.stderr or monitor.popen.poll() is not None,
+                          120), monitor.stderr
+    finally:
+        code = monitor.stop()
+    print(monitor.stdout, monitor.stderr[-3000:])
+    waiting = [entry for entry in monitor.stderr.splitlines() if line in entry]
+    assert waiting and all(entry.startswith("om[1] ") for entry in waiting), waiting
+    assert "received nothing (a wrong host or port" in waiting[0]
+    assert code == 0 and "final summary: 0 events" in monitor.stdout
