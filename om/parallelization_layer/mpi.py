@@ -253,7 +253,8 @@ class MpiParallelization:
         self.request_stop()
 
     def _send(self, tag: int, result: dict[str, Any] | None, error: str | None = None) -> None:
-        """Sends a result without waiting for the collecting rank to receive it.
+        """Sends a result (and, with DONE, why the rank's events all failed, or None) without
+        waiting for the collecting rank to receive it.
 
         A blocking ``Send`` would stall the processing rank (MPICH spins in it) until the
         collecting rank wakes from its idle sleep; ``Isend`` returns at once and the rank waits
@@ -265,8 +266,8 @@ class MpiParallelization:
             message["error"] = error
         try:
             payload, buffers = pack_out_of_band(message, _OUT_OF_BAND_BYTES)
-        except (TypeError, OmException) as error:  # a result msgpack cannot carry: a bug
-            problems.report("processing_error", f"result not sent: {error}")
+        except (TypeError, OmException) as bug:  # a result msgpack cannot carry: a bug
+            problems.report("processing_error", f"result not sent: {bug}")
             payload, buffers = pack({"result": None, "problems": problems.take_unsent(),
                                      "stage_times": times, "error": error}), []
         self._complete_sends(keep=_MAX_SENDS_IN_FLIGHT - 1)
