@@ -118,6 +118,8 @@ def _run(arguments: argparse.Namespace, directory: pathlib.Path) -> int:
 
     interrupted = threading.Event()
     on_stop_signals(interrupted.set)
+    # The children are in sessions of their own: a closed terminal reaches only the demo.
+    signal.signal(signal.SIGHUP, lambda *_: interrupted.set())
     deadline = time.monotonic() + arguments.duration if arguments.duration > 0 else None
     while not interrupted.is_set() and monitor.poll() is None:
         if deadline is not None and time.monotonic() > deadline:
