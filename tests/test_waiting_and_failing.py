@@ -130,11 +130,21 @@ def test_frames_dropped_while_stopping_are_not_counted_as_busy_ranks():
 
 
 @pytest.mark.slow
-def test_a_push_source_that_sends_nothing_is_reported_by_one_rank(tmp_path):
-    """A streaming-receiver URL nobody binds: the first processing rank (only it) says what it
-    waits for; Ctrl-C still stops the monitor cleanly."""
+@pytest.mark.parametrize("source, expected", [
+    ("StreamingReceiverDataRetrieval", "received nothing (a wrong host or port"),
+    ("Hdf5FilesDataRetrieval", "received no file notification"),
+])
+def test_a_source_that_sends_nothing_is_reported_by_one_rank(tmp_path, source, expected):
+    """A streaming-receiver URL, or a file-notification URL (follow mode), nobody binds: the
+    first processing rank (only it) says what it waits for; Ctrl-C still stops the monitor
+    cleanly."""
     url = f"tcp://127.0.0.1:{free_port()}"
-    config, _ = configure_stream(tmp_path, "StreamingReceiverDataRetrieval")
+    if source == "Hdf5FilesDataRetrieval":
+        config, _, _ = configure_single_panel(
+            tmp_path, source, {"fallback_beam_energy_in_eV": 9000.0,
+                               "fallback_detector_distance_in_mm": 250.0}, {})
+    else:
+        config, _ = configure_stream(tmp_path, source)
     monitor = Process(monitor_command(url, config), tmp_path, "monitor")
     try:
         line = f"WARNING: waiting for data from {url}: nothing usable for"
@@ -145,5 +155,28 @@ def test_a_push_source_that_sends_nothing_is_reported_by_one_rank(tmp_path):
     print(monitor.stdout, monitor.stderr[-3000:])
     waiting = [entry for entry in monitor.stderr.splitlines() if line in entry]
     assert waiting and all(entry.startswith("om[1] ") for entry in waiting), waiting
-    assert "received nothing (a wrong host or port" in waiting[0]
+    assert expected in waiting[0]
     assert code == 0 and "final summary: 0 events" in monitor.stdout
+
+
+def test_waiting_lines_come_less_often_and_start_again_after_data(caplog):
+    """Lines at 5, 10, 20, 40, 80 s, then every 60 s; after data, 5 s again (a clock the test
+    sets, so nothing depends on the machine's speed)."""
+    from om.lib.waiting_report import WaitingReport
+
+    caplog.set_level(logging.WARNING, logger="om")
+    now = [0.0]
+    report = WaitingReport("tcp://x:1", lambda: "received nothing", clock=lambda: now[0])
+    lines = []
+    for second in range(1, 201):
+        now[0] = float(second)
+        if report.poll():
+            lines.append(second)
+    assert lines == [5, 10, 20, 40, 80, 140, 200]
+    assert "waiting for data from tcp://x:1: nothing usable for 200 s; received nothing" in \
+        caplog.records[-1].getMessage()
+    report.data_arrived()
+    now[0] = 204.0
+    assert not report.poll()
+    now[0] = 205.0
+    assert report.poll()
