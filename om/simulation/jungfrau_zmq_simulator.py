@@ -88,6 +88,10 @@ def run(arguments: argparse.Namespace) -> int:
             print(name)
         return 0
 
+    if arguments.file:  # a calibration matches one detector: the simulated one's does not
+        print(f"simulator: sending the frames of {arguments.file}; the monitor needs their own "
+              f"calibration: om_simulator.py jungfrau --file {arguments.file} "
+              "--write-calibration DIR", flush=True)
     stop = threading.Event()
     on_stop_signals(stop.set)
     urls = [url.strip() for url in arguments.urls.split(",") if url.strip()]
