@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Shared set-up of the benchmarks: the real data of ../shared/data and the monitor's kernel."""
 
+import argparse
 import os
 import pathlib
 import sys
@@ -12,6 +13,10 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(os.environ.get("OM_SHARED_DATA", REPO.parent / "shared" / "data"))
 REAL_MODULE_FILE = SHARED_DATA / "jungfrau_module_real.h5"
 GEOMETRY_1M = SHARED_DATA / "geometry" / "jungfrau1M_cheetah.geom"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` of the benchmarks: the description as written, every option's default."""
 
 
 def need_real_data() -> None:

@@ -336,6 +336,25 @@ def _read_previous_darks(filenames: list[str], n_modules: int,
     return pedestal, rms, count
 
 
+# A dark run's median noise per stage is ~10-30 ADU in G0 and ~2-5 in G1 and G2 (the simulator:
+# 24, 3, 2); several times that means frames with beam or light, whose pedestals are wrong.
+_DARK_NOISE_LIMIT_ADU = (100.0, 30.0, 30.0)
+
+
+def _not_dark_warnings(bad: BadPixels, stages: tuple[int, ...]) -> list[str]:
+    """One line per module and measured stage whose median noise no dark run has."""
+    warnings = []
+    for module in range(bad.median_rms.shape[0]):
+        for stage in stages:
+            noise = bad.median_rms[module, stage]
+            if np.isfinite(noise) and noise > _DARK_NOISE_LIMIT_ADU[stage]:
+                warnings.append(
+                    f"module {module} {STAGE_NAMES[stage]}: median noise {noise:.1f} ADU, above "
+                    f"{_DARK_NOISE_LIMIT_ADU[stage]:g} ADU, far more than a dark run's: were "
+                    "these frames taken with beam or light? Their pedestals would be wrong.")
+    return warnings
+
+
 def _summary(statistics: DarkStatistics, stages: tuple[int, ...], bad: BadPixels,
              pedestal: np.ndarray, rules: BadPixelRules, ignored: int) -> str:
     n_modules = pedestal.shape[0]
@@ -432,6 +451,8 @@ def run(arguments: argparse.Namespace) -> int:
         raise DarkToolError(f"cannot write to {output}: {_one_line(error)}") from None
 
     print(_summary(statistics, stages, bad, pedestal, rules, collector.ignored))
+    for warning in _not_dark_warnings(bad, stages):
+        print(f"{PROG}: warning: {warning}", file=sys.stderr, flush=True)
     print("\nwritten (for monitor.yaml):")
     print("  data_retrieval_layer:")
     print("    detector_dark_filenames: [" + ", ".join(darks) + "]")

@@ -28,6 +28,7 @@ import zmq
 from om.data_retrieval_layer.frame_distribution import FrameDealer
 from om.lib.exceptions import OmConfigurationError
 from om.lib.problems import problems
+from om.lib.waiting_report import WAITING_REPORT_INTERVAL, WaitingReport
 
 logger = logging.getLogger("om")
 
@@ -86,13 +87,16 @@ class JungfrauFrameAssembler:
         expected_receivers: the assembler subscribes to the detector streams only once this
             many :class:`~om.data_retrieval_layer.frame_distribution.FrameReceiver` have said
             hello, so no frame is dropped at start-up.
+        waiting_report_interval: seconds without a frame between two lines saying what the
+            streams sent meanwhile (:mod:`om.lib.waiting_report`).
 
     Raises:
         OmConfigurationError: when a URL is malformed or the dealer's socket cannot bind.
     """
 
     def __init__(self, *, stream_urls: list[str], distribution_host: str, rows_per_stream: int,
-                 assembly_timeout: float, expected_receivers: int = 0) -> None:
+                 assembly_timeout: float, expected_receivers: int = 0,
+                 waiting_report_interval: float = WAITING_REPORT_INTERVAL) -> None:
         self._urls = stream_urls
         self._image_bytes = rows_per_stream * MODULE_FS * BYTES_PER_PIXEL
         self._rows = rows_per_stream
@@ -132,6 +136,12 @@ class JungfrauFrameAssembler:
         self._thread: threading.Thread | None = None
         self.frames_forwarded = 0
         self.acquisitions_ended = 0
+        # What came since the last frame, for the waiting report: module images per stream
+        # and unusable messages by kind.
+        self._images_since_frame = [0] * len(stream_urls)
+        self._bad_since_frame: dict[str, int] = {}
+        self._waiting = WaitingReport(", ".join(stream_urls), self._describe_wait,
+                                      waiting_report_interval)
 
     def start(self) -> None:
         """Starts the assembly thread."""
@@ -168,6 +178,7 @@ class JungfrauFrameAssembler:
     def _run(self) -> None:
         if not self._wait_for_receivers():
             return
+        self._waiting.data_arrived()  # the wait for data starts now, not at construction
         for socket in self._subscribers:
             socket.setsockopt(zmq.SUBSCRIBE, b"")
         poller = zmq.Poller()
@@ -190,16 +201,40 @@ class JungfrauFrameAssembler:
                         break
                     self._on_message(index, parts)
             self._expire(time.monotonic())
+            self._waiting.poll()
+
+    def _describe_wait(self) -> str:
+        """What the streams sent since the last frame, for :class:`WaitingReport`."""
+        bad = ", ".join(f"{kind} {count}" for kind, count in sorted(self._bad_since_frame.items()))
+        images = self._images_since_frame
+        if not any(images):
+            if bad:
+                return f"received only messages it cannot use ({bad})"
+            return ("received nothing on any stream (a wrong host or port and a detector that "
+                    "is not streaming look the same: check the URLs against slsReceiver's)")
+        counts = ", ".join(f"{url} {count}" for url, count in zip(self._urls, images))
+        silent = [url for url, count in zip(self._urls, images) if count == 0]
+        if silent:
+            text = (f"received module images from some streams only ({counts}): nothing from "
+                    f"{', '.join(silent)}, so every frame is incomplete")
+        else:
+            text = (f"received module images from every stream ({counts}) but no complete "
+                    "frame: their frame numbers do not match within frame_assembly_timeout")
+        return f"{text}; unusable messages: {bad}" if bad else text
+
+    def _unusable(self, kind: str, message: str) -> None:
+        self._bad_since_frame[kind] = self._bad_since_frame.get(kind, 0) + 1
+        problems.report(kind, message)
 
     def _on_message(self, index: int, parts: list[zmq.Frame]) -> None:
         url = self._urls[index]
         try:
             header = json.loads(bytes(parts[0].buffer))
         except (UnicodeDecodeError, ValueError) as error:
-            problems.report("bad_header", f"stream {url}: header is not JSON ({error})")
+            self._unusable("bad_header", f"stream {url}: header is not JSON ({error})")
             return
         if not isinstance(header, dict):
-            problems.report("bad_header", f"stream {url}: header is not a JSON object")
+            self._unusable("bad_header", f"stream {url}: header is not a JSON object")
             return
         if len(parts) == 1:
             if header.get("data") == 0:
@@ -207,25 +242,26 @@ class JungfrauFrameAssembler:
                 self._highest[index] = None  # the next acquisition counts from 1 again
                 logger.info("stream %s: end of acquisition", url)
             else:
-                problems.report("bad_message", f"stream {url}: single-part message with data")
+                self._unusable("bad_message", f"stream {url}: single-part message with data")
             return
         if len(parts) != 2:
-            problems.report("bad_message", f"stream {url}: {len(parts)} message parts, expected 2")
+            self._unusable("bad_message", f"stream {url}: {len(parts)} message parts, expected 2")
             return
         frame_number = header.get("frameNumber")
         if not isinstance(frame_number, int) or isinstance(frame_number, bool):
-            problems.report("bad_header", f"stream {url}: no integer frameNumber in the header")
+            self._unusable("bad_header", f"stream {url}: no integer frameNumber in the header")
             return
         self._count_missed(index, frame_number)
         size = len(parts[1].buffer)
         if size != self._image_bytes or header.get("bitmode", 16) != 16:
-            problems.report(
+            self._unusable(
                 "wrong_size",
                 f"stream {url}: frame {frame_number} has {size} bytes at "
                 f"{header.get('bitmode')} bits, expected {self._image_bytes} "
                 f"({self._rows}x{MODULE_FS} uint16)",
             )
             return
+        self._images_since_frame[index] += 1
         if header.get("completeImage", 1) == 0:
             problems.report("missing_packets",
                             f"stream {url}: frame {frame_number} lost packets (pixels ignored)")
@@ -270,6 +306,10 @@ class JungfrauFrameAssembler:
             "timestamp": self._clock.to_epoch(int(ticks) if isinstance(ticks, int) else 0),
             "headers": pending.headers,
         }
+        # A frame dropped because every rank is busy came all the same: no waiting report.
+        self._waiting.data_arrived()
+        self._images_since_frame = [0] * len(self._urls)
+        self._bad_since_frame = {}
         if self._dealer.deal(metadata, pending.images):
             self.frames_forwarded += 1
         else:

@@ -8,6 +8,7 @@ or a missing required key stops start-up with one message naming the key and the
 """
 
 import dataclasses
+import os
 import pathlib
 from typing import Any, Iterable
 
@@ -15,6 +16,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from om.lib.exceptions import OmConfigurationError
+from om.lib.package_data import packaged_file
 
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
                list: "a list", dict: "a map"}
@@ -189,8 +191,23 @@ class MonitorParameters:
         return dict(self._groups.get(group, {}))
 
     def resolve_path(self, path: str) -> str:
-        """Resolves a file path written in the configuration relative to the file's folder."""
+        """Resolves a file path written in the configuration.
+
+        A relative path is relative to the folder the configuration file was named in, as the
+        user sees it: a symbolic link ``monitor.yaml`` in the repository's root resolves
+        ``calibration/...`` in the root, not in the link target's folder. A relative path that
+        names no file there but a file shipped in ``om/data`` (the geometry files) resolves to
+        the shipped file, so a copied ``monitor.yaml`` still finds ``jungfrau1M.geom``.
+
+        Returns:
+            The path (the file need not exist; its reader reports a missing file).
+        """
         candidate = pathlib.Path(path).expanduser()
-        if not candidate.is_absolute():
-            candidate = pathlib.Path(self.filename).resolve().parent / candidate
-        return str(candidate)
+        if candidate.is_absolute():
+            return str(candidate)
+        beside = pathlib.Path(os.path.abspath(self.filename)).parent / candidate
+        if not beside.exists():
+            shipped = packaged_file(str(candidate))
+            if shipped.is_file():
+                return str(shipped)
+        return str(beside)

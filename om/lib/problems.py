@@ -28,11 +28,20 @@ class ProblemCounter:
         self._unsent: dict[str, int] = {}
         self._last_logged: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
+        self._renamed: dict[str, str] = {}
+
+    def rename_from_now(self, renames: dict[str, str]) -> None:
+        """Counts problems of the kinds in ``renames`` under the new kind from now on, reported
+        here or merged: e.g. frames dropped while the monitor stops are an effect of the stop,
+        not of busy ranks."""
+        with self._lock:
+            self._renamed.update(renames)
 
     def report(self, kind: str, message: str, *, count: int = 1) -> None:
         """Counts ``count`` problems of ``kind`` and logs ``message`` unless logged recently."""
         now = time.monotonic()
         with self._lock:
+            kind = self._renamed.get(kind, kind)
             self._counts[kind] = self._counts.get(kind, 0) + count
             self._unsent[kind] = self._unsent.get(kind, 0) + count
             last = self._last_logged.get(kind)
@@ -48,6 +57,7 @@ class ProblemCounter:
         """Adds counts received from another rank (not logged again, not sent again)."""
         with self._lock:
             for kind, count in counts.items():
+                kind = self._renamed.get(kind, kind)
                 self._counts[kind] = self._counts.get(kind, 0) + int(count)
 
     def counts(self) -> dict[str, int]:
