@@ -366,16 +366,16 @@ def _next_core_ranges(radial_mean, radial_sigma, minimum_snr, adc_threshold, cor
 
 
 @numba.njit(**_JIT)
-def _seeds(data, pixel_threshold, tails, tail_class, tail_value, num_tails, leaky, core_low,
-           core_high, bin_pixels, bin_start, seed_rank, num_panels, panel_count, seeds, work):
-    """The candidates that may start a group (not on a panel edge), in search order: by panel
-    rank, then raster order. Returns their number."""
+def _mark_candidates(data, pixel_threshold, tails, tail_class, tail_value, num_tails, leaky,
+                     core_low, core_high, bin_pixels, bin_start, candidate, marked):
+    """Step 3: sets ``candidate[u] = 1`` for every candidate (used, above its bin's threshold,
+    finite) and lists them in ``marked``, in raster order. Returns their number."""
     count = 0
     for t in range(num_tails):
         value = tail_value[t]
-        if value > pixel_threshold[tail_class[t]] and value < _INF32 \
-                and seed_rank[_U(tails[t])] >= 0:
-            work[count] = tails[t]
+        if value > pixel_threshold[tail_class[t]] and value < _INF32:
+            candidate[_U(tails[t])] = 1
+            marked[count] = tails[t]
             count += 1
     from_tails = count
     for k in range(leaky.shape[0]):  # core pixels above the threshold (rare)
@@ -384,29 +384,38 @@ def _seeds(data, pixel_threshold, tails, tail_class, tail_value, num_tails, leak
         for j in range(bin_start[k], bin_start[k + 1]):
             u = _U(bin_pixels[j])
             value = data[u]
-            if seed_rank[u] >= 0 and (value >= core_low[k]) & (value < core_high[k]) \
-                    and value > pixel_threshold[k]:
-                work[count] = bin_pixels[j]
+            if (value >= core_low[k]) & (value < core_high[k]) and value > pixel_threshold[k]:
+                candidate[u] = 1
+                marked[count] = bin_pixels[j]
                 count += 1
     if count > from_tails:
-        work[:count].sort()
-    # Stable counting sort by panel rank: raster order within each panel.
-    for r in range(num_panels + 1):
-        panel_count[r] = 0
-    for i in range(count):
-        panel_count[seed_rank[_U(work[i])] + 1] += 1
-    for r in range(num_panels):
-        panel_count[r + 1] += panel_count[r]
-    for i in range(count):
-        r = seed_rank[_U(work[i])]
-        seeds[panel_count[r]] = work[i]
-        panel_count[r] += 1
+        marked[:count].sort()
     return count
 
 
 @numba.njit(**_JIT)
-def _grow_group(data, pixel_class, pixel_threshold, taken, seed, rect, rank, n_fs, slot_fs,
-                slot_ss, slot_dead, slots_used, group):
+def _seeds(marked, num_marked, seed_rank, num_panels, panel_count, seeds):
+    """The candidates that may start a group (not on a panel edge), in search order: by panel
+    rank, then raster order (a stable counting sort of the raster-ordered ``marked``). Returns
+    their number."""
+    for r in range(num_panels + 1):
+        panel_count[r] = 0
+    for i in range(num_marked):
+        panel_count[seed_rank[_U(marked[i])] + 1] += 1  # rank -1 (edges) counted in slot 0
+    on_edges = panel_count[0]
+    for r in range(num_panels):
+        panel_count[r + 1] += panel_count[r]
+    for i in range(num_marked):
+        r = seed_rank[_U(marked[i])]
+        if r >= 0:
+            seeds[panel_count[r] - on_edges] = marked[i]
+            panel_count[r] += 1
+    return num_marked - on_edges
+
+
+@numba.njit(**_JIT)
+def _grow_group(candidate, seed, rect, rank, n_fs, slot_fs, slot_ss, slot_dead, slots_used,
+                group):
     """Step 4: grows the group of ``seed`` with the reference's search; returns (size,
     slots_used).
 
@@ -414,7 +423,8 @@ def _grow_group(data, pixel_class, pixel_threshold, taken, seed, rect, rank, n_f
     ``slots_used`` on read as 0 (the reference's list starts zeroed each frame). For each entry
     ``p = 0 .. size`` (``size`` itself included: an entry left by an earlier group, or 0) the
     pixel and its 8 neighbours are visited in the reference's order, and each candidate not yet
-    taken is appended (position at entry ``size``, flat index in ``group``) and taken. The walk
+    taken (``candidate[u] == 1``) is appended (position at entry ``size``, flat index in
+    ``group``) and taken (``candidate[u] = 0``). The walk
     repeats while the group grows; a repeat can only add pixels when an append replaced the
     entry being read (appending at ``p == size``), so otherwise it is skipped.
 
@@ -447,16 +457,14 @@ def _grow_group(data, pixel_class, pixel_threshold, taken, seed, rect, rank, n_f
                 if local_fs < 0 or local_fs >= width or local_ss < 0 or local_ss >= height:
                     continue
                 u = _U((local_ss + min_ss) * n_fs + local_fs + min_fs)
-                value = data[u]
-                if not ((value > pixel_threshold[pixel_class[u]]) & (value < _INF32)) \
-                        or taken[u] != 0:
+                if candidate[u] == 0:
                     continue
                 slot_fs[size] = local_fs
                 slot_ss[size] = local_ss
                 slot_dead[size] = 0
                 slots_used = max(slots_used, size + 1)
                 replaced |= p == size
-                taken[u] = 1
+                candidate[u] = 0
                 group[size] = u
                 size += 1
             if past_end and size == p:  # read past the end, added nothing
@@ -488,7 +496,7 @@ def _background_row(data, pixel_class, pixel_threshold, start, stop):
 
 @numba.njit(**_JIT)
 def _measure_group(data, radius, pixel_class, center_bin, radial_mean, pixel_threshold, group,
-                   size, rect, n_fs, settings, out, index):
+                   size, rect, n_fs, disc_reach, settings, out, index):
     """Steps 5 and 6 for one group; writes the peak into ``out[:, index]`` when accepted and
     returns whether it was."""
     if size < settings.min_pixel_count or size > settings.max_pixel_count:
@@ -526,12 +534,7 @@ def _measure_group(data, radius, pixel_class, center_bin, radial_mean, pixel_thr
     total_sq = 0.0
     background_max = 0.0
     for d_ss in range(max(-width, min_ss - centre_ss), min(width, max_ss - centre_ss + 1)):
-        # The disc's row: |d_fs| <= reach, and d_fs < width.
-        reach = int(math.sqrt(width * width - d_ss * d_ss))
-        while reach * reach > width * width - d_ss * d_ss:
-            reach -= 1
-        while (reach + 1) * (reach + 1) <= width * width - d_ss * d_ss:
-            reach += 1
+        reach = disc_reach[d_ss + width]  # the disc's row: -reach <= d_fs < width, <= reach
         first_fs = max(centre_fs - reach, min_fs)
         last_fs = min(centre_fs + min(reach, width - 1), max_fs)
         row = (centre_ss + d_ss) * n_fs
@@ -567,6 +570,13 @@ def _measure_group(data, radius, pixel_class, center_bin, radial_mean, pixel_thr
     return True
 
 
+def _disc_reach(width: int) -> np.ndarray:
+    """int64 (2 * width,): for each row offset ``d_ss = -width .. width - 1``, the largest
+    ``d_fs`` with ``d_fs**2 + d_ss**2 <= width**2`` (the reference's background disc)."""
+    d_ss = np.arange(-width, width)
+    return np.array([math.isqrt(width * width - d * d) for d in d_ss], dtype=np.int64)
+
+
 class _Settings(NamedTuple):
     """The scalar parameters of the kernel."""
 
@@ -596,6 +606,7 @@ class _Tables(NamedTuple):
     chunk_low: np.ndarray  # int32 per chunk: range-minimum table entries of the chunk's bins
     chunk_high: np.ndarray
     levels: int
+    disc_reach: np.ndarray  # int64 (4R,): the background disc's half width at d_ss = i - 2R
 
 
 class _Buffers(NamedTuple):
@@ -616,10 +627,10 @@ class _Buffers(NamedTuple):
     radial_sigma: np.ndarray
     pixel_threshold: np.ndarray  # float32 (num_bins + 1,): per class; NaN for masked pixels
     leaky: np.ndarray  # bool (num_bins,)
+    marked: np.ndarray  # int32 (n,): the candidates, raster order
     seeds: np.ndarray  # int32 (n,)
-    seed_work: np.ndarray
     panel_count: np.ndarray  # int64 (num_panels + 1,)
-    taken: np.ndarray  # uint8 (n,): zero between frames
+    candidate: np.ndarray  # uint8 (n,): 1 = a candidate not yet in a group; zero between frames
     slot_fs: np.ndarray  # int64 (n + 1,)
     slot_ss: np.ndarray
     slot_dead: np.ndarray  # int32 (n + 1,): zero between frames
@@ -647,32 +658,36 @@ def _find_peaks_kernel(data, tables, buffers, settings):
                        settings.minimum_snr, settings.adc_threshold, b.tail_start,
                        b.sorted_value, b.radial_mean, b.radial_sigma, b.pixel_threshold,
                        b.leaky)
-    num_seeds = _seeds(data, b.pixel_threshold, b.tails, b.tail_class, b.tail_value, num_tails,
-                       b.leaky, b.core_low, b.core_high, t.bin_pixels, t.bin_start,
-                       t.seed_rank, settings.num_panels, b.panel_count, b.seeds, b.seed_work)
+    num_marked = _mark_candidates(data, b.pixel_threshold, b.tails, b.tail_class, b.tail_value,
+                                  num_tails, b.leaky, b.core_low, b.core_high, t.bin_pixels,
+                                  t.bin_start, b.candidate, b.marked)
+    num_seeds = _seeds(b.marked, num_marked, t.seed_rank, settings.num_panels, b.panel_count,
+                       b.seeds)
     _next_core_ranges(b.radial_mean, b.radial_sigma, settings.minimum_snr,
                       settings.adc_threshold, b.core_low, b.core_high)
     if num_seeds > b.out.shape[1]:
+        for i in range(num_marked):
+            b.candidate[_U(b.marked[i])] = 0
         return -num_seeds
     num_peaks = 0
     slots_used = 0
     taken_count = 0
     for i in range(num_seeds):
         seed = b.seeds[i]
-        if b.taken[_U(seed)] != 0:
-            continue
+        if b.candidate[_U(seed)] == 0:
+            continue  # taken by an earlier group
         rank = t.panel_rank[_U(seed)]
         rect = t.rects[rank]
-        size, slots_used = _grow_group(data, t.pixel_class, b.pixel_threshold, b.taken, seed,
-                                       rect, rank, settings.n_fs, b.slot_fs, b.slot_ss,
-                                       b.slot_dead, slots_used, b.group[taken_count:])
+        size, slots_used = _grow_group(b.candidate, seed, rect, rank, settings.n_fs, b.slot_fs,
+                                       b.slot_ss, b.slot_dead, slots_used,
+                                       b.group[taken_count:])
         if _measure_group(data, t.radius, t.pixel_class, t.center_bin, b.radial_mean,
                           b.pixel_threshold, b.group[taken_count:], size, rect, settings.n_fs,
-                          settings, b.out, num_peaks):
+                          t.disc_reach, settings, b.out, num_peaks):
             num_peaks += 1
         taken_count += size
-    for j in range(taken_count):  # leave the taken map zeroed for the next frame
-        b.taken[_U(b.group[j])] = 0
+    for i in range(num_marked):  # leave the candidate map zeroed for the next frame
+        b.candidate[_U(b.marked[i])] = 0
     for p in range(min(slots_used + 1, b.slot_dead.shape[0])):
         b.slot_dead[p] = 0
     return num_peaks
@@ -803,7 +818,8 @@ class Peakfinder8PeakDetection:
             panel_rank=np.ascontiguousarray(panel_rank.ravel()),
             rects=np.ascontiguousarray(rects),
             static_count=static_count, bin_pixels=bin_pixels, bin_start=bin_start,
-            chunk_low=chunk_low, chunk_high=chunk_high, levels=levels)
+            chunk_low=chunk_low, chunk_high=chunk_high, levels=levels,
+            disc_reach=_disc_reach(2 * int(local_bg_radius)))
         self._settings = _Settings(
             adc_threshold=float(adc_threshold), minimum_snr=float(minimum_snr),
             min_pixel_count=int(min_pixel_count), max_pixel_count=int(max_pixel_count),
@@ -826,9 +842,9 @@ class Peakfinder8PeakDetection:
             radial_sigma=np.zeros(num_bins, dtype=np.float64),
             pixel_threshold=pixel_threshold,
             leaky=np.zeros(num_bins, dtype=np.bool_),
-            seeds=np.empty(size, dtype=np.int32), seed_work=np.empty(size, dtype=np.int32),
+            marked=np.empty(size, dtype=np.int32), seeds=np.empty(size, dtype=np.int32),
             panel_count=np.zeros(rects.shape[0] + 1, dtype=np.int64),
-            taken=np.zeros(size, dtype=np.uint8),
+            candidate=np.zeros(size, dtype=np.uint8),
             slot_fs=np.zeros(size + 1, dtype=np.int64),
             slot_ss=np.zeros(size + 1, dtype=np.int64),
             slot_dead=np.zeros(size + 1, dtype=np.int32),
