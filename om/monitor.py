@@ -8,6 +8,7 @@ SIGTERM stops every rank within a few seconds with a final summary.
 
 import argparse
 import logging
+import os
 import sys
 import threading
 from typing import Any
@@ -45,6 +46,10 @@ def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         "HDF5/NXmx files or glob patterns (see docs/)")
     parser.add_argument("-c", "--config", default="monitor.yaml",
                         help="configuration file (default: monitor.yaml)")
+    parser.add_argument("-n", "--ranks", type=int,
+                        help="run as 'om_monitor.py -n N SOURCE ...' (without mpiexec): run "
+                        "'mpiexec -n N om_monitor.py SOURCE ...' and start it again when its "
+                        "collecting rank or frame assembler dies (docs/architecture.md)")
     parser.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.add_argument("--crystfel-geometry", action="store_true",
@@ -53,6 +58,8 @@ def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     arguments = parser.parse_args(argv)
     if arguments.source is None and not arguments.crystfel_geometry:
         parser.error("the SOURCE argument is required")
+    if arguments.ranks is not None:  # om_monitor.py handles -n before: here it is misplaced
+        parser.error("-n/--ranks: run 'om_monitor.py -n N ...' without mpiexec")
     return arguments
 
 
@@ -121,6 +128,12 @@ def main(argv: list[str] | None = None, early_stop: threading.Event | None = Non
         print(f"om_monitor.py: error: {monitor.error}", file=sys.stderr, flush=True)
     # Sockets closed with a linger (the last broadcast) get up to 1 s to deliver.
     zmq.Context.instance().destroy(linger=1000)
+    if monitor.leave_without_finalize:
+        # MPI_Finalize (mpi4py calls it at exit) would wait for the lost rank forever.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(exit_code)
     return exit_code
 
 

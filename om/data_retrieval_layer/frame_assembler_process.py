@@ -20,7 +20,8 @@ The two processes talk over a ZeroMQ PAIR socket on 127.0.0.1, in msgpack maps:
 * parent → child: ``b"stop"``.
 
 A child that ends without being asked to (killed, or crashed) is counted as
-``assembler_process_ended`` and logged: no frame comes after it.
+``assembler_process_ended`` and logged: no frame comes after it, so it asks for the monitor to be
+started again (:meth:`om.lib.monitor_health.MonitorHealth.request_restart`).
 
 The child runs in a session of its own and ignores SIGINT, so a Ctrl-C sent to the monitor's
 process group does not reach it (the collecting rank decides when it stops); it stops on
@@ -43,6 +44,7 @@ import zmq
 
 from om.data_retrieval_layer.jungfrau_frame_assembler import JungfrauFrameAssembler
 from om.lib.exceptions import OmConfigurationError, OmException
+from om.lib.monitor_health import health
 from om.lib.problems import log_format as monitor_log_format
 from om.lib.problems import problems
 from om.lib.serialization import pack, unpack
@@ -134,9 +136,10 @@ class FrameAssemblerProcess:
                     self._on_status(self._control.recv())
                 elif self._child.poll() is not None:
                     if not self._stop_requested.is_set():
-                        problems.report(ASSEMBLER_PROCESS_ENDED, (
-                            f"the frame assembler process ended by itself (exit code "
-                            f"{self._child.returncode}): no more frames will come"))
+                        why = (f"the frame assembler process ended by itself (exit code "
+                               f"{self._child.returncode}): no more frames will come")
+                        problems.report(ASSEMBLER_PROCESS_ENDED, why)
+                        health.request_restart(why)
                     return
         except zmq.ZMQError:  # the socket closed under it: stop() gave up waiting
             return

@@ -5,9 +5,10 @@ The collecting rank's :class:`FrameDealer` binds a ZeroMQ ROUTER socket; every p
 :class:`FrameReceiver` connects a DEALER socket to it. The messages (msgpack maps, see
 :mod:`om.lib.serialization`):
 
-* receiver → dealer ``[b"hello", {"slots": n, "slot_bytes": b, "path": p | None, "token": t}]``:
-  the receiver takes ``n`` frames at a time; ``path``/``token`` name its
-  :class:`~om.lib.shared_frame_slots.SharedFrameSlots` segment of ``n`` slots;
+* receiver → dealer ``[b"hello", {"slots": n, "slot_bytes": b, "path": p | None, "token": t,
+  "process": {...}}]``: the receiver takes ``n`` frames at a time; ``path``/``token`` name its
+  :class:`~om.lib.shared_frame_slots.SharedFrameSlots` segment of ``n`` slots; ``process``
+  identifies its process (:class:`~om.lib.rank_liveness.RankProcess`, optional);
 * dealer → receiver ``[metadata]`` with ``metadata["slot"] = k`` and
   ``metadata["image_bytes"] = [bytes of each image]``: the frame's images lie one after the
   other in shared-memory slot ``k``; or ``[metadata, image, image, ...]``: the images travel
@@ -17,7 +18,9 @@ The collecting rank's :class:`FrameDealer` binds a ZeroMQ ROUTER socket; every p
 
 A receiver never holds more than ``n`` frames, so the dealer knows which ranks have room without
 any queue in the sockets: a frame goes to the receiver with the most free slots (the least busy
-rank), or, when every slot of every receiver is taken, it is dropped and counted. Over shared
+rank), or, when every slot of every receiver is taken, it is dropped and counted. A receiver
+whose process is gone (looked at twice a second, :mod:`om.lib.rank_liveness`), or to which a
+send fails, is forgotten: the frames it held are counted as ``frames_lost_with_rank``. Over shared
 memory a frame costs one copy into the slot on the collecting rank and nothing on the processing
 rank (its images are read-only views of the slot), instead of a TCP send and receive (measured:
 ~0.55 ms and ~0.45 ms of CPU per 2 MB frame on 127.0.0.1).
@@ -26,6 +29,7 @@ rank (its images are read-only views of the slot), instead of a TCP send and rec
 import dataclasses
 import itertools
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -33,6 +37,7 @@ import zmq
 
 from om.lib.exceptions import OmInvalidDataError
 from om.lib.problems import problems
+from om.lib.rank_liveness import RankProcess
 from om.lib.serialization import pack, unpack
 from om.lib.shared_frame_slots import SharedFrameSlots
 from om.lib.zmq_sockets import bind_socket
@@ -41,6 +46,9 @@ logger = logging.getLogger("om")
 
 _HELLO = b"hello"
 _FREE = b"free"
+FRAMES_LOST_WITH_RANK = "frames_lost_with_rank"
+"""Problem kind: frames dealt to a processing rank that died before it gave them back."""
+_LIVENESS_PERIOD = 0.5  # s between two looks at the receivers' processes
 
 
 @dataclasses.dataclass
@@ -49,6 +57,7 @@ class _Receiver:
     free: list[int]
     slots: SharedFrameSlots | None
     slot_bytes: int
+    process: RankProcess | None = None
 
 
 class FrameDealer:
@@ -71,6 +80,7 @@ class FrameDealer:
             options={zmq.ROUTER_MANDATORY: 1, zmq.SNDHWM: 0})
         self._receivers: dict[bytes, _Receiver] = {}
         self._order: list[bytes] = []  # round robin among equally free receivers
+        self._next_liveness_look = 0.0
 
     @property
     def receivers(self) -> int:
@@ -122,10 +132,12 @@ class FrameDealer:
             except (OSError, ValueError) as error:  # e.g. a receiver on another host
                 logger.info("frame receiver without shared memory (%s): frames go over the "
                             "network", error)
+        process = RankProcess.from_message(hello["process"]) if hello.get("process") else None
         old = self._receivers.pop(identity, None)
         if old is not None and old.slots is not None:
             old.slots.close()
-        self._receivers[identity] = _Receiver(n_slots, list(range(n_slots)), slots, slot_bytes)
+        self._receivers[identity] = _Receiver(n_slots, list(range(n_slots)), slots, slot_bytes,
+                                              process)
         if identity not in self._order:
             self._order.append(identity)
 
@@ -136,14 +148,37 @@ class FrameDealer:
             metadata: msgpack-encodable map (``slot`` and ``image_bytes`` are added).
             images: the image parts (``zmq.Frame`` or bytes-like objects), in module order.
         """
+        self.forget_gone_receivers()
+        while self._receivers:
+            chosen = self._least_busy()
+            if chosen is None:
+                return False
+            if self._send(chosen, metadata, images):
+                return True
+        return False
+
+    def forget_gone_receivers(self) -> None:
+        """Forgets the receivers whose process is gone (looks at most twice a second)."""
+        now = time.monotonic()
+        if now < self._next_liveness_look:
+            return
+        self._next_liveness_look = now + _LIVENESS_PERIOD
+        for identity, receiver in list(self._receivers.items()):
+            why = receiver.process.why_gone() if receiver.process is not None else None
+            if why is not None:
+                self._forget(identity, why)
+
+    def _least_busy(self) -> bytes | None:
         chosen: bytes | None = None
         most_free = 0
         for identity in self._order:
             receiver = self._receivers.get(identity)
             if receiver is not None and len(receiver.free) > most_free:
                 chosen, most_free = identity, len(receiver.free)
-        if chosen is None:
-            return False
+        return chosen
+
+    def _send(self, chosen: bytes, metadata: dict[str, Any], images: list[Any]) -> bool:
+        """Sends the frame to receiver ``chosen``; False (the receiver forgotten) on failure."""
         # The next search starts after this one, so that equally free ranks alternate.
         self._order.remove(chosen)
         self._order.append(chosen)
@@ -163,12 +198,20 @@ class FrameDealer:
             else:
                 self.socket.send_multipart([chosen, pack(message), *images], copy=False)
         except zmq.ZMQError as error:  # the receiver left: forget it
-            logger.info("frame receiver gone (%s)", error)
-            self._forget(chosen)
+            receiver.free.append(slot)  # this frame never reached it
+            self._forget(chosen, f"a send to it failed: {error}")
             return False
         return True
 
-    def _forget(self, identity: bytes) -> None:
+    def _forget(self, identity: bytes, why: str | None = None) -> None:
+        """Forgets a receiver; with ``why`` (it is gone), counts the frames it held."""
+        receiver = self._receivers.get(identity)
+        if why is not None and receiver is not None:
+            held = receiver.n_slots - len(receiver.free)
+            logger.warning("frame receiver gone (%s): %d frames it held are lost", why, held)
+            if held:
+                problems.report(FRAMES_LOST_WITH_RANK, f"{held} frames dealt to a processing "
+                                f"rank that is gone ({why})", count=held)
         receiver = self._receivers.pop(identity, None)
         if receiver is not None and receiver.slots is not None:
             receiver.slots.close()
@@ -226,7 +269,8 @@ class FrameReceiver:
         self._socket.connect(endpoint)
         hello = {"slots": n_slots, "slot_bytes": slot_bytes,
                  "path": self._slots.path if self._slots else None,
-                 "token": self._slots.token if self._slots else b""}
+                 "token": self._slots.token if self._slots else b"",
+                 "process": RankProcess.of_this_process(-1).to_message()}
         self._socket.send_multipart([_HELLO, pack(hello)])
         self._n_slots = n_slots
 

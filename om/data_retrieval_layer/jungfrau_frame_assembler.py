@@ -201,6 +201,7 @@ class JungfrauFrameAssembler:
                         break
                     self._on_message(index, parts)
             self._expire(time.monotonic())
+            self._dealer.forget_gone_receivers()  # a dead rank's frames counted even when idle
             self._waiting.poll()
 
     def _describe_wait(self) -> str:

@@ -31,6 +31,16 @@ then meets the others in a final barrier (bounded in time) before it exits: a ra
 while another still sent to it would make that send fail, and ``mpiexec`` would then kill every
 rank with SIGKILL. That barrier is an all-reduce of the ranks' exit codes, so every rank exits
 with the same code.
+
+Lost ranks (docs/architecture.md, "A rank that dies"): every rank tells the others at start-up
+which process it is (:mod:`om.lib.rank_liveness`); the rank guard keeps
+``mpiexec`` from killing the job when one rank dies (:mod:`om.parallelization_layer.rank_guard`).
+The collecting rank looks twice a second whether its processing ranks still run: one that is
+gone is reported (``processing_rank_lost``, omdata's ``processing_ranks_lost``), gets no more
+frames, feedback or STOP, its messages that arrive whole are still used, and the others go on. A
+processing rank that finds the collecting rank gone exits at once with :data:`EXIT_RESTART`
+(``om_monitor.py -n N`` then restarts the job). After a loss no collective call can complete: the
+ranks skip the final barrier and leave without ``MPI_Finalize`` (:attr:`leave_without_finalize`).
 """
 
 import collections
@@ -50,6 +60,7 @@ from om.lib.exceptions import (
     OmException,
     OmInvalidDataError,
 )
+from om.lib.monitor_health import health
 from om.lib.parameters import MonitorParameters, ParameterGroup
 from om.lib.problems import problems
 from om.lib.serialization import (
@@ -61,6 +72,7 @@ from om.lib.serialization import (
 )
 from om.lib.stage_times import stage_times
 from om.parallelization_layer.mpi_single_copy import large_sends_need_the_sender
+from om.lib.rank_liveness import RankProcess, RankWatch
 from om.parallelization_layer.shared_result_buffers import (
     CANNOT_ATTACH,
     SharedBufferReceiver,
@@ -90,6 +102,15 @@ _FINAL_WAIT = 10.0
 # collecting rank costs memory of at most this many results (a few hold a frame).
 _MAX_SENDS_IN_FLIGHT = 16
 _SEND_WAIT_STEP = 0.0005
+_STOP_FLAG = b"\x01"
+_STOP_FLAG_AFTER_LOSS = b"\x02"  # a rank was lost: leave without the final barrier
+EXIT_RESTART = 75
+"""Exit code of a job that should be started again (its collecting rank, or every processing
+rank, is gone): ``om_monitor.py -n N`` restarts it."""
+PROCESSING_RANK_LOST = "processing_rank_lost"
+"""Problem kind: a processing rank's process is gone; the others go on."""
+RESULTS_LOST_WITH_RANK = "results_lost_with_rank"
+"""Problem kind: a result a lost processing rank was sending when it died."""
 
 
 def _bcast_msgpack(comm: MPI.Comm, obj: Any, root: int) -> Any:
@@ -154,6 +175,11 @@ class MpiParallelization:
         # Collecting rank: feedback sends not known to be complete (payloads kept alive).
         self._feedback_in_flight: list[tuple[MPI.Request, bytes]] = []
         self._feedback: dict[str, Any] = {}  # processing rank: received, not yet merged
+        self._watch = RankWatch([])  # the ranks this rank depends on (set in initialize)
+        self._lost: dict[int, str] = {}  # collecting rank: lost processing ranks, and why
+        self._exit_code: int | None = None  # overrides the computed exit code
+        self.leave_without_finalize = False
+        """True when a rank was lost: MPI_Finalize would wait for it forever."""
         # Without single-copy transfers a frame moves only while its sender calls MPI: frames
         # then go through shared memory, or (other host, no free slot) are driven through MPI.
         self._drive_large_sends = large_sends_need_the_sender(MPI.Get_library_version())
@@ -194,8 +220,9 @@ class MpiParallelization:
             except Exception as exception:  # a bug must still stop every rank cleanly
                 error = f"{type(exception).__name__}: {exception}"
                 traceback.print_exc()
-        collector_state = _bcast_msgpack(self._comm, {"info": info, "error": error},
-                                         self._collector)
+        me = RankProcess.of_this_process(self._rank).to_message()
+        collector_state = _bcast_msgpack(self._comm, {"info": info, "error": error,
+                                                      "process": me}, self._collector)
         if collector_state["error"] is None and not self.is_collecting_rank:
             try:
                 self._handler.initialize_event_handling_on_processing_node(
@@ -206,7 +233,11 @@ class MpiParallelization:
             except Exception as exception:
                 error = f"{type(exception).__name__}: {exception}"
                 traceback.print_exc()
-        errors = [e for e in _allgather_msgpack(self._comm, error) if e is not None]
+        gathered = _allgather_msgpack(self._comm, {"error": error, "process": me})
+        errors = [state["error"] for state in gathered if state["error"] is not None]
+        processes = [RankProcess.from_message(state["process"]) for state in gathered]
+        self._watch = RankWatch([process for process in processes
+                                 if (process.rank == self._collector) != self.is_collecting_rank])
         if collector_state["error"] is not None:
             errors.insert(0, collector_state["error"])
         if errors:
@@ -225,7 +256,10 @@ class MpiParallelization:
             self._run_collecting_rank()
         else:
             self._run_processing_rank()
-        return self._final_barrier(1 if self.error else 0)
+        code = self._exit_code if self._exit_code is not None else 1 if self.error else 0
+        if self.leave_without_finalize:
+            return code
+        return self._final_barrier(code)
 
     # Processing ranks ---------------------------------------------------------------------
 
@@ -239,6 +273,7 @@ class MpiParallelization:
         request = self._comm.Irecv([flag, MPI.BYTE], source=self._collector, tag=_TAG_STOP)
         deadline: float | None = None
         while not request.Test():
+            self._leave_if_the_collecting_rank_is_gone()
             if self._finished.is_set():
                 deadline = deadline or time.monotonic() + _FINAL_WAIT
                 if time.monotonic() > deadline:
@@ -250,7 +285,19 @@ class MpiParallelization:
             # calls MPI: this thread's Test does that every millisecond.
             time.sleep(0.001 if self._drive_large_sends else
                        0.01 if self._finished.is_set() else 0.1)
+        if bytes(flag) == _STOP_FLAG_AFTER_LOSS:
+            self.leave_without_finalize = True
         self.request_stop()
+
+    def _leave_if_the_collecting_rank_is_gone(self) -> None:
+        """Ends this process at once (exit code :data:`EXIT_RESTART`) when the collecting rank's
+        process is gone: nothing would take this rank's results, and every MPI call that waits
+        for the collecting rank would wait forever."""
+        for rank, why in self._watch.newly_gone().items():
+            logger.error("rank %d: the collecting rank (rank %d) is gone (%s): this rank ends",
+                         self._rank, rank, why)
+            logging.shutdown()
+            os._exit(EXIT_RESTART)
 
     def _send(self, tag: int, result: dict[str, Any] | None, error: str | None = None) -> None:
         """Sends a result (and, with DONE, why the rank's events all failed, or None) without
@@ -452,6 +499,7 @@ class MpiParallelization:
             if time.monotonic() > deadline:
                 logger.warning("rank %d: not every rank reached the end within %.0f s",
                                self._rank, _FINAL_WAIT)
+                self.leave_without_finalize = True  # MPI_Finalize would wait for them too
                 return exit_code
             time.sleep(0.01)
         if not self.is_collecting_rank:
@@ -474,6 +522,12 @@ class MpiParallelization:
             rank: collections.deque() for rank in processing_ranks}
         idle_since = time.monotonic()  # the last wait_for_data (it serves the responding socket)
         while done != processing_ranks:
+            self._forget_lost_ranks(processing_ranks, done, receiving)
+            if health.restart_reason is not None and self._exit_code is None:
+                logger.error("%s: the monitor stops, to be started again",
+                             health.restart_reason)
+                self._exit_code = EXIT_RESTART
+                self._stop_requested.set()
             if self._probe(status):
                 source, tag = status.Get_source(), status.Get_tag()
                 # Not zero-filled: bytearray would write every byte of a 4 MB frame first.
@@ -496,15 +550,47 @@ class MpiParallelization:
                     logger.warning("processing ranks %s did not finish within %.0f s",
                                    sorted(processing_ranks - done), _FINAL_WAIT)
                     break
-            if any(receiving.values()) and time.monotonic() - idle_since < _RECEIVE_POLL_PERIOD:
+            on_the_way = any(messages for rank, messages in receiving.items()
+                             if rank not in self._lost)
+            if on_the_way and time.monotonic() - idle_since < _RECEIVE_POLL_PERIOD:
                 time.sleep(_RECEIVE_POLL_STEP)  # a message is on its way: look again soon
                 continue
             self._processing.wait_for_data(**kwargs)
             idle_since = time.monotonic()
         self._send_stop(processing_ranks)  # ranks that ended by themselves wait for it
+        self._count_lost_results(receiving)
+        if self._lost and not processing_ranks:
+            logger.error("every processing rank is gone: the monitor must be started again")
+            self._exit_code = EXIT_RESTART
         self._handler.stop()
         self._processing.end_processing_on_collecting_node(**kwargs)
         self._shared_receiver.close()
+
+    def _forget_lost_ranks(self, processing_ranks: set[int], done: set[int],
+                           receiving: dict[int, collections.deque]) -> None:
+        """Stops counting on the processing ranks whose process is gone (looked at twice a
+        second): reported once each; their unfinished receives are abandoned."""
+        for rank, why in self._watch.newly_gone().items():
+            if rank in done or rank not in processing_ranks:
+                continue  # it had finished: its end is no loss
+            processing_ranks.discard(rank)
+            self._lost[rank] = why
+            self.leave_without_finalize = True
+            health.rank_lost(rank, why)
+            problems.report(PROCESSING_RANK_LOST, f"processing rank {rank} is gone ({why}): no "
+                            f"more frames go to it; {len(processing_ranks)} processing ranks go "
+                            "on")
+
+    def _count_lost_results(self, receiving: dict[int, collections.deque]) -> None:
+        """Counts the results of lost ranks that never arrived whole (``results_lost_with_rank``).
+
+        A lost rank's messages that were complete are handled like any other (its work is not
+        lost); one whose transfer died with the rank never completes and is abandoned here.
+        """
+        lost = sum(tag == _TAG_DATA for rank in self._lost for _, _, tag in receiving[rank])
+        if lost:
+            problems.report(RESULTS_LOST_WITH_RANK, f"{lost} results of lost processing ranks "
+                            "never arrived whole", count=lost)
 
     def _handle_received(self, receiving: dict[int, collections.deque], done: set[int],
                          kwargs: dict[str, int]) -> bool:
@@ -539,9 +625,11 @@ class MpiParallelization:
                             "arrays without their result, oldest dropped")
 
     def _send_stop(self, processing_ranks: set[int]) -> None:
-        """Sends STOP (one byte, sent eagerly) once to every processing rank."""
+        """Sends STOP (one byte, sent eagerly) once to every processing rank still there; after
+        a loss it tells them to leave without the final barrier."""
+        flag = _STOP_FLAG_AFTER_LOSS if self._lost else _STOP_FLAG
         for rank in sorted(processing_ranks - self._stopped_ranks):
-            self._comm.Send([b"\x01", MPI.BYTE], dest=rank, tag=_TAG_STOP)
+            self._comm.Send([flag, MPI.BYTE], dest=rank, tag=_TAG_STOP)
             self._stopped_ranks.add(rank)
 
     def _probe(self, status: MPI.Status) -> bool:
@@ -583,7 +671,7 @@ class MpiParallelization:
         or a key that is no processing rank is counted as ``processing_error``."""
         self._feedback_in_flight = [(request, payload) for request, payload
                                     in self._feedback_in_flight if not request.Test()]
-        running = set(range(self._size)) - {self._collector} - done
+        running = set(range(self._size)) - {self._collector} - done - set(self._lost)
         for key, message in feedback.items():
             if key == self._collector:
                 ranks = running

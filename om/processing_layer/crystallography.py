@@ -24,6 +24,7 @@ from om.lib.geometry import DetectorGeometry, assemble, load_bad_pixel_map, load
 from om.lib.hit_rate import HitRateHistory
 from om.lib.parameters import MonitorParameters, Parameter, ParameterGroup
 from om.lib.peakogram import Peakogram
+from om.lib.monitor_health import health
 from om.lib.problems import problems
 from om.lib.responding_socket import RespondingSocket
 from om.lib.stage_times import STAGES, describe_per_event, stage_times
@@ -417,6 +418,7 @@ class CrystallographyProcessing:
             "num_frames_received": self._frames_received,
             "events_per_second": self._rate.rate(),
             "problems": problems.counts(),
+            **health.as_data(),
             "responding_url": self._responder.url if self._responder else None,
             "start_timestamp": self._start,
         })

@@ -1,0 +1,93 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""A rank that dies during a run, on the real frames: a processing rank is lost and the monitor
+goes on; a collecting rank or frame assembler that dies brings the monitor back
+(``om_monitor.py -n N``); a stop signal still stops everything for good.
+
+Everything runs for real: the simulator's PUB sockets, ``mpiexec``, the ranks killed with SIGKILL,
+a subscriber on the broadcast socket. Every wait is bounded; nothing depends on the machine's
+speed (the frames are paced, and each wait is for a count, not for a time).
+"""
+
+import re
+import signal
+import time
+
+import psutil
+import pytest
+
+from om.parallelization_layer.rank_guard import RANK_PROCESS
+
+from helpers import (BIN, Process, configure, free_port, monitor_command, receive_until,
+                     simulator_command, subscriber)
+
+pytestmark = pytest.mark.slow
+
+
+def supervised_command(source: str, config, ranks: int) -> list[str]:
+    """``om_monitor.py -n ranks source -c config``: the monitor under its supervisor."""
+    return [str(BIN / "om_monitor.py"), "-n", str(ranks), source, "-c", str(config)]
+
+
+def rank_processes(monitor: Process) -> dict[int, psutil.Process]:
+    """The processes of the monitor's ranks (each its guard's child), by rank."""
+    found = {}
+    for child in psutil.Process(monitor.popen.pid).children(recursive=True):
+        try:
+            environment = child.environ()
+        except (psutil.AccessDenied, psutil.NoSuchProcess):
+            continue
+        if RANK_PROCESS in environment and "PMI_RANK" in environment:
+            found[int(environment["PMI_RANK"])] = child
+    return found
+
+
+def test_a_processing_rank_killed_mid_run_is_lost_and_the_others_go_on(
+        tmp_path, real_module_file, geometry_1m, real_calibration):
+    config, broadcast = configure(tmp_path, geometry_1m, *real_calibration, frame_queue_size=4)
+    urls = f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}"
+    frames = 400
+    simulator = Process(simulator_command(urls, "--file", str(real_module_file), "--rate", "10",
+                                          "--frames", str(frames)), tmp_path, "simulator")
+    monitor = Process(supervised_command(urls, config, ranks=4), tmp_path, "monitor")
+    alive = lambda: monitor.popen.poll() is None  # noqa: E731
+    try:
+        with subscriber(broadcast, b"omdata") as omdata:
+            before = receive_until(omdata, lambda m: all(
+                m["num_events_per_rank"].get(rank, 0) >= 3 for rank in ("1", "2", "3")),
+                300, alive)
+            victim = rank_processes(monitor)[2]
+            victim.send_signal(signal.SIGKILL)
+            killed_at = time.monotonic()
+            lost = receive_until(omdata, lambda m: "2" in m["processing_ranks_lost"], 60, alive)
+            noticed = time.monotonic() - killed_at
+            # Frames after the loss: the remaining ranks take them all.
+            after = receive_until(omdata, lambda m: sum(
+                m["num_events_per_rank"].get(rank, 0) for rank in ("1", "3")) >= sum(
+                lost["num_events_per_rank"].get(rank, 0) for rank in ("1", "3")) + 30, 120, alive)
+            assert simulator.wait(120) == 0
+            # Every frame offered is processed or counted as lost (the simulator sent them all).
+            last = receive_until(omdata, lambda m: m["num_events"] + _losses(m) >= frames,
+                                 60, alive)
+    finally:
+        code = monitor.stop(timeout=60)
+        simulator.stop()
+    print(monitor.stdout[-2000:], monitor.stderr[-4000:])
+    print(f"loss noticed within {noticed:.1f} s; events before {before['num_events']}, "
+          f"at the loss {lost['num_events']}, after {after['num_events']}, "
+          f"problems {last['problems']}")
+    assert lost["problems"]["processing_rank_lost"] == 1
+    assert "ended" in lost["processing_ranks_lost"]["2"]
+    # At most the frames rank 2 held (frame_queue_size + 1) arrive from it after the loss.
+    assert after["num_events_per_rank"]["2"] <= lost["num_events_per_rank"]["2"] + 5
+    assert last["num_events"] + _losses(last) == frames  # lost work counted, not guessed
+    assert code in (0, 128 + signal.SIGKILL)  # mpiexec's: the highest of its ranks'
+    assert re.search(r"rank 2 \(pid \d+\) was killed by signal 9 \(SIGKILL\)", monitor.stderr)
+    assert "processing_rank_lost: processing rank 2 is gone" in monitor.stderr
+    assert "final summary" in monitor.stdout
+
+
+def _losses(data):
+    """Frames counted as lost, whatever the cause."""
+    kinds = ("frames_lost_with_rank", "results_lost_with_rank", "frame_dropped_ranks_busy",
+             "incomplete_frame", "frame_dropped_at_stop")
+    return sum(data["problems"].get(kind, 0) for kind in kinds)
