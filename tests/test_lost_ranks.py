@@ -91,3 +91,54 @@ def _losses(data):
     kinds = ("frames_lost_with_rank", "results_lost_with_rank", "frame_dropped_ranks_busy",
              "incomplete_frame", "frame_dropped_at_stop")
     return sum(data["problems"].get(kind, 0) for kind in kinds)
+
+
+def _restart_seconds(monitor: Process, omdata, victim: psutil.Process, restarts: int) -> float:
+    """Kills ``victim`` with SIGKILL; returns the seconds until an omdata message of the next
+    job (``monitor_restarts`` == ``restarts``) with processed frames arrives."""
+    alive = lambda: monitor.popen.poll() is None  # noqa: E731
+    victim.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    # Generous bound for a loaded 2-core machine; the requirement (10 s) is asserted below.
+    receive_until(omdata, lambda m: m["monitor_restarts"] == restarts and m["num_events"] > 0,
+                  120, alive)
+    return time.monotonic() - killed_at
+
+
+def test_a_collecting_rank_or_frame_assembler_that_dies_brings_the_monitor_back(
+        tmp_path, real_module_file, geometry_1m, real_calibration):
+    """The collecting rank killed, then the frame assembler process of the next job: each time
+    the monitor broadcasts again within 10 s (kill to the first omdata message of the new job
+    with processed frames). Then SIGTERM stops the supervisor and every rank for good."""
+    config, broadcast = configure(tmp_path, geometry_1m, *real_calibration)
+    urls = f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}"
+    simulator = Process(simulator_command(urls, "--file", str(real_module_file), "--rate", "10",
+                                          "--frames", "100000"), tmp_path, "simulator")
+    monitor = Process(supervised_command(urls, config, ranks=3), tmp_path, "monitor")
+    alive = lambda: monitor.popen.poll() is None  # noqa: E731
+    try:
+        with subscriber(broadcast, b"omdata") as omdata:
+            receive_until(omdata, lambda m: m["num_events"] >= 5, 300, alive)
+            collecting = rank_processes(monitor)[0]
+            after_collecting_rank = _restart_seconds(monitor, omdata, collecting, 1)
+            assembler = [child for child in rank_processes(monitor)[0].children()
+                         if "frame_assembler_process" in " ".join(child.cmdline())][0]
+            after_assembler = _restart_seconds(monitor, omdata, assembler, 2)
+            job = rank_processes(monitor)
+        stopped_at = time.monotonic()
+        code = monitor.stop(signum=signal.SIGTERM, timeout=60)
+        stop_seconds = time.monotonic() - stopped_at
+    finally:
+        if monitor.popen.poll() is None:
+            monitor.stop(timeout=60)
+        simulator.stop()
+    print(monitor.stderr[-5000:])
+    print(f"broadcasting again {after_collecting_rank:.1f} s after the collecting rank was "
+          f"killed, {after_assembler:.1f} s after the frame assembler was; stopped by SIGTERM "
+          f"in {stop_seconds:.1f} s")
+    assert after_collecting_rank < 10 and after_assembler < 10
+    assert "restart 1 (1 in a row)" in monitor.stderr and "restart 2 (2 in a row)" in monitor.stderr
+    assert "restart 3" not in monitor.stderr  # SIGTERM: stopped for good
+    assert code == 0
+    assert not any(process.is_running() for process in job.values())
+    assert "om: final summary" in monitor.stdout
