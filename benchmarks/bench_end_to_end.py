@@ -28,6 +28,7 @@ from common import HelpFormatter, GEOMETRY_1M, REAL_MODULE_FILE, need_real_data 
 from helpers import free_port, monitor_command, simulator_command  # noqa: E402
 
 from om.lib.serialization import unpack  # noqa: E402
+from om.parallelization_layer.rank_guard import RANK_PROCESS  # noqa: E402
 from om.lib.stage_times import STAGES  # noqa: E402
 from om.simulation.configuration import write_monitor_configuration  # noqa: E402
 from om.simulation.frame_sources import HDF5FrameSource  # noqa: E402
@@ -42,7 +43,8 @@ def _rank_processes(mpiexec: psutil.Process) -> dict[int, psutil.Process]:
             environ = child.environ()
         except (psutil.AccessDenied, psutil.NoSuchProcess):
             continue
-        if "PMI_RANK" in environ:
+        # The rank itself, not its guard (om.parallelization_layer.rank_guard).
+        if "PMI_RANK" in environ and RANK_PROCESS in environ:
             ranks[int(environ["PMI_RANK"])] = child
     return ranks
 
@@ -134,11 +136,13 @@ def run(*, rate: float, duration: float, ranks: int, hit_frame_sending_interval:
                                  stdout=subprocess.PIPE, text=True)
     latencies, last, first_time, first_events = [], {}, None, 0
     last_received = time.monotonic()
+    sent: int | None = None  # known when the simulator has ended
     mpiexec = psutil.Process(monitor.pid)
     processes: dict[int, psutil.Process] = {}
     cpu_start: dict[int, float] = {}
     threads_start: dict[str, dict[str, float]] = {}
-    deadline = time.monotonic() + duration + 120
+    # Bounds the run only; how long the monitor takes to start or to catch up never ends it.
+    deadline = time.monotonic() + duration + 600
     rss_samples: list[tuple[float, dict[int, float]]] = []  # (s since start, {rank: MB})
     started = next_rss = time.monotonic()
     next_progress = started + _PROGRESS_EVERY
@@ -171,8 +175,12 @@ def run(*, rate: float, duration: float, ranks: int, hit_frame_sending_interval:
                 threads_start = {"collecting rank": _thread_cpu(processes.get(0)),
                                  "assembler process": _thread_cpu(assembler)}
             latencies.append(now - last["timestamp"])
-        elif simulator.poll() is not None and time.monotonic() - last_received > 3.0:
-            break  # the simulator is done and the monitor's last broadcast (<= 1 s) came
+        if sent is None and simulator.poll() is not None:
+            sent = int(re.search(r"sent (\d+) frames", simulator.stdout.read()).group(1))
+            simulator_ended = time.monotonic()
+        if sent is not None and (_accounted(last) >= sent
+                                 or time.monotonic() - max(last_received, simulator_ended) > 60):
+            break  # every frame sent is processed or counted lost (or the monitor went silent)
     elapsed = last_received - (first_time or last_received)
     cpu = {rank: (sum(p.cpu_times()[:2]) - cpu_start.get(rank, 0.0)) / max(elapsed, 1e-9)
            for rank, p in processes.items()}
@@ -193,7 +201,8 @@ def run(*, rate: float, duration: float, ranks: int, hit_frame_sending_interval:
         frozen.close(0)
     for written in ("calibration", "synthetic"):  # tens of MB per run; the log stays
         shutil.rmtree(folder / written, ignore_errors=True)
-    sent = int(re.search(r"sent (\d+) frames", simulator.stdout.read()).group(1))
+    if sent is None:
+        sent = int(re.search(r"sent (\d+) frames", simulator.stdout.read()).group(1))
     problems = last.get("problems", {})
     latency = np.array(latencies[1:]) if len(latencies) > 1 else np.zeros(1)
     events = last.get("num_events", 0)
@@ -210,6 +219,14 @@ def run(*, rate: float, duration: float, ranks: int, hit_frame_sending_interval:
         "cpu": cpu, "rss_mb": rss, "rss_samples": rss_samples, "log": str(folder / "monitor.log"),
         "threads": threads, "assembly_process": assembly_process,
     }
+
+
+def _accounted(omdata: dict) -> int:
+    """Frames an omdata message accounts for: processed, or dropped or incomplete (counted)."""
+    problems = omdata.get("problems", {})
+    return omdata.get("num_events", 0) + sum(problems.get(kind, 0) for kind in (
+        "frame_dropped_ranks_busy", "incomplete_frame", "frames_lost_with_rank",
+        "results_lost_with_rank"))
 
 
 # The last line of the monitor's final summary (om.lib.stage_times.describe_per_event).
