@@ -76,10 +76,15 @@ class Supervisor:
 
     Args:
         command: the job's command line.
+        back_off: seconds to wait before the 1st, 2nd, ... restart in a row (the last repeats).
+        max_in_a_row: restarts in a row after which the supervisor gives up.
     """
 
-    def __init__(self, command: list[str]) -> None:
+    def __init__(self, command: list[str], *, back_off: tuple[float, ...] = BACK_OFF,
+                 max_in_a_row: int = MAX_RESTARTS_IN_A_ROW) -> None:
         self._command = command
+        self._back_off = back_off
+        self._max_in_a_row = max_in_a_row
         # Signals received; a list, not an Event: appending takes no lock a second signal
         # could find held.
         self._signals: list[int] = []
@@ -102,12 +107,12 @@ class Supervisor:
                 return code
             if ran >= HEALTHY_AFTER:
                 in_a_row = 0
-            if in_a_row >= MAX_RESTARTS_IN_A_ROW:
+            if in_a_row >= self._max_in_a_row:
                 _say(f"error: the monitor died {in_a_row + 1} times in a row, each time within "
                      f"{HEALTHY_AFTER:.0f} s of its start (last exit code {code}); it is not "
                      "started again. See its messages above.")
                 return 1
-            delay = BACK_OFF[min(in_a_row, len(BACK_OFF) - 1)]
+            delay = self._back_off[min(in_a_row, len(self._back_off) - 1)]
             in_a_row += 1
             self.restarts += 1
             _say(f"the monitor died (exit code {code}, after {ran:.1f} s): restart "

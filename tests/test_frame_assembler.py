@@ -19,6 +19,7 @@ from om.data_retrieval_layer.frame_assembler_process import (
 from om.data_retrieval_layer.frame_distribution import FrameReceiver
 from om.data_retrieval_layer.jungfrau_frame_assembler import JungfrauFrameAssembler
 from om.lib.exceptions import OmConfigurationError
+from om.lib.monitor_health import health
 from om.lib.problems import problems
 from om.simulation.jungfrau_stream import JungfrauStreamSender
 
@@ -191,6 +192,8 @@ def test_a_process_that_dies_is_counted_and_logged():
         assembler.stop()
     assert assembler.returncode == -signal.SIGKILL
     assert ASSEMBLER_PROCESS_ENDED in (DOCS / "broadcast.md").read_text()
+    # No frame would come any more: the monitor is to be started again (om_monitor.py -n N).
+    assert "frame assembler process ended by itself" in health.restart_reason
 
 
 def test_the_process_stops_when_asked_and_ignores_ctrl_c():

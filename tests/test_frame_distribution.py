@@ -169,3 +169,40 @@ def test_attach_refuses_a_segment_of_another_size_or_token():
     finally:
         slots.unlink()
         slots.close()
+
+
+def test_a_receiver_whose_process_dies_is_forgotten_and_its_frames_counted(tmp_path):
+    """A processing rank killed while it holds frames: no frame goes to it any more, and the
+    frames it held are counted as frames_lost_with_rank."""
+    import signal
+    import subprocess
+    import sys
+
+    from helpers import eventually
+
+    dealer = FrameDealer("127.0.0.1")
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from om.data_retrieval_layer.frame_distribution import FrameReceiver\n"
+        f"receiver = FrameReceiver(sys.argv[1], n_slots=3, slot_bytes={SLOT_BYTES})\n"
+        "held = []\n"
+        "while len(held) < 2:\n"
+        "    frame = receiver.receive(100)\n"
+        "    held += [frame] if frame is not None else []\n"
+        "print('holding', flush=True)\n"
+        "time.sleep(120)\n"), dealer.endpoint], stdout=subprocess.PIPE, text=True)
+    try:
+        _say_hello(dealer, 1, timeout=60)
+        assert dealer.deal({"frame_number": 1}, _images(1))
+        assert dealer.deal({"frame_number": 2}, _images(2))
+        assert child.stdout.readline() == "holding\n"
+        before = problems.counts().get("frames_lost_with_rank", 0)
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+        assert eventually(lambda: (dealer.forget_gone_receivers(), dealer.receivers)[1] == 0, 10)
+        assert problems.counts()["frames_lost_with_rank"] == before + 2
+        assert not dealer.deal({"frame_number": 3}, _images(3))  # nobody left to take it
+    finally:
+        if child.poll() is None:
+            child.kill()
+        dealer.close()

@@ -90,6 +90,23 @@ class JungfrauStreamSender:
             header = json.dumps(self.header(module, frame_number, timestamp_ticks, n_frames))
             socket.send_multipart([header.encode(), image], copy=False)
 
+    def send_module(self, module: int, frame: np.ndarray, frame_number: int,
+                    timestamp_ticks: int) -> None:
+        """Sends module ``module``'s image of one frame only (the other streams stay silent)."""
+        rows = slice(module * MODULE_SHAPE[0], (module + 1) * MODULE_SHAPE[0])
+        header = json.dumps(self.header(module, frame_number, timestamp_ticks, None))
+        self._sockets[module].send_multipart(
+            [header.encode(), np.ascontiguousarray(frame[rows], dtype="<u2")], copy=False)
+
+    def send_parts(self, module: int, parts: list[bytes]) -> None:
+        """Sends any message on module ``module``'s stream (e.g. a malformed one, in tests)."""
+        self._sockets[module].send_multipart(parts)
+
+    @property
+    def modules(self) -> int:
+        """How many module streams."""
+        return len(self._sockets)
+
     def send_end_of_acquisition(self) -> None:
         """Sends the single-part end-of-acquisition message on every stream."""
         for module, socket in enumerate(self._sockets):
