@@ -31,6 +31,10 @@ OM_GROUP = ParameterGroup("om", (
     Parameter("max_consecutive_failed_events", int, default=20, minimum=0,
               description="stop the monitor (exit code 1) when a processing rank's last this "
               "many events all failed, e.g. frames the geometry does not fit (0: never)"),
+    Parameter("restart_when_idle_after_rank_loss", float, default=30.0, minimum=0,
+              description="under om_monitor.py -n N: once a processing rank was lost, start "
+              "the monitor again with every rank when no result came for this many seconds "
+              "(0: never; go on with the ranks left)"),
 ))
 
 

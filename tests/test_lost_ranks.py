@@ -17,7 +17,7 @@ import pytest
 
 from om.parallelization_layer.rank_guard import RANK_PROCESS
 
-from helpers import (BIN, Process, configure, free_port, monitor_command, receive_until,
+from helpers import (BIN, Process, configure, eventually, free_port, receive_until,
                      simulator_command, subscriber)
 
 pytestmark = pytest.mark.slow
@@ -142,3 +142,41 @@ def test_a_collecting_rank_or_frame_assembler_that_dies_brings_the_monitor_back(
     assert code == 0
     assert not any(process.is_running() for process in job.values())
     assert "om: final summary" in monitor.stdout
+
+
+def test_lost_ranks_are_brought_back_when_no_frame_comes(tmp_path, real_module_file,
+                                                         geometry_1m, real_calibration):
+    """om/restart_when_idle_after_rank_loss: a processing rank killed during an acquisition;
+    once the acquisition is over the supervisor starts the monitor again with every rank."""
+    from ruamel.yaml import YAML
+
+    config, broadcast = configure(tmp_path, geometry_1m, *real_calibration)
+    yaml = YAML()
+    content = yaml.load(config.read_text())
+    content["om"]["restart_when_idle_after_rank_loss"] = 2.0
+    with open(config, "w") as stream:
+        yaml.dump(content, stream)
+    urls = f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}"
+    simulator = Process(simulator_command(urls, "--file", str(real_module_file), "--rate", "10",
+                                          "--frames", "100"), tmp_path, "simulator")
+    monitor = Process(supervised_command(urls, config, ranks=3), tmp_path, "monitor")
+    alive = lambda: monitor.popen.poll() is None  # noqa: E731
+    try:
+        with subscriber(broadcast, b"omdata") as omdata:
+            receive_until(omdata, lambda m: m["num_events_per_rank"].get("2", 0) >= 3, 300, alive)
+            victim = rank_processes(monitor)[2]
+            victim.send_signal(signal.SIGKILL)
+            receive_until(omdata, lambda m: "2" in m["processing_ranks_lost"], 60, alive)
+        assert simulator.wait(120) == 0
+        # Bounded wait: the restart comes 2 s after the last result, then a whole start-up.
+        assert eventually(lambda: "restart 1 (1 in a row)" in monitor.stderr and len(
+            rank_processes(monitor)) == 3 and victim.pid not in
+            [p.pid for p in rank_processes(monitor).values()], 180)
+        assert alive()
+    finally:
+        code = monitor.stop(timeout=60)
+        simulator.stop()
+    print(monitor.stderr[-3000:])
+    assert "a good moment to bring them back" in monitor.stderr
+    assert "restart 2" not in monitor.stderr
+    assert code == 0

@@ -60,7 +60,7 @@ from om.lib.exceptions import (
     OmException,
     OmInvalidDataError,
 )
-from om.lib.monitor_health import health
+from om.lib.monitor_health import RESTARTS_VARIABLE, health
 from om.lib.parameters import MonitorParameters, ParameterGroup
 from om.lib.problems import problems
 from om.lib.serialization import (
@@ -162,6 +162,10 @@ class MpiParallelization:
         self._processing = processing_layer
         self._collector = 0 if self._handler.designated_collector_rank() == "first" else self._size - 1
         self._max_failures = parameters.get("om", "max_consecutive_failed_events")
+        # Only a supervisor (om_monitor.py -n N, which sets the variable) starts the job again.
+        self._idle_restart = (parameters.get("om", "restart_when_idle_after_rank_loss")
+                              if RESTARTS_VARIABLE in os.environ else 0.0)
+        self._last_activity = time.monotonic()  # collecting rank: the last result or loss
         self.error: str | None = None
         """Why the run failed (every event failed), or None."""
         self._last_failure = ""  # processing rank: the last failed event's problem
@@ -523,6 +527,7 @@ class MpiParallelization:
         idle_since = time.monotonic()  # the last wait_for_data (it serves the responding socket)
         while done != processing_ranks:
             self._forget_lost_ranks(processing_ranks, done, receiving)
+            self._restart_if_idle_after_a_loss()
             if health.restart_reason is not None and self._exit_code is None:
                 logger.error("%s: the monitor stops, to be started again",
                              health.restart_reason)
@@ -575,11 +580,21 @@ class MpiParallelization:
                 continue  # it had finished: its end is no loss
             processing_ranks.discard(rank)
             self._lost[rank] = why
+            self._last_activity = time.monotonic()
             self.leave_without_finalize = True
             health.rank_lost(rank, why)
             problems.report(PROCESSING_RANK_LOST, f"processing rank {rank} is gone ({why}): no "
                             f"more frames go to it; {len(processing_ranks)} processing ranks go "
                             "on")
+
+    def _restart_if_idle_after_a_loss(self) -> None:
+        """Asks for a restart with every rank (:data:`EXIT_RESTART`) once ranks were lost and
+        no result came for ``om/restart_when_idle_after_rank_loss`` s: nothing is lost then."""
+        if (self._lost and self._idle_restart > 0 and self._exit_code is None
+                and time.monotonic() - self._last_activity > self._idle_restart):
+            health.request_restart(
+                f"processing ranks {sorted(self._lost)} were lost and no result came for "
+                f"{self._idle_restart:.0f} s: a good moment to bring them back")
 
     def _count_lost_results(self, receiving: dict[int, collections.deque]) -> None:
         """Counts the results of lost ranks that never arrived whole (``results_lost_with_rank``).
@@ -661,6 +676,7 @@ class MpiParallelization:
                 self.error = str(message["error"])
                 self._stop_requested.set()  # the other ranks' events would fail the same way
         if result is not None:
+            self._last_activity = time.monotonic()
             feedback = self._processing.collect_data(processed_data=(result, source), **kwargs)
             if feedback:
                 self._send_feedback(feedback, done)
