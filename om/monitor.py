@@ -20,6 +20,7 @@ from om.lib.exceptions import OmException
 from om.lib.parameters import MonitorParameters, Parameter, ParameterGroup
 from om.lib.problems import log_format
 from om.lib.stop_signals import on_stop_signals
+from om.parallelization_layer.rank_guard import tell_the_guard_the_rank_started
 
 OM_GROUP = ParameterGroup("om", (
     Parameter("parallelization_layer", str, required=True,
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None, early_stop: threading.Event | None = Non
             print(f"om_monitor.py: error: {error}", file=sys.stderr, flush=True)
         return 1
 
+    tell_the_guard_the_rank_started()  # from now on the others go on without this rank
     on_stop_signals(monitor.request_stop)
     if early_stop.is_set():
         monitor.request_stop()

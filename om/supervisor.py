@@ -14,7 +14,8 @@ with one message and exit code 1. SIGINT or SIGTERM stops the job (forwarded to 
 which forwards it to every rank) and the supervisor, for good.
 
 The job runs in a session of its own, so a Ctrl-C in the terminal reaches it once, through the
-supervisor; it gets SIGTERM if the supervisor dies (``PR_SET_PDEATHSIG``).
+supervisor; it gets SIGTERM if the supervisor dies (``PR_SET_PDEATHSIG``), and SIGKILL (the whole
+session) when it has not stopped 30 s after a stop signal.
 """
 
 import argparse
@@ -32,6 +33,7 @@ from om.lib.monitor_health import RESTARTS_VARIABLE
 MAX_RESTARTS_IN_A_ROW = 5
 HEALTHY_AFTER = 60.0  # s: a job that ran this long resets the count of restarts in a row
 BACK_OFF = (0.0, 1.0, 2.0, 4.0, 8.0)  # s before the 1st, 2nd, ... restart in a row
+STOP_TIMEOUT = 30.0  # s a stopped job has before it is killed (the ranks need at most ~12)
 _FINAL_EXIT_CODES = (0, 1)  # the job finished, or starting it again would fail again
 _PR_SET_PDEATHSIG = 1
 
@@ -128,15 +130,20 @@ class Supervisor:
                                env=dict(os.environ, **{RESTARTS_VARIABLE: str(self.restarts)}),
                                start_new_session=True,
                                preexec_fn=_job_gets_sigterm_when_the_supervisor_dies)
-        forwarded = False
+        forwarded_at: float | None = None
         while True:
             try:
                 return job.wait(timeout=0.1)
             except subprocess.TimeoutExpired:
                 pass
-            if self._signals and not forwarded:
+            if self._signals and forwarded_at is None:
                 job.send_signal(self._signals[0])
-                forwarded = True
+                forwarded_at = time.monotonic()
+            elif forwarded_at is not None and time.monotonic() - forwarded_at > STOP_TIMEOUT:
+                # A rank that cannot stop (e.g. waiting for a dead peer): the stop is for good.
+                _say(f"the monitor did not stop within {STOP_TIMEOUT:.0f} s: killing it")
+                os.killpg(job.pid, signal.SIGKILL)
+                return job.wait()
 
 
 def main(arguments: list[str]) -> int:

@@ -180,3 +180,29 @@ def test_lost_ranks_are_brought_back_when_no_frame_comes(tmp_path, real_module_f
     assert "a good moment to bring them back" in monitor.stderr
     assert "restart 2" not in monitor.stderr
     assert code == 0
+
+
+def test_a_rank_killed_during_the_start_up_ends_the_job_which_is_started_again(
+        tmp_path, real_module_file, geometry_1m, real_calibration):
+    """The collecting rank killed as soon as its process exists (long before its start-up, which
+    imports, reads the calibration and compiles, is over): the other ranks would wait for it in
+    the start-up's collective calls forever; its guard ends the job instead, and the supervisor
+    starts it again."""
+    config, broadcast = configure(tmp_path, geometry_1m, *real_calibration)
+    urls = f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}"
+    simulator = Process(simulator_command(urls, "--file", str(real_module_file), "--rate", "10",
+                                          "--frames", "100000"), tmp_path, "simulator")
+    monitor = Process(supervised_command(urls, config, ranks=3), tmp_path, "monitor")
+    alive = lambda: monitor.popen.poll() is None  # noqa: E731
+    try:
+        assert eventually(lambda: 0 in rank_processes(monitor), 60)
+        rank_processes(monitor)[0].send_signal(signal.SIGKILL)
+        with subscriber(broadcast, b"omdata") as omdata:
+            data = receive_until(omdata, lambda m: m["num_events"] > 0, 300, alive)
+    finally:
+        code = monitor.stop(timeout=60)
+        simulator.stop()
+    print(monitor.stderr[-3000:])
+    assert data["monitor_restarts"] == 1
+    assert "killed by signal 9 (SIGKILL) during its start-up: the whole job ends" in monitor.stderr
+    assert code == 0

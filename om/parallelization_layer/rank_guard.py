@@ -21,6 +21,12 @@ the guard forwards each to the rank once the rank catches it (``SigCgt`` in
 ``mpiexec -disable-auto-cleanup`` sends every rank when one has ended (its default action would
 end the guard). The rank gets SIGKILL when its guard dies (``PR_SET_PDEATHSIG``), so no rank
 outlives its job.
+
+A rank killed during the start-up is another matter: the others wait for it in the start-up's
+collective calls, which would never end. The rank tells its guard, through a pipe, when its
+start-up is over (:func:`tell_the_guard_the_rank_started`); a guard whose rank was killed before
+that kills itself with the same signal, and ``mpiexec`` then ends the whole job (which
+``om_monitor.py -n N`` starts again).
 """
 
 import ctypes
@@ -31,6 +37,9 @@ import sys
 
 RANK_PROCESS = "OM_RANK_PROCESS"
 """Environment variable set in the rank's process (the guard's child)."""
+STARTED_FD = "OM_RANK_STARTED_FD"
+"""Environment variable: the file descriptor the rank writes one byte to once it has started
+(:func:`tell_the_guard_the_rank_started`)."""
 _PR_SET_PDEATHSIG = 1
 _LOOK_PERIOD = 0.1  # s between two looks at whether the rank catches a signal to forward
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -67,6 +76,26 @@ def _catches(pid: int, signum: int) -> bool:
     return False
 
 
+def tell_the_guard_the_rank_started() -> None:
+    """Called by the rank once its start-up is over (no-op without a guard)."""
+    fd = os.environ.pop(STARTED_FD, None)
+    if fd is None or not fd.isdigit():
+        return
+    try:
+        os.write(int(fd), b"s")
+        os.close(int(fd))
+    except OSError:
+        pass
+
+
+def _started(reader: int) -> bool:
+    """Whether the rank wrote to the pipe (non-blocking)."""
+    try:
+        return os.read(reader, 1) == b"s"
+    except BlockingIOError:
+        return False
+
+
 def run_guarded(argv: list[str]) -> int:
     """Runs ``python -m om.monitor_launcher argv`` as the rank and waits for it.
 
@@ -79,17 +108,22 @@ def run_guarded(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda signum, _frame: pending.append(signum))
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     pmi_fd = os.environ.get("PMI_FD")
+    reader, writer = os.pipe()
+    os.set_blocking(reader, False)
     rank = subprocess.Popen(
         [sys.executable, "-m", "om.monitor_launcher", *argv],
-        env=dict(os.environ, **{RANK_PROCESS: "1"}),
-        pass_fds=[int(pmi_fd)] if pmi_fd and pmi_fd.isdigit() else [],
+        env=dict(os.environ, **{RANK_PROCESS: "1", STARTED_FD: str(writer)}),
+        pass_fds=[writer, *([int(pmi_fd)] if pmi_fd and pmi_fd.isdigit() else [])],
         preexec_fn=_prepare_rank_process)
+    os.close(writer)
+    started = False
     while True:
         try:
             code = rank.wait(timeout=_LOOK_PERIOD)
             break
         except subprocess.TimeoutExpired:
             pass
+        started = started or _started(reader)
         while pending and _catches(rank.pid, pending[0]):
             try:
                 rank.send_signal(pending.pop(0))
@@ -97,8 +131,13 @@ def run_guarded(argv: list[str]) -> int:
                 pass
     if code >= 0:
         return code
+    started = started or _started(reader)
     name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
     print(f"om_monitor.py: rank {os.environ.get('PMI_RANK', '?')} (pid {rank.pid}) was killed "
-          f"by signal {-code} ({name})", file=sys.stderr, flush=True)
+          f"by signal {-code} ({name})"
+          + ("" if started else " during its start-up: the whole job ends"),
+          file=sys.stderr, flush=True)
+    if not started:
+        os.kill(os.getpid(), signal.SIGKILL)  # a guard killed by a signal: mpiexec kills all
     # Flushing stdio is all the guard has to do; no Python-level clean-up that could block.
     return 128 - code
