@@ -9,6 +9,9 @@ frames from it with a :class:`~om.data_retrieval_layer.frame_distribution.FrameR
 :meth:`Jungfrau1MZmqDataEventHandler.close_event`.
 """
 
+import logging
+import os
+import signal
 import threading
 from collections.abc import Generator
 from typing import Any, ClassVar
@@ -29,8 +32,17 @@ from om.lib.parameters import MonitorParameters, Parameter, ParameterGroup
 from om.lib.problems import log_format
 from om.protocols.data_retrieval_layer import OmDataSourceProtocol
 
+logger = logging.getLogger("om")
+
 _GROUP = "data_retrieval_layer"
 _ROWS_PER_FRAME = 1024
+
+
+def _stop_the_monitor(reason: str) -> None:
+    """Stops the monitor as a stop signal would: frame assembly has ended for good, and a
+    monitor without frames must not run on as if it were waiting for the detector."""
+    logger.error("the monitor stops: %s", reason)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 class Jungfrau1MZmqDataEventHandler(StreamWithoutSingleEvents):
@@ -103,9 +115,10 @@ class Jungfrau1MZmqDataEventHandler(StreamWithoutSingleEvents):
         }
         if self._parameters.get(_GROUP, "frame_assembly_process"):
             self._assembler = FrameAssemblerProcess(assembler=settings,
-                                                    log_format=log_format(node_rank))
+                                                    log_format=log_format(node_rank),
+                                                    on_unexpected_end=_stop_the_monitor)
         else:
-            self._assembler = JungfrauFrameAssembler(**settings)
+            self._assembler = JungfrauFrameAssembler(**settings, on_failure=_stop_the_monitor)
         self._assembler.start()
         return {"frame_endpoint": self._assembler.endpoint}
 

@@ -19,8 +19,9 @@ The two processes talk over a ZeroMQ PAIR socket on 127.0.0.1, in msgpack maps:
   parent adds the problem counts to its own (the child logs each problem itself, on stderr);
 * parent → child: ``b"stop"``.
 
-A child that ends without being asked to (killed, or crashed) is counted as
-``assembler_process_ended`` and logged: no frame comes after it.
+A child that ends without being asked to (killed, crashed, or its assembly loop gave up:
+exit code 3) is counted as ``assembler_process_ended``, logged, and reported to the
+``on_unexpected_end`` callback, which stops the monitor: no frame comes after it.
 
 The child runs in a session of its own and ignores SIGINT, so a Ctrl-C sent to the monitor's
 process group does not reach it (the collecting rank decides when it stops); it stops on
@@ -37,7 +38,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 
@@ -54,6 +55,7 @@ _STATUS_PERIOD = 0.1  # s between two status messages of the child
 _START_TIMEOUT = 60.0  # s for the child to start (imports numpy, zmq, binds)
 _STOP_TIMEOUT = 5.0  # s for the child to stop before it is killed
 _STOP = b"stop"
+_EXIT_ASSEMBLY_FAILED = 3  # the child's exit code when its assembly loop gave up
 ASSEMBLER_PROCESS_ENDED = "assembler_process_ended"
 """Problem kind: the child ended without being asked to (no more frames)."""
 _PR_SET_PDEATHSIG = 1
@@ -72,13 +74,17 @@ class FrameAssemblerProcess:
             ``expected_receivers``).
         log_format: the logging format of the child's lines (default: rank 0's,
             :func:`om.lib.problems.log_format`).
+        on_unexpected_end: called with the reason, from a thread of this object, when the
+            child ends without being asked to; it must only set flags or send a signal.
 
     Raises:
         OmConfigurationError: the assembler's own start-up error, or when the child does not
             start within 60 s.
     """
 
-    def __init__(self, *, assembler: dict[str, Any], log_format: str | None = None) -> None:
+    def __init__(self, *, assembler: dict[str, Any], log_format: str | None = None,
+                 on_unexpected_end: Callable[[str], None] | None = None) -> None:
+        self._on_unexpected_end = on_unexpected_end
         self._control, url = bind_socket(zmq.PAIR, "tcp://127.0.0.1:*",
                                          what="the frame assembler's control socket")
         environment = {key: value for key, value in os.environ.items()
@@ -134,9 +140,11 @@ class FrameAssemblerProcess:
                     self._on_status(self._control.recv())
                 elif self._child.poll() is not None:
                     if not self._stop_requested.is_set():
-                        problems.report(ASSEMBLER_PROCESS_ENDED, (
-                            f"the frame assembler process ended by itself (exit code "
-                            f"{self._child.returncode}): no more frames will come"))
+                        reason = (f"the frame assembler process ended by itself (exit code "
+                                  f"{self._child.returncode}): no more frames will come")
+                        problems.report(ASSEMBLER_PROCESS_ENDED, reason)
+                        if self._on_unexpected_end is not None:
+                            self._on_unexpected_end(reason)
                     return
         except zmq.ZMQError:  # the socket closed under it: stop() gave up waiting
             return
@@ -236,7 +244,7 @@ def main(argv: list[str]) -> int:
     control.send(pack({"endpoint": assembler.endpoint}))
     assembler.start()
     last: tuple[int, int] = (0, 0)
-    while not stopping:
+    while not stopping and not assembler.failed:
         if control.poll(int(_STATUS_PERIOD * 1000)) and control.recv() == _STOP:
             break
         if os.getppid() != parent:  # it died before PR_SET_PDEATHSIG took effect
@@ -249,7 +257,7 @@ def main(argv: list[str]) -> int:
     assembler.stop()
     _send_status(control, assembler, problems.take_unsent())
     control.close()  # lingers until the last status is sent (at most 1 s)
-    return 0
+    return _EXIT_ASSEMBLY_FAILED if assembler.failed else 0
 
 
 if __name__ == "__main__":

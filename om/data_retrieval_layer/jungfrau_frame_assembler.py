@@ -13,20 +13,37 @@ exactly one processing rank with room for it, through a
 :class:`~om.data_retrieval_layer.frame_distribution.FrameDealer` (shared memory on one host).
 The metadata of a frame is ``{"frame_number", "timestamp", "headers"}`` and its images are the
 module images in module order.
+
+Hostile or broken input: a header is at most 64 kB of JSON, nested at most 16 levels
+(:func:`om.lib.input_limits.parse_json_object`); an integer beyond 64 bits is ignored (made
+None, counted as ``bad_header_field``); ``frameNumber`` must be an integer within 0 to
+2**64 - 1, and a ``timestamp`` that is not is ignored (``bad_header_field``); a message part larger than four module
+images ends the sender's connection in libzmq (``ZMQ_MAXMSGSIZE``) before it is allocated.
+Whatever handling one message raises is counted (``unexpected_message_error``, the exception
+named in the line) and the next message handled. Should the assembly loop itself fail, it is
+restarted (``assembler_thread_restarted``) up to :data:`MAX_RESTARTS` times; then the assembler
+reports ``assembler_thread_ended``, sets :attr:`JungfrauFrameAssembler.failed` and calls its
+``on_failure`` callback: the monitor stops rather than run on without frames.
 """
 
 import collections
 import dataclasses
-import json
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 
 from om.data_retrieval_layer.frame_distribution import FrameDealer
-from om.lib.exceptions import OmConfigurationError
+from om.lib.exceptions import OmConfigurationError, OmInvalidDataError
+from om.lib.input_limits import (
+    MAX_JSON_HEADER_BYTES,
+    MAX_UINT64,
+    is_int_in,
+    parse_json_object,
+    set_max_message_size,
+)
 from om.lib.problems import problems
 
 logger = logging.getLogger("om")
@@ -41,6 +58,16 @@ _EXPIRED_REMEMBERED = 4096  # frame numbers already counted as incomplete
 _STREAM_QUEUE_IMAGES = 64
 # A frame number this far below the stream's highest is a new acquisition, not a late image.
 _RESTART_GAP = 1000
+# A message part larger than this many module images ends the sender's connection in libzmq:
+# twice the 16-bit image (32-bit mode) still arrives and is counted as wrong_size.
+_MAX_PART_IMAGES = 4
+MAX_RESTARTS = 5
+"""Times the assembly loop is restarted after an unexpected error before the assembler gives
+up (``assembler_thread_ended``)."""
+UNEXPECTED_MESSAGE_ERROR = "unexpected_message_error"
+ASSEMBLER_THREAD_RESTARTED = "assembler_thread_restarted"
+ASSEMBLER_THREAD_ENDED = "assembler_thread_ended"
+BAD_HEADER_FIELD = "bad_header_field"
 
 
 @dataclasses.dataclass
@@ -86,13 +113,17 @@ class JungfrauFrameAssembler:
         expected_receivers: the assembler subscribes to the detector streams only once this
             many :class:`~om.data_retrieval_layer.frame_distribution.FrameReceiver` have said
             hello, so no frame is dropped at start-up.
+        on_failure: called (from the assembly thread, with the reason) when the assembly loop
+            has failed more than :data:`MAX_RESTARTS` times and no frame will come; it must
+            only set flags or send a signal.
 
     Raises:
         OmConfigurationError: when a URL is malformed or the dealer's socket cannot bind.
     """
 
     def __init__(self, *, stream_urls: list[str], distribution_host: str, rows_per_stream: int,
-                 assembly_timeout: float, expected_receivers: int = 0) -> None:
+                 assembly_timeout: float, expected_receivers: int = 0,
+                 on_failure: Callable[[str], None] | None = None) -> None:
         self._urls = stream_urls
         self._image_bytes = rows_per_stream * MODULE_FS * BYTES_PER_PIXEL
         self._rows = rows_per_stream
@@ -105,6 +136,8 @@ class JungfrauFrameAssembler:
             socket = self._context.socket(zmq.SUB)
             socket.setsockopt(zmq.LINGER, 0)
             socket.setsockopt(zmq.RCVHWM, _STREAM_QUEUE_IMAGES)
+            set_max_message_size(socket, _MAX_PART_IMAGES * max(self._image_bytes,
+                                                                 MAX_JSON_HEADER_BYTES))
             # The streams' TCP receive spread over the context's I/O threads (one in a thread
             # of the collecting rank; one per stream in the frame assembler process).
             socket.setsockopt(zmq.AFFINITY, 1 << (index % io_threads))
@@ -128,15 +161,42 @@ class JungfrauFrameAssembler:
         # already counted: it is counted as late, not as a second incomplete frame.
         self._expired: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._clock = DetectorClock()
+        self._subscribed = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._on_failure = on_failure
         self.frames_forwarded = 0
         self.acquisitions_ended = 0
+        self.failed = False
+        """True once the assembly loop has given up (no frame will come)."""
 
     def start(self) -> None:
         """Starts the assembly thread."""
-        self._thread = threading.Thread(target=self._run, name="om-frame-assembler", daemon=True)
+        self._thread = threading.Thread(target=self._run_guarded, name="om-frame-assembler",
+                                        daemon=True)
         self._thread.start()
+
+    def _run_guarded(self) -> None:
+        """Runs the assembly loop; restarts it when it fails, up to MAX_RESTARTS times."""
+        restarts = 0
+        while True:
+            try:
+                self._run()
+                return
+            except Exception as error:  # a bug or a socket failure, not one bad message
+                reason = f"{type(error).__name__}: {error}"[:200]
+                if restarts >= MAX_RESTARTS or self._stop.is_set():
+                    break
+                restarts += 1
+                logger.debug("assembly loop failed", exc_info=True)
+                problems.report(ASSEMBLER_THREAD_RESTARTED, f"frame assembly failed ({reason}): "
+                                f"restarted ({restarts} of {MAX_RESTARTS})")
+        self.failed = True
+        problems.report(ASSEMBLER_THREAD_ENDED, f"frame assembly failed {restarts + 1} times, "
+                        f"last: {reason}; no more frames will come: the monitor stops")
+        logger.error("frame assembly stopped: %s", reason)
+        if self._on_failure is not None:
+            self._on_failure(reason)
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stops the assembly thread and closes the sockets."""
@@ -166,10 +226,12 @@ class JungfrauFrameAssembler:
         return True
 
     def _run(self) -> None:
-        if not self._wait_for_receivers():
-            return
-        for socket in self._subscribers:
-            socket.setsockopt(zmq.SUBSCRIBE, b"")
+        if not self._subscribed:
+            if not self._wait_for_receivers():
+                return
+            for socket in self._subscribers:
+                socket.setsockopt(zmq.SUBSCRIBE, b"")
+            self._subscribed = True
         poller = zmq.Poller()
         for socket in self._subscribers:
             poller.register(socket, zmq.POLLIN)
@@ -188,19 +250,28 @@ class JungfrauFrameAssembler:
                         parts = socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    self._on_message(index, parts)
+                    self._on_message_guarded(index, parts)
             self._expire(time.monotonic())
+
+    def _on_message_guarded(self, index: int, parts: list[zmq.Frame]) -> None:
+        """Handles one message; whatever it raises is counted and the next one handled."""
+        try:
+            self._on_message(index, parts)
+        except Exception as error:  # no check foresaw it: count it, never end the loop
+            logger.debug("unexpected error on a message", exc_info=True)
+            problems.report(UNEXPECTED_MESSAGE_ERROR, f"stream {self._urls[index]}: message "
+                            f"dropped: {type(error).__name__}: {error}"[:200])
 
     def _on_message(self, index: int, parts: list[zmq.Frame]) -> None:
         url = self._urls[index]
+        ignored: list[str] = []
         try:
-            header = json.loads(bytes(parts[0].buffer))
-        except (UnicodeDecodeError, ValueError) as error:
-            problems.report("bad_header", f"stream {url}: header is not JSON ({error})")
+            header = parse_json_object(parts[0].buffer, f"stream {url}: header", ignored=ignored)
+        except OmInvalidDataError as error:
+            problems.report("bad_header", str(error))
             return
-        if not isinstance(header, dict):
-            problems.report("bad_header", f"stream {url}: header is not a JSON object")
-            return
+        for line in ignored:  # the value is None now: the frame goes on without it
+            problems.report(BAD_HEADER_FIELD, f"stream {url}: header: {line} (ignored)")
         if len(parts) == 1:
             if header.get("data") == 0:
                 self.acquisitions_ended += 1
@@ -213,9 +284,16 @@ class JungfrauFrameAssembler:
             problems.report("bad_message", f"stream {url}: {len(parts)} message parts, expected 2")
             return
         frame_number = header.get("frameNumber")
-        if not isinstance(frame_number, int) or isinstance(frame_number, bool):
-            problems.report("bad_header", f"stream {url}: no integer frameNumber in the header")
+        if not is_int_in(frame_number, 0, MAX_UINT64):
+            problems.report("bad_header", f"stream {url}: no frameNumber within 0 to 2**64 - 1 "
+                                          "in the header")
             return
+        ticks = header.get("timestamp", 0)
+        if not is_int_in(ticks, 0, MAX_UINT64):
+            problems.report(BAD_HEADER_FIELD, f"stream {url}: frame {frame_number}: timestamp "
+                                          f"{str(ticks)[:40]} is not an integer within 0 to "
+                                          "2**64 - 1 (ignored)")
+            header["timestamp"] = 0
         self._count_missed(index, frame_number)
         size = len(parts[1].buffer)
         if size != self._image_bytes or header.get("bitmode", 16) != 16:
@@ -264,10 +342,10 @@ class JungfrauFrameAssembler:
             self._highest[index] = frame_number
 
     def _forward(self, frame_number: int, pending: _PendingFrame) -> None:
-        ticks = pending.headers[0].get("timestamp", 0)
+        ticks = pending.headers[0].get("timestamp", 0)  # checked in _on_message
         metadata = {
             "frame_number": frame_number,
-            "timestamp": self._clock.to_epoch(int(ticks) if isinstance(ticks, int) else 0),
+            "timestamp": self._clock.to_epoch(ticks),
             "headers": pending.headers,
         }
         if self._dealer.deal(metadata, pending.images):
