@@ -19,6 +19,7 @@ from om.data_retrieval_layer.data_extraction import (
     extract_from_data_sources,
 )
 from om.lib.exceptions import OmConfigurationError
+from om.lib.input_limits import set_max_message_size
 from om.lib.parameters import MonitorParameters, Parameter
 from om.protocols.data_retrieval_layer import OmDataSourceProtocol
 
@@ -29,15 +30,23 @@ STREAM_QUEUE_SIZE = Parameter(
     description="messages queued per processing rank (ZeroMQ receive high-water mark)")
 """The key this handler reads; subclasses declare it in their ``data_retrieval_layer`` group."""
 
+STREAM_MAX_MESSAGE_MB = Parameter(
+    "stream_max_message_mb", int, default=257, minimum=1,
+    description="largest message part accepted, MiB (ZMQ_MAXMSGSIZE): a larger one ends the "
+                "sender's connection before it is allocated; the default holds the largest "
+                "image accepted, 2**26 pixels of 4 bytes, plus 1 MiB")
+"""The size cap of a message part; subclasses declare it beside :data:`STREAM_QUEUE_SIZE`."""
+
 
 class PullStreamDataEventHandler(StreamWithoutSingleEvents):
     """Events from one PUSH URL, pulled by every processing rank.
 
     Subclasses set ``source_name`` (e.g. "a DECTRIS Stream V2 source"), ``url_example``,
     ``connect_what`` (named when the URL cannot be connected) and implement
-    :meth:`make_message_handler` and :meth:`receive`. The configuration key
-    ``stream_queue_size`` (group ``data_retrieval_layer``, :data:`STREAM_QUEUE_SIZE`) sets the
-    receive high-water mark.
+    :meth:`make_message_handler` and :meth:`receive`. The configuration keys
+    ``stream_queue_size`` (group ``data_retrieval_layer``, :data:`STREAM_QUEUE_SIZE`) and
+    ``stream_max_message_mb`` (:data:`STREAM_MAX_MESSAGE_MB`) set the receive high-water mark
+    and the largest message part accepted.
 
     Args:
         source: the PUSH URL.
@@ -93,6 +102,8 @@ class PullStreamDataEventHandler(StreamWithoutSingleEvents):
             source.initialize_data_source()
         socket = zmq.Context.instance().socket(zmq.PULL)
         socket.setsockopt(zmq.RCVHWM, max(1, self._parameters.get(_GROUP, "stream_queue_size")))
+        set_max_message_size(
+            socket, self._parameters.get(_GROUP, "stream_max_message_mb") * 1024 * 1024)
         socket.setsockopt(zmq.LINGER, 0)
         try:
             socket.connect(self._url)
@@ -120,7 +131,11 @@ class PullStreamDataEventHandler(StreamWithoutSingleEvents):
             while not self._stop.is_set():
                 if not socket.poll(100):
                     continue
-                event = messages.handle(self.receive(socket), time.time())
+                try:
+                    message = self.receive(socket)
+                except zmq.Again:  # polled, yet nothing: never a reason to stop the rank
+                    continue
+                event = messages.handle(message, time.time())
                 if event is not None:
                     yield event
         finally:
