@@ -282,6 +282,10 @@ class ReceivedMessage:
     received_monotonic: float
 
 
+MAX_MESSAGE_BYTES = (1 << 26) * 4 + (1 << 20)
+"""The default largest broadcast message part a :class:`Subscriber` accepts, bytes."""
+
+
 class Subscriber:
     """Receives the monitor's broadcasts in a thread and keeps the newest good message per tag.
 
@@ -299,6 +303,10 @@ class Subscriber:
         poll_timeout_ms: how often the thread looks at its stop flag.
         context: the ZeroMQ context (by default the process's shared one).
         log_interval: the minimum time between two log lines about one kind of malformed message.
+        max_message_bytes: the largest message part accepted (``ZMQ_MAXMSGSIZE``): a larger
+            one ends the connection before it is allocated (the SUB socket then reconnects).
+            The default, :data:`MAX_MESSAGE_BYTES`, holds the largest frame the sources accept
+            (2**26 pixels of float32) plus 1 MiB.
     """
 
     def __init__(
@@ -314,6 +322,7 @@ class Subscriber:
         poll_timeout_ms: int = 100,
         context: zmq.Context | None = None,
         log_interval: float = 5.0,
+        max_message_bytes: int | None = None,
     ) -> None:
         self.url = url
         self._validators = dict(VALIDATORS if validators is None else validators)
@@ -328,6 +337,7 @@ class Subscriber:
             zmq.HEARTBEAT_TIMEOUT: heartbeat_timeout_ms,
             zmq.HEARTBEAT_TTL: heartbeat_timeout_ms,
             zmq.TCP_KEEPALIVE: 1,
+            zmq.MAXMSGSIZE: MAX_MESSAGE_BYTES if max_message_bytes is None else max_message_bytes,
         }
         self._poll_timeout_ms = poll_timeout_ms
         self._context = context if context is not None else zmq.Context.instance()
