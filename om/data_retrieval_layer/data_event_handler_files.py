@@ -52,8 +52,8 @@ from om.lib.input_limits import (
     is_int_in,
     number_or_none,
     parse_json_object,
-    set_max_message_size,
 )
+from om.lib.zmq_sockets import SizeLimitedConnection
 from om.lib.parameters import MonitorParameters, Parameter, ParameterGroup
 from om.lib.problems import problems
 from om.lib.read_ahead import read_ahead
@@ -143,6 +143,7 @@ class Hdf5FilesDataEventHandler:
         self._reader = ImageReader(memory_map=memory_map)
         self._single_event_reader = ImageReader(memory_map=memory_map)
         self._sockets: list[zmq.Socket] = []
+        self._connections: list[SizeLimitedConnection] = []
         self._stop = threading.Event()
         self._retrieval_ready = False
 
@@ -218,18 +219,22 @@ class Hdf5FilesDataEventHandler:
             socket = context.socket(zmq.SUB)
             socket.setsockopt(zmq.LINGER, 0)
             socket.setsockopt(zmq.SUBSCRIBE, b"")
-            # A notification is a small JSON object: a larger part ends the connection.
-            set_max_message_size(socket, MAX_JSON_HEADER_BYTES)
             try:
-                socket.connect(url)
+                # A notification is a small JSON object: a larger part ends the connection.
+                connection = SizeLimitedConnection(socket, url, max_bytes=MAX_JSON_HEADER_BYTES,
+                                                   what="the file notifications")
             except zmq.ZMQError as error:
                 socket.close(0)
                 self._close_sockets()
                 raise OmConfigurationError(
                     f"cannot connect to the file notifications {url!r}: {error}")
             self._sockets.append(socket)
+            self._connections.append(connection)
 
     def _close_sockets(self) -> None:
+        for connection in self._connections:
+            connection.close()
+        self._connections = []
         for socket in self._sockets:
             socket.close(0)
         self._sockets = []
@@ -319,15 +324,16 @@ class Hdf5FilesDataEventHandler:
         ``notified_path_outside_folder``: a notification must not make the monitor read (or
         lease, or map) any file of the user's."""
         directory = self._parameters.get(_GROUP, "files_follow_directory")
-        folder = os.path.realpath(self._parameters.resolve_path(directory)
-                                  if directory else os.getcwd())
+        configured = self._parameters.resolve_path(directory) if directory else os.getcwd()
+        folder = os.path.realpath(configured)
         path = os.path.realpath(os.path.join(folder, filename))
         if os.path.commonpath((folder, path)) != folder or path == folder:
             report(NOTIFIED_PATH_OUTSIDE, f"notified file {filename[:120]!r} is not "
                             f"inside the followed folder {folder} (symbolic links resolved): "
                             "ignored")
             return None
-        return path
+        # The name as the writer gave it (event ids stay those of the writer's folder).
+        return os.path.join(configured, filename)
 
     def event_generator(
         self, *, node_rank: int, node_pool_size: int
@@ -368,6 +374,8 @@ class Hdf5FilesDataEventHandler:
             for socket in self._sockets:
                 poller.register(socket, zmq.POLLIN)
             while not self._stop.is_set():
+                for connection in self._connections:
+                    connection.check()
                 for socket, _ in poller.poll(_POLL_MS):
                     notified = self._notified_file_guarded(socket.recv(), share == 0)
                     if notified is None:

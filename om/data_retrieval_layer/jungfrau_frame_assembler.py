@@ -42,8 +42,8 @@ from om.lib.input_limits import (
     MAX_UINT64,
     is_int_in,
     parse_json_object,
-    set_max_message_size,
 )
+from om.lib.zmq_sockets import SizeLimitedConnection
 from om.lib.problems import problems
 
 logger = logging.getLogger("om")
@@ -131,18 +131,19 @@ class JungfrauFrameAssembler:
         self._max_pending = 64
         self._context = zmq.Context.instance()
         self._subscribers: list[zmq.Socket] = []
+        self._connections: list[SizeLimitedConnection] = []
         io_threads = max(1, self._context.get(zmq.IO_THREADS))
         for index, url in enumerate(stream_urls):
             socket = self._context.socket(zmq.SUB)
             socket.setsockopt(zmq.LINGER, 0)
             socket.setsockopt(zmq.RCVHWM, _STREAM_QUEUE_IMAGES)
-            set_max_message_size(socket, _MAX_PART_IMAGES * max(self._image_bytes,
-                                                                 MAX_JSON_HEADER_BYTES))
             # The streams' TCP receive spread over the context's I/O threads (one in a thread
             # of the collecting rank; one per stream in the frame assembler process).
             socket.setsockopt(zmq.AFFINITY, 1 << (index % io_threads))
             try:
-                socket.connect(url)
+                self._connections.append(SizeLimitedConnection(
+                    socket, url, what="the detector stream",
+                    max_bytes=_MAX_PART_IMAGES * max(self._image_bytes, MAX_JSON_HEADER_BYTES)))
             except zmq.ZMQError as error:
                 socket.close()
                 self.close()
@@ -207,6 +208,9 @@ class JungfrauFrameAssembler:
 
     def close(self) -> None:
         """Closes every socket (idempotent)."""
+        for connection in self._connections:
+            connection.close()
+        self._connections = []
         for socket in self._subscribers:
             socket.close(0)
         self._subscribers = []
@@ -252,6 +256,8 @@ class JungfrauFrameAssembler:
                         break
                     self._on_message_guarded(index, parts)
             self._expire(time.monotonic())
+            for connection in self._connections:
+                connection.check()
 
     def _on_message_guarded(self, index: int, parts: list[zmq.Frame]) -> None:
         """Handles one message; whatever it raises is counted and the next one handled."""
@@ -289,7 +295,9 @@ class JungfrauFrameAssembler:
                                           "in the header")
             return
         ticks = header.get("timestamp", 0)
-        if not is_int_in(ticks, 0, MAX_UINT64):
+        if ticks is None:  # absent, null, or made null above (already counted)
+            header["timestamp"] = 0
+        elif not is_int_in(ticks, 0, MAX_UINT64):
             problems.report(BAD_HEADER_FIELD, f"stream {url}: frame {frame_number}: timestamp "
                                           f"{str(ticks)[:40]} is not an integer within 0 to "
                                           "2**64 - 1 (ignored)")

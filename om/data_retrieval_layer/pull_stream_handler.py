@@ -19,7 +19,7 @@ from om.data_retrieval_layer.data_extraction import (
     extract_from_data_sources,
 )
 from om.lib.exceptions import OmConfigurationError
-from om.lib.input_limits import set_max_message_size
+from om.lib.zmq_sockets import SizeLimitedConnection
 from om.lib.parameters import MonitorParameters, Parameter
 from om.protocols.data_retrieval_layer import OmDataSourceProtocol
 
@@ -73,6 +73,7 @@ class PullStreamDataEventHandler(StreamWithoutSingleEvents):
         self._parameters = parameters
         self._stop = threading.Event()
         self._socket: zmq.Socket | None = None
+        self._connection: SizeLimitedConnection | None = None
         self._messages: Any = None
 
     def make_message_handler(self, *, node_rank: int, node_pool_size: int) -> Any:
@@ -102,11 +103,11 @@ class PullStreamDataEventHandler(StreamWithoutSingleEvents):
             source.initialize_data_source()
         socket = zmq.Context.instance().socket(zmq.PULL)
         socket.setsockopt(zmq.RCVHWM, max(1, self._parameters.get(_GROUP, "stream_queue_size")))
-        set_max_message_size(
-            socket, self._parameters.get(_GROUP, "stream_max_message_mb") * 1024 * 1024)
         socket.setsockopt(zmq.LINGER, 0)
         try:
-            socket.connect(self._url)
+            self._connection = SizeLimitedConnection(
+                socket, self._url, what=self.connect_what,
+                max_bytes=self._parameters.get(_GROUP, "stream_max_message_mb") * 1024 * 1024)
         except zmq.ZMQError as error:
             socket.close(0)
             raise OmConfigurationError(
@@ -130,15 +131,13 @@ class PullStreamDataEventHandler(StreamWithoutSingleEvents):
         try:
             while not self._stop.is_set():
                 if not socket.poll(100):
+                    self._connection.check()
                     continue
-                try:
-                    message = self.receive(socket)
-                except zmq.Again:  # polled, yet nothing: never a reason to stop the rank
-                    continue
-                event = messages.handle(message, time.time())
+                event = messages.handle(self.receive(socket), time.time())
                 if event is not None:
                     yield event
         finally:
+            self._connection.close()
             socket.close(0)
             self._socket = None
 

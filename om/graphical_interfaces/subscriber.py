@@ -34,6 +34,7 @@ import zmq
 from om.lib.exceptions import OmInvalidDataError
 from om.lib.problems import ProblemCounter
 from om.lib.serialization import unpack
+from om.lib.zmq_sockets import SizeLimitedConnection
 
 logger = logging.getLogger("om.gui")
 
@@ -337,8 +338,9 @@ class Subscriber:
             zmq.HEARTBEAT_TIMEOUT: heartbeat_timeout_ms,
             zmq.HEARTBEAT_TTL: heartbeat_timeout_ms,
             zmq.TCP_KEEPALIVE: 1,
-            zmq.MAXMSGSIZE: MAX_MESSAGE_BYTES if max_message_bytes is None else max_message_bytes,
         }
+        self._max_message_bytes = (MAX_MESSAGE_BYTES if max_message_bytes is None
+                                   else max_message_bytes)
         self._poll_timeout_ms = poll_timeout_ms
         self._context = context if context is not None else zmq.Context.instance()
         self._problems = ProblemCounter(log_interval=log_interval)
@@ -434,7 +436,9 @@ class Subscriber:
                 socket.setsockopt(option, value)
             for tag in self._validators:
                 socket.setsockopt(zmq.SUBSCRIBE, tag.encode())
-            socket.connect(self.url)
+            connection = SizeLimitedConnection(socket, self.url, what="the monitor's broadcast",
+                                               max_bytes=self._max_message_bytes,
+                                               counter=self._problems)
         except zmq.ZMQError as error:
             self._start_error = zmq.ZMQError(
                 error.errno, f"cannot connect to {self.url!r}: {error.strerror}"
@@ -448,6 +452,7 @@ class Subscriber:
         try:
             while not self._stop.is_set():
                 if not socket.poll(self._poll_timeout_ms, zmq.POLLIN):
+                    connection.check()
                     continue
                 while not self._stop.is_set():
                     try:
@@ -458,6 +463,7 @@ class Subscriber:
         except zmq.ZMQError as error:  # only when the context is terminated under us
             logger.error("subscriber on %s stopped: %s", self.url, error)
         finally:
+            connection.close()
             socket.close(linger=0)
 
     def _handle(self, parts: list[memoryview]) -> None:

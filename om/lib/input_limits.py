@@ -8,17 +8,14 @@ The checks never convert a peer's integer to a float first: ``float(10**400)`` r
 ``OverflowError``, which once dropped whole messages (or ended threads) instead of the one bad
 field.
 
-Message sizes: :data:`MAX_JSON_HEADER_BYTES` bounds every JSON header or notification;
-:func:`set_max_message_size` sets ``ZMQ_MAXMSGSIZE`` on a receiving socket, so a message
-larger than the source can legitimately send ends the connection in libzmq before it is
-allocated.
+Message sizes: :data:`MAX_JSON_HEADER_BYTES` bounds every JSON header or notification; the
+size of whole message parts is capped on the sockets
+(:class:`om.lib.zmq_sockets.SizeLimitedConnection`).
 """
 
 import json
 import math
 from typing import Any
-
-import zmq
 
 from om.lib.exceptions import OmInvalidDataError
 
@@ -131,13 +128,3 @@ def parse_json_object(data: bytes | bytearray | memoryview, what: str,
         raise OmInvalidDataError(f"{what}: {error}") from None
     return content
 
-
-def set_max_message_size(socket: zmq.Socket, max_bytes: int) -> None:
-    """Sets ``ZMQ_MAXMSGSIZE`` on a receiving socket: libzmq drops the connection of a peer
-    that sends a larger message (frame) instead of allocating it.
-
-    Args:
-        socket: a socket before it connects or binds.
-        max_bytes: the largest message part accepted, bytes (> 0).
-    """
-    socket.setsockopt(zmq.MAXMSGSIZE, int(max_bytes))

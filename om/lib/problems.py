@@ -65,7 +65,7 @@ class ProblemCounter:
                 self._counts[kind] = saturating_add(self._counts.get(kind, 0), count)
         if bad:
             self.report("bad_problem_count", f"{bad} problem counts received were not "
-                                             "integers under a text kind (skipped)")
+                                             "integers under a text kind (skipped)", count=bad)
 
     def counts(self) -> dict[str, int]:
         """Returns a copy of all counts so far."""

@@ -1,7 +1,15 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Binding the monitor's ZeroMQ sockets, with start-up errors that say which socket failed."""
+"""Binding the monitor's ZeroMQ sockets, with start-up errors that say which socket failed,
+and connecting its receiving sockets with a message size cap."""
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from om.lib.problems import ProblemCounter, problems
+
+STREAM_DISCONNECTED = "stream_disconnected"
+"""Problem kind: a receiving socket's connection dropped (peer gone, or a message part larger
+than the cap) and was made again."""
 
 from om.lib.exceptions import OmConfigurationError
 
@@ -32,3 +40,69 @@ def bind_socket(socket_type: int, url: str, *, what: str, options: dict[int, int
         socket.close(0)
         raise OmConfigurationError(f"cannot bind {what} at {url!r}: {error}")
     return socket, socket.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+class SizeLimitedConnection:
+    """Connects a receiving socket to one URL with ``ZMQ_MAXMSGSIZE`` set, and connects it
+    again when the connection drops.
+
+    libzmq ends a connection whose peer sends a message part larger than ``ZMQ_MAXMSGSIZE``
+    before allocating it, and treats that as a protocol error: it does *not* connect again by
+    itself, so one oversized message would silently cut the monitor off its source for good.
+    :meth:`check` (called in the socket's receive loop, from the socket's thread) watches the
+    socket's disconnections and connects again, counting each as ``stream_disconnected``.
+
+    Args:
+        socket: a new receiving socket (SUB, PULL...), not connected yet.
+        url: the URL to connect to.
+        max_bytes: the largest message part accepted, bytes.
+        what: what the URL is, for the log line (e.g. "the detector stream").
+        counter: where disconnections are counted (the process-wide counter by default).
+
+    Raises:
+        zmq.ZMQError: when the URL cannot be connected (the caller names it).
+    """
+
+    def __init__(self, socket: zmq.Socket, url: str, *, max_bytes: int, what: str,
+                 counter: ProblemCounter = problems) -> None:
+        self._socket = socket
+        self._counter = counter
+        self._url = url
+        self._what = what
+        self._max_bytes = int(max_bytes)
+        socket.setsockopt(zmq.MAXMSGSIZE, self._max_bytes)
+        self._monitor: zmq.Socket | None = socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        try:
+            socket.connect(url)
+        except zmq.ZMQError:
+            self.close()
+            raise
+
+    def check(self) -> int:
+        """Connects again after every disconnection seen since the last call; returns how many
+        there were (each counted as ``stream_disconnected``)."""
+        dropped = 0
+        while self._monitor is not None and self._monitor.poll(0):
+            recv_monitor_message(self._monitor)
+            dropped += 1
+        if dropped:
+            self._counter.report(STREAM_DISCONNECTED, (
+                f"{self._what} {self._url}: connection lost (the peer went away, or sent a "
+                f"message part larger than {self._max_bytes} bytes): connecting again"),
+                count=dropped)
+            try:
+                self._socket.disconnect(self._url)
+            except zmq.ZMQError:  # already forgotten by libzmq after a protocol error
+                pass
+            self._socket.connect(self._url)
+        return dropped
+
+    def close(self) -> None:
+        """Stops watching (the socket itself is the caller's to close); idempotent."""
+        if self._monitor is not None:
+            try:
+                self._socket.disable_monitor()
+            except zmq.ZMQError:  # the socket was closed first
+                pass
+            self._monitor.close(0)
+            self._monitor = None
