@@ -357,6 +357,24 @@ def test_an_oversized_message_never_reaches_the_decoder(tmp_path):
     assert problems.counts().get("stream_disconnected", 0) == before + 1
 
 
+def test_an_oversized_module_image_ends_its_connection_and_frames_go_on(jungfrau):
+    """A 5 MB part (the cap: 4 module images) on a module stream: libzmq drops that
+    connection before allocating the part; it is counted and made again, and frames follow."""
+    sender, frames = jungfrau
+    before = problems.counts()
+    header = json.dumps(sender.header(0, 1, 0, None)).encode()
+    sender._sockets[0].send_multipart([header, b"\0" * (5 * MB)])
+    number, received = 2, None
+    while received is None and number < 40:  # the SUB connects again within ~0.1 s
+        sender.send_frame(np.zeros((1024, 1024), np.uint16), number, timestamp_ticks=number)
+        received = _next_frame(frames, timeout_ms=500)
+        number += 1
+    assert received is not None
+    after = problems.counts()
+    assert after.get("stream_disconnected", 0) - before.get("stream_disconnected", 0) == 1
+    assert after.get("wrong_size", 0) == before.get("wrong_size", 0)  # never received
+
+
 def test_the_other_receiving_sockets_have_a_size_limit(tmp_path):
     from om.graphical_interfaces.subscriber import Subscriber
 
