@@ -7,7 +7,6 @@ it, read with psutil and ``getrusage``)."""
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
 import textwrap
