@@ -2,14 +2,16 @@
 """Binding the monitor's ZeroMQ sockets, with start-up errors that say which socket failed,
 and connecting its receiving sockets with a message size cap."""
 
+import time
+
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from om.lib.problems import ProblemCounter, problems
 
 STREAM_DISCONNECTED = "stream_disconnected"
-"""Problem kind: a receiving socket's connection dropped (peer gone, or a message part larger
-than the cap) and was made again."""
+"""Problem kind: libzmq dropped a receiving socket's connection for a protocol error (a message
+part larger than the cap) and did not connect again; the monitor did."""
 
 from om.lib.exceptions import OmConfigurationError
 
@@ -44,13 +46,16 @@ def bind_socket(socket_type: int, url: str, *, what: str, options: dict[int, int
 
 class SizeLimitedConnection:
     """Connects a receiving socket to one URL with ``ZMQ_MAXMSGSIZE`` set, and connects it
-    again when the connection drops.
+    again when libzmq gives the connection up.
 
     libzmq ends a connection whose peer sends a message part larger than ``ZMQ_MAXMSGSIZE``
-    before allocating it, and treats that as a protocol error: it does *not* connect again by
-    itself, so one oversized message would silently cut the monitor off its source for good.
-    :meth:`check` (called in the socket's receive loop, from the socket's thread) watches the
-    socket's disconnections and connects again, counting each as ``stream_disconnected``.
+    before allocating it, and treats that as a protocol error: unlike a connection the peer
+    closed, it does *not* connect again by itself, so one oversized message would silently cut
+    the monitor off its source for good. :meth:`check` (called in the socket's receive loop,
+    from the socket's thread) watches the socket's connection events: a disconnection that
+    libzmq does not follow with a new attempt within :data:`GIVE_UP_S` is made good by hand and
+    counted as ``stream_disconnected``. Disconnections libzmq recovers from itself (the peer
+    restarted) are left to it: connecting by hand would drop the messages already queued.
 
     Args:
         socket: a new receiving socket (SUB, PULL...), not connected yet.
@@ -63,6 +68,10 @@ class SizeLimitedConnection:
         zmq.ZMQError: when the URL cannot be connected (the caller names it).
     """
 
+    GIVE_UP_S = 0.5
+    """How long after a disconnection without a new attempt libzmq is taken to have given up, s
+    (it schedules its own attempt at once)."""
+
     def __init__(self, socket: zmq.Socket, url: str, *, max_bytes: int, what: str,
                  counter: ProblemCounter = problems) -> None:
         self._socket = socket
@@ -70,8 +79,11 @@ class SizeLimitedConnection:
         self._url = url
         self._what = what
         self._max_bytes = int(max_bytes)
+        self._dropped_at: float | None = None
         socket.setsockopt(zmq.MAXMSGSIZE, self._max_bytes)
-        self._monitor: zmq.Socket | None = socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._monitor: zmq.Socket | None = socket.get_monitor_socket(
+            zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECT_DELAYED
+            | zmq.EVENT_CONNECTED)
         try:
             socket.connect(url)
         except zmq.ZMQError:
@@ -79,23 +91,29 @@ class SizeLimitedConnection:
             raise
 
     def check(self) -> int:
-        """Connects again after every disconnection seen since the last call; returns how many
-        there were (each counted as ``stream_disconnected``)."""
-        dropped = 0
-        while self._monitor is not None and self._monitor.poll(0):
-            recv_monitor_message(self._monitor)
-            dropped += 1
-        if dropped:
-            self._counter.report(STREAM_DISCONNECTED, (
-                f"{self._what} {self._url}: connection lost (the peer went away, or sent a "
-                f"message part larger than {self._max_bytes} bytes): connecting again"),
-                count=dropped)
-            try:
-                self._socket.disconnect(self._url)
-            except zmq.ZMQError:  # already forgotten by libzmq after a protocol error
-                pass
-            self._socket.connect(self._url)
-        return dropped
+        """Connects again when libzmq gave a connection up; returns 1 when it did so (counted
+        as ``stream_disconnected``), else 0."""
+        if self._monitor is None:
+            return 0
+        now = time.monotonic()
+        while self._monitor.poll(0):
+            event = recv_monitor_message(self._monitor)["event"]
+            if event == zmq.EVENT_DISCONNECTED:
+                self._dropped_at = self._dropped_at or now
+            else:  # libzmq is connecting again by itself
+                self._dropped_at = None
+        if self._dropped_at is None or now - self._dropped_at < self.GIVE_UP_S:
+            return 0
+        self._dropped_at = None
+        self._counter.report(STREAM_DISCONNECTED, (
+            f"{self._what} {self._url}: connection dropped by ZeroMQ (a message part larger "
+            f"than {self._max_bytes} bytes, or another protocol error): connecting again"))
+        try:
+            self._socket.disconnect(self._url)
+        except zmq.ZMQError:  # already forgotten by libzmq after the protocol error
+            pass
+        self._socket.connect(self._url)
+        return 1
 
     def close(self) -> None:
         """Stops watching (the socket itself is the caller's to close); idempotent."""
