@@ -328,9 +328,9 @@ class Hdf5FilesDataEventHandler:
         folder = os.path.realpath(configured)
         path = os.path.realpath(os.path.join(folder, filename))
         if os.path.commonpath((folder, path)) != folder or path == folder:
-            report(NOTIFIED_PATH_OUTSIDE, f"notified file {filename[:120]!r} is not "
-                            f"inside the followed folder {folder} (symbolic links resolved): "
-                            "ignored")
+            report(NOTIFIED_PATH_OUTSIDE, f"notified file {filename[:120]!r} is not inside the "
+                                          f"followed folder {folder} (symbolic links resolved): "
+                                          "ignored")
             return None
         # The name as the writer gave it (event ids stay those of the writer's folder).
         return os.path.join(configured, filename)

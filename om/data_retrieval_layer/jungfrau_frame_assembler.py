@@ -17,8 +17,10 @@ module images in module order.
 Hostile or broken input: a header is at most 64 kB of JSON, nested at most 16 levels
 (:func:`om.lib.input_limits.parse_json_object`); an integer beyond 64 bits is ignored (made
 None, counted as ``bad_header_field``); ``frameNumber`` must be an integer within 0 to
-2**64 - 1, and a ``timestamp`` that is not is ignored (``bad_header_field``); a message part larger than four module
-images ends the sender's connection in libzmq (``ZMQ_MAXMSGSIZE``) before it is allocated.
+2**64 - 1, and a ``timestamp`` that is not is ignored (``bad_header_field``); a message part
+larger than four module images ends the sender's connection in libzmq (``ZMQ_MAXMSGSIZE``)
+before it is allocated, and the connection is made again
+(:class:`om.lib.zmq_sockets.SizeLimitedConnection`).
 Whatever handling one message raises is counted (``unexpected_message_error``, the exception
 named in the line) and the next message handled. Should the assembly loop itself fail, it is
 restarted (``assembler_thread_restarted``) up to :data:`MAX_RESTARTS` times; then the assembler
@@ -43,8 +45,8 @@ from om.lib.input_limits import (
     is_int_in,
     parse_json_object,
 )
-from om.lib.zmq_sockets import SizeLimitedConnection
 from om.lib.problems import problems
+from om.lib.zmq_sockets import SizeLimitedConnection
 
 logger = logging.getLogger("om")
 
@@ -185,8 +187,10 @@ class JungfrauFrameAssembler:
                 self._run()
                 return
             except Exception as error:  # a bug or a socket failure, not one bad message
+                if self._stop.is_set():  # the sockets closed under it while stopping
+                    return
                 reason = f"{type(error).__name__}: {error}"[:200]
-                if restarts >= MAX_RESTARTS or self._stop.is_set():
+                if restarts >= MAX_RESTARTS:
                     break
                 restarts += 1
                 logger.debug("assembly loop failed", exc_info=True)
