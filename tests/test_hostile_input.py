@@ -416,9 +416,10 @@ def test_a_subscriber_counts_a_msgpack_bomb_and_takes_the_next_message():
             publisher.send_multipart([b"omtest", bomb])
             publisher.send_multipart([b"omtest", msgpack.packb({"value": sent})])
             sent += 1
-            return subscriber.num_received("omtest") > 0
+            return subscriber.num_received("omtest") > 0 and subscriber.num_malformed >= 1
+        # Until a bomb has been counted and a good message after it taken (ZeroMQ may drop
+        # some of either while the subscription is on its way or the queue is full).
         assert eventually(published, 20)
-        assert subscriber.num_malformed >= 1
     finally:
         subscriber.stop()
         publisher.close(0)
