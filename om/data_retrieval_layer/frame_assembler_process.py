@@ -10,7 +10,9 @@ GIL, and deals frames to the processing ranks exactly as in a thread (its
 :class:`~om.data_retrieval_layer.frame_distribution.FrameDealer` binds the endpoint they
 connect to).
 
-The two processes talk over a ZeroMQ PAIR socket on 127.0.0.1, in msgpack maps:
+The two processes talk over a ZeroMQ PAIR socket, in msgpack maps; it is an ``ipc://`` socket
+in a folder only this user can enter (not a TCP port that any user of the host could reach first
+and stop the assembler through):
 
 * child → parent, once: ``{"endpoint": url}`` when the assembler is ready, or ``{"error":
   message}`` when it could not start (a malformed stream URL, a port that cannot be bound);
@@ -36,9 +38,11 @@ import ctypes
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Any
@@ -46,7 +50,7 @@ from typing import Any
 import zmq
 
 from om.data_retrieval_layer.jungfrau_frame_assembler import JungfrauFrameAssembler
-from om.lib.exceptions import OmConfigurationError, OmException
+from om.lib.exceptions import OmConfigurationError
 from om.lib.problems import log_format as monitor_log_format
 from om.lib.problems import problems
 from om.lib.serialization import pack, unpack
@@ -85,7 +89,8 @@ class FrameAssemblerProcess:
 
     def __init__(self, *, assembler: dict[str, Any], secret: bytes,
                  log_format: str | None = None) -> None:
-        self._control, url = bind_socket(zmq.PAIR, "tcp://127.0.0.1:*",
+        self._folder = tempfile.mkdtemp(prefix="om_assembler_")  # mode 0700
+        self._control, url = bind_socket(zmq.PAIR, f"ipc://{self._folder}/control",
                                          what="the frame assembler's control socket")
         environment = {key: value for key, value in os.environ.items()
                        if not key.startswith(_MPI_ENVIRONMENT)}
@@ -159,8 +164,9 @@ class FrameAssemblerProcess:
             self.frames_forwarded = int(status.get("frames_forwarded", self.frames_forwarded))
             self.acquisitions_ended = int(status.get("acquisitions_ended",
                                                      self.acquisitions_ended))
-        except (OmException, AttributeError, TypeError, ValueError) as error:
-            problems.report("bad_rank_message", f"frame assembler process: {error}")
+        except Exception as error:  # noqa: BLE001 - the status thread notices the child's end
+            problems.report("bad_rank_message", f"frame assembler process: "
+                            f"{type(error).__name__}: {str(error)[:200]}")
 
     def stop(self, timeout: float = _STOP_TIMEOUT) -> None:
         """Stops the child (its last status is taken first); kills it after ``timeout`` s.
@@ -181,6 +187,7 @@ class FrameAssemblerProcess:
                 self._child.wait()
         if not self._control.closed:
             self._control.close(0)
+        shutil.rmtree(self._folder, ignore_errors=True)
 
     @property
     def pid(self) -> int:
