@@ -78,6 +78,14 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {str(error)[:200]}"
 
 
+def _peer(frame: zmq.Frame) -> str:
+    """The sender's IP address, for the log line (where ZeroMQ can tell)."""
+    try:
+        return frame.get("Peer-Address")
+    except (zmq.ZMQError, UnicodeDecodeError):
+        return "an unknown address"
+
+
 def _bounded_int(hello: dict[Any, Any], key: str, maximum: int) -> int:
     value = hello.get(key)
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= maximum:
@@ -171,15 +179,17 @@ class FrameDealer:
         a hello ``rejected_frame_receiver``) and skipped, whatever its decoding raised."""
         while True:
             try:
-                parts = self.socket.recv_multipart(flags=zmq.NOBLOCK)
+                frames = self.socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
             try:
-                self._on_message(parts)
+                self._on_message([frame.bytes for frame in frames])
             except _RejectedHello as error:
-                problems.report(REJECTED_RECEIVER, f"frame receiver hello refused: {error}")
+                problems.report(REJECTED_RECEIVER, f"frame receiver hello from "
+                                f"{_peer(frames[-1])} refused: {error}")
             except Exception as error:  # noqa: BLE001 - hostile input must not end the thread
-                problems.report(BAD_MESSAGE, f"frame receiver message: {_describe(error)}")
+                problems.report(BAD_MESSAGE, f"frame receiver message from {_peer(frames[-1])}: "
+                                f"{_describe(error)}")
 
     def _on_message(self, parts: list[bytes]) -> None:
         if len(parts) != 3:
