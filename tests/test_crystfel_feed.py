@@ -302,3 +302,23 @@ def test_a_resetplots_flood_does_not_stop_the_broadcasts(running_monitor, tmp_pa
         finally:
             flooder.stop()
     assert after["num_events"] >= during["num_events"] + 20
+
+
+def test_a_request_whose_handling_fails_gets_an_error_and_serving_goes_on():
+    def deep(identity):
+        raise RecursionError("maximum recursion depth exceeded")
+    responder = RespondingSocket(url="tcp://127.0.0.1:*",
+                                 handlers={b"deep": deep, b"ping": lambda identity: b"pong"})
+    client = _client(responder)
+    try:
+        before = _count("request_error")
+        client.send(b"deep")
+        _serve(responder, 1)
+        assert client.poll(10000) and client.recv().startswith(b"error")
+        assert _count("request_error") == before + 1
+        client.send(b"ping")
+        _serve(responder, 1)
+        assert client.poll(10000) and client.recv() == b"pong"
+    finally:
+        client.close(0)
+        responder.close()

@@ -72,7 +72,11 @@ class RespondingSocket:
                 parts = self._socket.recv_multipart(flags=zmq.NOBLOCK)
             except zmq.Again:
                 return served
-            self._dispatch(parts)
+            try:
+                self._dispatch(parts)
+            except Exception as error:  # noqa: BLE001 - a request never ends the collecting rank
+                problems.report(REQUEST_ERROR, f"request: {type(error).__name__}: "
+                                f"{str(error)[:200]}")
         return max_requests
 
     def _dispatch(self, parts: list[bytes]) -> None:
