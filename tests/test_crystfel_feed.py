@@ -13,6 +13,7 @@ import time
 
 import msgpack
 import numpy as np
+import psutil
 import pytest
 import zmq
 
@@ -322,3 +323,28 @@ def test_a_request_whose_handling_fails_gets_an_error_and_serving_goes_on():
     finally:
         client.close(0)
         responder.close()
+
+
+RSS_BOUND_MB = 60  # what 300 frames of 1 MB served to a client that reads none may add
+
+
+def test_a_client_that_reads_no_reply_holds_few_frames(feed):
+    """The responding socket's send limit: a client asking for frames without reading them
+    costs the collecting rank a few frames, not 1000 (the default limit: ~4 GB of 1M frames)."""
+    responder, crystfel = feed
+    hoarder = _client(responder, zmq.DEALER)
+    hoarder.setsockopt(zmq.RCVHWM, 1)  # it hurts the monitor, not itself
+    try:
+        frame = np.zeros((512, 512), np.float32)  # 1 MB
+        before = psutil.Process().memory_info().rss / 2**20
+        for number in range(300):
+            hoarder.send_multipart([b"", b"next"])
+            _serve(responder, 1)
+            crystfel.offer(_result(number) | {"detector_data": frame + number})
+        grown = psutil.Process().memory_info().rss / 2**20 - before
+        print(f"RSS {before:.0f} MB before 300 frames of 1 MB to a client reading none, "
+              f"+{grown:.1f} MB after; {crystfel.frames_served} served")
+        assert grown < RSS_BOUND_MB
+        assert crystfel.frames_served < 300 and _count("client_gone") > 0
+    finally:
+        hoarder.close(0)
