@@ -10,6 +10,7 @@ import sys
 import time
 
 import numpy as np
+import psutil
 import pytest
 import zmq
 
@@ -119,10 +120,14 @@ def test_hostile_hellos_leave_the_assembler_dealing_to_the_real_rank(streams):
     stranger frames: refused and counted; the real rank's frames keep coming."""
     sender, assembler, receiver = streams
     before = _count("rejected_frame_receiver")
+    dealing_process = psutil.Process(getattr(assembler, "pid", os.getpid()))
+    rss_before = dealing_process.memory_info().rss / 2**20
     rogues = []
-    for hello in ({"secret": SECRET, "slots": 2**63, "slot_bytes": 1},
-                  {"secret": SECRET, "slots": 1, "slot_bytes": 1, "path": "x", "token": 2**45},
-                  {"slots": 4, "slot_bytes": 1}):  # a stranger without the secret
+    hellos = [{"secret": SECRET, "slots": 2**63, "slot_bytes": 1},
+              {"secret": SECRET, "slots": 1, "slot_bytes": 1, "path": "x", "token": 2**45},
+              {"slots": 4, "slot_bytes": 1},  # a stranger without the secret
+              *[{"secret": SECRET, "slots": 5_000_000, "slot_bytes": 1}] * 3]
+    for hello in hellos:
         rogue = zmq.Context.instance().socket(zmq.DEALER)
         rogue.setsockopt(zmq.LINGER, 0)
         rogue.connect(assembler.endpoint)
@@ -130,12 +135,15 @@ def test_hostile_hellos_leave_the_assembler_dealing_to_the_real_rank(streams):
         rogues.append(rogue)
     try:
         # Counted in the child process first, then here (within 0.1 s).
-        counted = eventually(lambda: _count("rejected_frame_receiver") - before == 3, 10)
+        counted = eventually(lambda: _count("rejected_frame_receiver") - before == 6, 10)
+        grown = dealing_process.memory_info().rss / 2**20 - rss_before
+        print(f"RSS of the dealing process {rss_before:.0f} MB, +{grown:.1f} MB after the hellos")
         for number in range(1, 5):
             sender.send_frame(np.concatenate([_module(number), _module(number)]), number, 0)
         received = [meta["frame_number"] for meta, _ in _frames(receiver, 4)]
         assert received == [1, 2, 3, 4]
         assert counted, problems.counts()
+        assert grown < 20  # MB; 3 hellos of 5e6 slots took 570 MB in main's dealer
         for rogue in rogues:
             assert not rogue.poll(0)  # no frame for a stranger
         assert getattr(assembler, "alive", None) or assembler.returncode is None
