@@ -213,6 +213,8 @@ class JungfrauFrameAssembler:
                 self._poll_once(poller, index_of)
                 failures = 0
             except Exception as error:  # noqa: BLE001 - counted; assembly goes on
+                if self._stop.is_set():  # e.g. stop() closed the sockets after its wait
+                    return
                 failures += 1
                 if failures > _MAX_FAILURES_IN_A_ROW:
                     raise
