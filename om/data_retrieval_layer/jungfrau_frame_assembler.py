@@ -42,6 +42,11 @@ _EXPIRED_REMEMBERED = 4096  # frame numbers already counted as incomplete
 _STREAM_QUEUE_IMAGES = 64
 # A frame number this far below the stream's highest is a new acquisition, not a late image.
 _RESTART_GAP = 1000
+_MAX_FAILURES_IN_A_ROW = 100
+ASSEMBLER_ERROR = "assembler_error"
+"""Problem kind: handling a message raised an unexpected error; the message is dropped."""
+ASSEMBLER_THREAD_ENDED = "assembler_thread_ended"
+"""Problem kind: the assembly thread ended without being asked to (no more frames)."""
 
 
 @dataclasses.dataclass
@@ -89,13 +94,15 @@ class JungfrauFrameAssembler:
             hello, so no frame is dropped at start-up.
         waiting_report_interval: seconds without a frame between two lines saying what the
             streams sent meanwhile (:mod:`om.lib.waiting_report`).
+        secret: the dealing secret the receivers must show
+            (:func:`~om.data_retrieval_layer.frame_distribution.new_secret`).
 
     Raises:
         OmConfigurationError: when a URL is malformed or the dealer's socket cannot bind.
     """
 
     def __init__(self, *, stream_urls: list[str], distribution_host: str, rows_per_stream: int,
-                 assembly_timeout: float, expected_receivers: int = 0,
+                 assembly_timeout: float, secret: bytes, expected_receivers: int = 0,
                  waiting_report_interval: float = WAITING_REPORT_INTERVAL) -> None:
         self._urls = stream_urls
         self._image_bytes = rows_per_stream * MODULE_FS * BYTES_PER_PIXEL
@@ -121,7 +128,7 @@ class JungfrauFrameAssembler:
             self._subscribers.append(socket)
         self._expected_receivers = expected_receivers
         try:
-            self._dealer: FrameDealer | None = FrameDealer(distribution_host)
+            self._dealer: FrameDealer | None = FrameDealer(distribution_host, secret=secret)
         except OmConfigurationError:
             self.close()
             raise
@@ -145,8 +152,22 @@ class JungfrauFrameAssembler:
 
     def start(self) -> None:
         """Starts the assembly thread."""
-        self._thread = threading.Thread(target=self._run, name="om-frame-assembler", daemon=True)
+        self._thread = threading.Thread(target=self._run_reporting_the_end,
+                                        name="om-frame-assembler", daemon=True)
         self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the assembly thread runs (False before :meth:`start` and after it ended,
+        asked to or not)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run_reporting_the_end(self) -> None:
+        try:
+            self._run()
+        except BaseException as error:  # noqa: BLE001 - reported: no frame comes after it
+            problems.report(ASSEMBLER_THREAD_ENDED, f"the frame assembler thread ended by "
+                            f"{type(error).__name__}: {str(error)[:200]}; no more frames")
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stops the assembly thread and closes the sockets."""
@@ -186,22 +207,42 @@ class JungfrauFrameAssembler:
             poller.register(socket, zmq.POLLIN)
         poller.register(self._dealer.socket, zmq.POLLIN)
         index_of = {socket: index for index, socket in enumerate(self._subscribers)}
+        failures = 0  # in a row: a fault that every turn meets ends the thread (reported)
         while not self._stop.is_set():
-            ready = dict(poller.poll(50))
-            if self._dealer.socket in ready:  # slots given back first: room for these frames
-                self._dealer.handle_messages()
-            for socket, index in index_of.items():
-                if socket not in ready:
-                    continue
-                # Drain what is there, so one busy stream cannot starve the others.
-                for _ in range(16):
-                    try:
-                        parts = socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
+            try:
+                self._poll_once(poller, index_of)
+                failures = 0
+            except Exception as error:  # noqa: BLE001 - counted; assembly goes on
+                if self._stop.is_set():  # e.g. stop() closed the sockets after its wait
+                    return
+                failures += 1
+                if failures > _MAX_FAILURES_IN_A_ROW:
+                    raise
+                problems.report(ASSEMBLER_ERROR, f"frame assembler: {type(error).__name__}: "
+                                f"{str(error)[:200]}")
+
+    def _poll_once(self, poller: zmq.Poller, index_of: dict[zmq.Socket, int]) -> None:
+        """Waits up to 50 ms for messages and handles what came."""
+        ready = dict(poller.poll(50))
+        if self._dealer.socket in ready:  # slots given back first: room for these frames
+            self._dealer.handle_messages()
+        for socket, index in index_of.items():
+            if socket not in ready:
+                continue
+            # Drain what is there, so one busy stream cannot starve the others.
+            for _ in range(16):
+                try:
+                    parts = socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                try:
                     self._on_message(index, parts)
-            self._expire(time.monotonic())
-            self._waiting.poll()
+                except Exception as error:  # noqa: BLE001 - whatever a decoder raised
+                    self._unusable(ASSEMBLER_ERROR, f"stream {self._urls[index]}: "
+                                   f"{type(error).__name__}: {str(error)[:200]} "
+                                   "(message dropped)")
+        self._expire(time.monotonic())
+        self._waiting.poll()
 
     def _describe_wait(self) -> str:
         """What the streams sent since the last frame, for :class:`WaitingReport`."""
