@@ -30,7 +30,7 @@ import time
 import h5py
 import numpy as np
 
-from common import monitor_kernel, need_real_data, real_raw_1m_frames
+from common import HelpFormatter, monitor_kernel, need_real_data, real_raw_1m_frames
 
 _NEIGHBOURS = ("compute", "memory", "file reader")
 _NEIGHBOUR_LIFETIME_S = 300.0  # a neighbour whose parent died stops by itself
@@ -95,7 +95,7 @@ def _time_kernel(frames: np.ndarray, count: int, kernel: tuple, out: np.ndarray)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--rounds", type=int, default=4,
                         help="alternations of alone and beside each neighbour (default 4)")
     parser.add_argument("--frames", type=int, default=100,

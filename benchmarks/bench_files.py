@@ -35,7 +35,7 @@ import zmq
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
 from bench_end_to_end import _peak_rss_mb, _rank_processes, report_ranks, report_stages
-from common import GEOMETRY_1M, REAL_MODULE_FILE, need_real_data, real_raw_1m_frames
+from common import HelpFormatter, GEOMETRY_1M, REAL_MODULE_FILE, need_real_data, real_raw_1m_frames
 from helpers import free_port, monitor_command
 
 from om.lib.serialization import unpack
@@ -182,7 +182,7 @@ def measure_once(arguments: argparse.Namespace,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--ranks", type=int, default=2, help="MPI ranks (1 collecting)")
     parser.add_argument("--repeats", type=int, default=10,
                         help=f"times the {_FRAMES_IN_FILE}-frame file is listed (default 10)")

@@ -19,14 +19,14 @@ import time
 import h5py
 import numpy as np
 
-from common import need_real_data, real_raw_1m_frames
+from common import HelpFormatter, need_real_data, real_raw_1m_frames
 from om.data_retrieval_layer.hdf5_direct_read import direct_layout, usable_image
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--images", type=int, default=400, help="images timed per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, the best one reported")
     arguments = parser.parse_args()
     need_real_data()
     raw, _ = real_raw_1m_frames()

@@ -14,14 +14,14 @@ import time
 
 import numpy as np
 
-from common import monitor_kernel, need_real_data, real_raw_1m_frames
+from common import HelpFormatter, monitor_kernel, need_real_data, real_raw_1m_frames
 
 REFERENCE_MS_PER_FRAME = 47.0  # OM 23: numpy calibration + C++ peakfinder8, one core
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=10)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--repeats", type=int, default=10, help="passes over the 20 frames")
     arguments = parser.parse_args()
     need_real_data()
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core

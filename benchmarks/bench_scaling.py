@@ -13,16 +13,18 @@ import argparse
 import os
 
 from bench_end_to_end import run
+from common import HelpFormatter
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--max-ranks", type=int, default=len(os.sched_getaffinity(0)) + 1)
-    parser.add_argument("--rate", type=float, default=400.0)
-    parser.add_argument("--duration", type=float, default=15.0)
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--max-ranks", type=int, default=len(os.sched_getaffinity(0)) + 1,
+                        help="most MPI ranks tried (cores + 1 here)")
+    parser.add_argument("--rate", type=float, default=400.0, help="simulator frames/s")
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds of sending per run")
     parser.add_argument("--kernel-ms", type=float, default=None,
-                        help="kernel ms per 1M frame on one core (default: measure it)")
+                        help="kernel ms per 1M frame on one core (None: measure it)")
     arguments = parser.parse_args()
     print(f"scaling: simulator at {arguments.rate:.0f} frames/s for {arguments.duration:.0f} s, "
           f"{len(os.sched_getaffinity(0))} cores")

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Shared set-up of the benchmarks: the real data of ../shared/data and the monitor's kernel."""
 
+import argparse
 import os
 import pathlib
 import sys
@@ -12,6 +13,10 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(os.environ.get("OM_SHARED_DATA", REPO.parent / "shared" / "data"))
 REAL_MODULE_FILE = SHARED_DATA / "jungfrau_module_real.h5"
 GEOMETRY_1M = SHARED_DATA / "geometry" / "jungfrau1M_cheetah.geom"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` of the benchmarks: the description as written, every option's default."""
 
 
 def need_real_data() -> None:
@@ -53,7 +58,7 @@ def monitor_kernel():
         "adc_threshold", "minimum_snr", "min_pixel_count", "max_pixel_count", "local_bg_radius",
         "min_res", "max_res", "max_num_peaks")}
     geometry = load_geometry(GEOMETRY_1M)
-    finder = Peakfinder8PeakDetection(radius_map=geometry.radius,
+    finder = Peakfinder8PeakDetection(radius_map=geometry.peakfinder8_radius,
                                       panels=geometry.panel_rectangles, **pf8)
     return (calibration, finder, parameters.get("crystallography", "min_num_peaks_for_hit"),
             parameters.get("crystallography", "max_num_peaks_for_hit"))

@@ -5,6 +5,10 @@ Writes the simulated detector's calibration files and a ``monitor.yaml`` to a fo
 ``om_jungfrau_zmq_simulator.py`` and ``mpiexec -n N om_monitor.py`` on 127.0.0.1, and, when a
 display is present, the crystallography GUI and the frame viewer. Ctrl-C (or ``--duration``)
 stops everything; the monitor prints its speed reports and a final summary.
+
+The children run in sessions of their own: a terminal's Ctrl-C reaches the demo alone, which
+stops each child once (a second SIGINT makes ``mpiexec`` abort the job with assertion errors
+and leave its shared-memory files behind).
 """
 
 import argparse
@@ -58,7 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gui", choices=("auto", "yes", "no"), default="auto",
                         help="start the GUIs (auto: when a display is present)")
     parser.add_argument("--base-port", type=int, default=30001,
-                        help="first of the 4 ports used on 127.0.0.1 (default 30001)")
+                        help="first of the 2 ports of the simulated module streams on "
+                        "127.0.0.1 (default 30001)")
+    parser.add_argument("--broadcast-port", type=int, default=12321,
+                        help="port of the monitor's broadcast on 127.0.0.1, the GUIs' URL; the "
+                        "next one answers requests (default 12321, as in monitor.yaml)")
     arguments = parser.parse_args(argv)
 
     if arguments.directory:
@@ -76,7 +84,8 @@ def _run(arguments: argparse.Namespace, directory: pathlib.Path) -> int:
     darks, gains = SyntheticJungfrau(seed=0).write_calibration_files(directory / "calibration")
     port = arguments.base_port
     streams = f"tcp://127.0.0.1:{port},tcp://127.0.0.1:{port + 1}"
-    broadcast, responding = f"tcp://127.0.0.1:{port + 2}", f"tcp://127.0.0.1:{port + 3}"
+    broadcast = f"tcp://127.0.0.1:{arguments.broadcast_port}"
+    responding = f"tcp://127.0.0.1:{arguments.broadcast_port + 1}"
     config = write_monitor_configuration(directory / "monitor.yaml", {
         "data_retrieval_layer": {"detector_dark_filenames": darks,
                                  "detector_gain_filenames": gains},
@@ -84,23 +93,33 @@ def _run(arguments: argparse.Namespace, directory: pathlib.Path) -> int:
     })
     print(f"om_demo: files in {directory}; monitor broadcasting on {broadcast}", flush=True)
 
+    # Sessions of their own: only the demo gets a terminal's Ctrl-C (see the module doc).
     processes = [
         subprocess.Popen([*_command("om_jungfrau_zmq_simulator.py",
                                     "om.simulation.jungfrau_zmq_simulator"),
-                          "--urls", streams, "--rate", str(arguments.rate)]),
+                          "--urls", streams, "--rate", str(arguments.rate)],
+                         start_new_session=True),
         subprocess.Popen([_mpiexec(), "-n", str(arguments.ranks),
-                          *_command("om_monitor.py", "om.monitor_launcher"), streams, "-c", str(config)]),
+                          *_command("om_monitor.py", "om.monitor_launcher"), streams, "-c",
+                          str(config)], start_new_session=True),
     ]
     monitor = processes[1]
+    guis = [[*_command("om_crystallography_gui.py",
+                       "om.graphical_interfaces.crystallography_gui"),
+             broadcast, "--responding-url", responding],
+            [*_command("om_frame_viewer.py", "om.graphical_interfaces.frame_viewer"), broadcast]]
     if arguments.gui == "yes" or (arguments.gui == "auto" and _display_available()):
-        processes.append(subprocess.Popen([
-            *_command("om_crystallography_gui.py", "om.graphical_interfaces.crystallography_gui"),
-            broadcast, "--responding-url", responding]))
-        processes.append(subprocess.Popen([
-            *_command("om_frame_viewer.py", "om.graphical_interfaces.frame_viewer"), broadcast]))
+        processes.extend(subprocess.Popen(gui, start_new_session=True) for gui in guis)
+    else:
+        why = "--gui no" if arguments.gui == "no" else "no display (DISPLAY is not set) or no PyQt5"
+        print(f"om_demo: GUIs not started ({why}); where a display is, connect them with:\n"
+              f"  om_crystallography_gui.py {broadcast} --responding-url {responding}\n"
+              f"  om_frame_viewer.py {broadcast}", flush=True)
 
     interrupted = threading.Event()
     on_stop_signals(interrupted.set)
+    # The children are in sessions of their own: a closed terminal reaches only the demo.
+    signal.signal(signal.SIGHUP, lambda *_: interrupted.set())
     deadline = time.monotonic() + arguments.duration if arguments.duration > 0 else None
     while not interrupted.is_set() and monitor.poll() is None:
         if deadline is not None and time.monotonic() > deadline:

@@ -27,6 +27,9 @@ OM_GROUP = ParameterGroup("om", (
               description="class of the data retrieval layer (e.g. Jungfrau1MZmqDataRetrieval)"),
     Parameter("processing_layer", str, required=True,
               description="class of the processing layer (e.g. CrystallographyProcessing)"),
+    Parameter("max_consecutive_failed_events", int, default=20, minimum=0,
+              description="stop the monitor (exit code 1) when a processing rank's last this "
+              "many events all failed, e.g. frames the geometry does not fit (0: never)"),
 ))
 
 
@@ -113,10 +116,12 @@ def main(argv: list[str] | None = None, early_stop: threading.Event | None = Non
     on_stop_signals(monitor.request_stop)
     if early_stop.is_set():
         monitor.request_stop()
-    monitor.start()
+    exit_code = monitor.start()
+    if monitor.error and monitor.is_collecting_rank:
+        print(f"om_monitor.py: error: {monitor.error}", file=sys.stderr, flush=True)
     # Sockets closed with a linger (the last broadcast) get up to 1 s to deliver.
     zmq.Context.instance().destroy(linger=1000)
-    return 0
+    return exit_code
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ import h5py
 import numpy as np
 import pytest
 
+# The GUIs are tested offscreen, with or without a display: .ci/run and the README's test
+# command then run the same thing.
+os.environ["QT_QPA_PLATFORM"] = "offscreen"
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(os.environ.get("OM_SHARED_DATA", REPO.parent / "shared" / "data"))
 REAL_MODULE_FILE = SHARED_DATA / "jungfrau_module_real.h5"

@@ -18,7 +18,6 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-import pytest
 import zmq
 
 from om.data_retrieval_layer.file_lease import LOCAL_FILE_SYSTEMS, file_system_type
@@ -26,7 +25,7 @@ from om.lib.exceptions import OmConfigurationError
 from om.lib.parameters import MonitorParameters
 from om.lib.problems import problems
 from om.lib.serialization import unpack
-from om.simulation.configuration import write_monitor_configuration
+from om.simulation.configuration import SPOT_PEAKFINDER8, write_monitor_configuration
 
 BIN = pathlib.Path(sys.executable).parent
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
@@ -62,6 +61,8 @@ def free_port() -> int:
 def skip_unless_leases_are_taken(folder: pathlib.Path) -> None:
     """Skips the test when ``folder`` is on a file system where no read lease is taken
     (``om.data_retrieval_layer.file_lease``): images are copied there, never mapped."""
+    import pytest  # here: the benchmarks import this module without pytest
+
     kind = file_system_type(os.stat(folder).st_dev)
     if kind not in LOCAL_FILE_SYSTEMS:
         pytest.skip(f"the test folder is on a {kind!r} file system, where no lease is taken")
@@ -231,11 +232,7 @@ p0/fs = +1.0x
 p0/ss = +1.0y
 """
 
-SPOT_PEAKFINDER8 = {"adc_threshold": 50.0, "minimum_snr": 6.0, "min_pixel_count": 2,
-                    "max_pixel_count": 50, "local_bg_radius": 3, "min_res": 20, "max_res": 250,
-                    "max_num_peaks": 2048, "bad_pixel_map_filename": None,
-                    "bad_pixel_map_hdf5_path": None}
-"""peakfinder8 settings that find the synthetic Gaussian spots of the stream senders."""
+
 
 
 def configure_single_panel(tmp_path: pathlib.Path, data_retrieval_class: str,
@@ -346,6 +343,8 @@ def assert_one_zeromq_url_source(data_retrieval_class: type, parameters: Monitor
     """Checks a pull-stream set-up: ``source`` (padded with blanks) is accepted, the first rank
     collects, single events cannot be retrieved, anything but one ZeroMQ URL is refused, and an
     unreachable host stops the processing rank's start with ``unreachable`` in the message."""
+    import pytest  # here: the benchmarks import this module without pytest
+
     handler = data_retrieval_class(parameters=parameters,
                                    source=f" {source} ").get_data_event_handler()
     assert handler.designated_collector_rank() == "first" and handler.skip_rank_finalization()

@@ -37,7 +37,8 @@ def test_every_problem_kind_is_documented():
     for path in OM.rglob("*.py"):
         if "graphical_interfaces" in path.parts:  # the GUIs count their own, in docs/gui.md
             continue
-        kinds |= set(re.findall(r'problems\.report\(\s*"(\w+)"', path.read_text()))
+        kinds |= set(re.findall(r'(?:problems\.report|self\._unusable)\(\s*"(\w+)"',
+                                path.read_text()))
     assert kinds
     for kind in sorted(kinds):
         assert f"| `{kind}` |" in text, kind

@@ -33,7 +33,7 @@ from om.data_retrieval_layer.data_retrieval_files import Hdf5FilesDataRetrieval
 from om.data_retrieval_layer.data_retrieval_streaming_receiver import (
     StreamingReceiverDataRetrieval,
 )
-from om.data_retrieval_layer.frame_distribution import FrameReceiver
+from om.data_retrieval_layer.frame_distribution import FrameReceiver, new_secret
 from om.data_retrieval_layer.jungfrau_frame_assembler import JungfrauFrameAssembler
 from om.graphical_interfaces.subscriber import Subscriber
 from om.lib.bslz4 import compress_bslz4, decompress_bslz4
@@ -233,11 +233,13 @@ def test_fuzz_jungfrau_module_streams():
     wrong_size or bad_message), and a good frame after them is assembled and dealt."""
     budget = _Budget("JUNGFRAU module streams")
     sender = JungfrauStreamSender(["tcp://127.0.0.1:*", "tcp://127.0.0.1:*"])
+    secret = new_secret()
     assembler = JungfrauFrameAssembler(stream_urls=sender.urls, distribution_host="127.0.0.1",
                                        rows_per_stream=512, assembly_timeout=0.3,
-                                       expected_receivers=1)
+                                       expected_receivers=1, secret=secret)
     assembler.start()
-    frames = FrameReceiver(assembler.endpoint, n_slots=4, slot_bytes=2 * 512 * 1024 * 2)
+    frames = FrameReceiver(assembler.endpoint, n_slots=4, slot_bytes=2 * 512 * 1024 * 2,
+                           secret=secret)
     keys = ["frameNumber", "timestamp", "bitmode", "completeImage", "data", "modId"]
     counted = {"bad_header", "wrong_size", "bad_message"}
     number = [10**6]

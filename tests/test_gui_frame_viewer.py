@@ -241,3 +241,19 @@ def test_main_parses_options(qtbot, capsys):
         frame_viewer.build_parser().parse_args(["tcp://host:1", "--buffer", "0"])
     assert frame_viewer.main(["bad url"]) == 2
     assert "cannot connect" in capsys.readouterr().err
+
+
+def test_without_a_display_the_guis_say_so_and_stop():
+    """No DISPLAY, WAYLAND_DISPLAY or QT_QPA_PLATFORM: one error line and exit code 2, not
+    Qt's abort (exit code 134)."""
+    import subprocess
+    import sys
+
+    environment = {key: value for key, value in os.environ.items()
+                   if key not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    for module in ("frame_viewer", "crystallography_gui"):
+        done = subprocess.run([sys.executable, "-m", f"om.graphical_interfaces.{module}",
+                               "tcp://127.0.0.1:1"], env=environment, capture_output=True,
+                              text=True, timeout=120, check=False)
+        assert done.returncode == 2, done.stderr
+        assert "error: no display (DISPLAY and WAYLAND_DISPLAY are not set)" in done.stderr

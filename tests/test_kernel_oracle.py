@@ -31,7 +31,7 @@ def test_fast_path_matches_the_oracle_on_the_real_frames(real_module, geometry_1
     calibration = JungfrauCalibration(pedestals=pedestals, gains_adu_per_kev=gains,
                                       photon_energy_kev=energy_kev)
     geometry = load_geometry(geometry_1m)
-    finder = Peakfinder8PeakDetection(radius_map=geometry.radius,
+    finder = Peakfinder8PeakDetection(radius_map=geometry.peakfinder8_radius,
                                       panels=geometry.panel_rectangles, **pf8)
     worst_count, worst_distance = 0.0, 0.0
     for index, module in enumerate(real_module["raw"]):
@@ -41,7 +41,7 @@ def test_fast_path_matches_the_oracle_on_the_real_frames(real_module, geometry_1
         np.testing.assert_allclose(fast_frame, oracle_frame, rtol=1e-5, atol=1e-4,
                                    equal_nan=True)
         fast = finder.find_peaks(fast_frame)
-        oracle = find_peaks_reference(oracle_frame, radius_map=geometry.radius,
+        oracle = find_peaks_reference(oracle_frame, radius_map=geometry.peakfinder8_radius,
                                       panels=geometry.panel_rectangles, **pf8)
         assert abs(len(fast) - len(oracle)) <= 0.01 * len(oracle), index
         distance, _ = cKDTree(np.c_[fast.fs, fast.ss]).query(np.c_[oracle.fs, oracle.ss])

@@ -64,3 +64,23 @@ def test_missing_and_malformed_files(tmp_path):
         MonitorParameters(_write(tmp_path, "crystallography: [unclosed\n"))
     with pytest.raises(OmConfigurationError, match="must be a map"):
         MonitorParameters(_write(tmp_path, "crystallography: 3\n"))
+
+
+def test_relative_paths_start_where_the_file_is_named_and_find_shipped_files(tmp_path):
+    """A symbolic link to the configuration (the repository's ``monitor.yaml``) resolves paths
+    from the link's folder; a bare name of a file in om/data finds it; a file beside the
+    configuration wins over the shipped one."""
+    from om.lib.package_data import packaged_file
+
+    target = tmp_path / "package" / "monitor.yaml"
+    target.parent.mkdir()
+    target.write_text("crystallography:\n  geometry_file: a.geom\n")
+    link = tmp_path / "root" / "monitor.yaml"
+    link.parent.mkdir()
+    link.symlink_to(target)
+    parameters = MonitorParameters(link)
+    assert parameters.resolve_path("calibration/d.h5") == str(link.parent / "calibration/d.h5")
+    assert parameters.resolve_path("jungfrau1M.geom") == str(packaged_file("jungfrau1M.geom"))
+    (link.parent / "jungfrau1M.geom").write_text("; mine\n")
+    assert parameters.resolve_path("jungfrau1M.geom") == str(link.parent / "jungfrau1M.geom")
+    assert parameters.resolve_path("/abs/x.geom") == "/abs/x.geom"

@@ -57,6 +57,7 @@ from om.lib.zmq_sockets import SizeLimitedConnection
 from om.lib.parameters import MonitorParameters, Parameter, ParameterGroup
 from om.lib.problems import problems
 from om.lib.read_ahead import read_ahead
+from om.lib.waiting_report import WaitingReport
 from om.protocols.data_retrieval_layer import OmDataSourceProtocol
 
 _GROUP = "data_retrieval_layer"
@@ -373,13 +374,25 @@ class Hdf5FilesDataEventHandler:
             poller = zmq.Poller()
             for socket in self._sockets:
                 poller.register(socket, zmq.POLLIN)
+            unusable = [0]  # notifications since the last usable file
+            # The first processing rank says what it waits for (every rank gets every
+            # notification: one line tells for all).
+            waiting = WaitingReport(", ".join(self._urls), lambda: (
+                f"received {unusable[0]} notifications, none of a file with images (see the "
+                "problems above)" if unusable[0] else
+                "received no file notification (is the writer publishing on this URL?)"))
             while not self._stop.is_set():
+                if share == 0:
+                    waiting.poll()
                 for connection in self._connections:
                     connection.check()
                 for socket, _ in poller.poll(_POLL_MS):
                     notified = self._notified_file_guarded(socket.recv(), share == 0)
-                    if notified is None:
+                    if notified is None or not notified[0].blocks:
+                        unusable[0] += 1
                         continue
+                    unusable[0] = 0
+                    waiting.data_arrived()
                     found, file_number = notified
                     for block in found.blocks:
                         for local in range(block.count):

@@ -20,12 +20,10 @@ None, counted as ``bad_header_field``); ``frameNumber`` must be an integer withi
 2**64 - 1, and a ``timestamp`` that is not is ignored (``bad_header_field``); a message part
 larger than four module images ends the sender's connection in libzmq (``ZMQ_MAXMSGSIZE``)
 before it is allocated, and the connection is made again
-(:class:`om.lib.zmq_sockets.SizeLimitedConnection`).
-Whatever handling one message raises is counted (``unexpected_message_error``, the exception
-named in the line) and the next message handled. Should the assembly loop itself fail, it is
-restarted (``assembler_thread_restarted``) up to :data:`MAX_RESTARTS` times; then the assembler
-reports ``assembler_thread_ended``, sets :attr:`JungfrauFrameAssembler.failed` and calls its
-``on_failure`` callback: the monitor stops rather than run on without frames.
+(:class:`om.lib.zmq_sockets.SizeLimitedConnection`). Whatever else handling a message raises
+is counted (``assembler_error``); a thread that ends anyway is reported
+(``assembler_thread_ended``), sets :attr:`JungfrauFrameAssembler.failed` and calls the
+``on_failure`` callback, which stops the monitor rather than let it run on without frames.
 """
 
 import collections
@@ -46,6 +44,7 @@ from om.lib.input_limits import (
     parse_json_object,
 )
 from om.lib.problems import problems
+from om.lib.waiting_report import WAITING_REPORT_INTERVAL, WaitingReport
 from om.lib.zmq_sockets import SizeLimitedConnection
 
 logger = logging.getLogger("om")
@@ -60,16 +59,16 @@ _EXPIRED_REMEMBERED = 4096  # frame numbers already counted as incomplete
 _STREAM_QUEUE_IMAGES = 64
 # A frame number this far below the stream's highest is a new acquisition, not a late image.
 _RESTART_GAP = 1000
+_MAX_FAILURES_IN_A_ROW = 100
 # A message part larger than this many module images ends the sender's connection in libzmq:
 # twice the 16-bit image (32-bit mode) still arrives and is counted as wrong_size.
 _MAX_PART_IMAGES = 4
-MAX_RESTARTS = 5
-"""Times the assembly loop is restarted after an unexpected error before the assembler gives
-up (``assembler_thread_ended``)."""
-UNEXPECTED_MESSAGE_ERROR = "unexpected_message_error"
-ASSEMBLER_THREAD_RESTARTED = "assembler_thread_restarted"
-ASSEMBLER_THREAD_ENDED = "assembler_thread_ended"
 BAD_HEADER_FIELD = "bad_header_field"
+"""Problem kind: a header value ignored (an integer beyond 64 bits, a bad timestamp)."""
+ASSEMBLER_ERROR = "assembler_error"
+"""Problem kind: handling a message raised an unexpected error; the message is dropped."""
+ASSEMBLER_THREAD_ENDED = "assembler_thread_ended"
+"""Problem kind: the assembly thread ended without being asked to (no more frames)."""
 
 
 @dataclasses.dataclass
@@ -115,16 +114,21 @@ class JungfrauFrameAssembler:
         expected_receivers: the assembler subscribes to the detector streams only once this
             many :class:`~om.data_retrieval_layer.frame_distribution.FrameReceiver` have said
             hello, so no frame is dropped at start-up.
-        on_failure: called (from the assembly thread, with the reason) when the assembly loop
-            has failed more than :data:`MAX_RESTARTS` times and no frame will come; it must
-            only set flags or send a signal.
+        waiting_report_interval: seconds without a frame between two lines saying what the
+            streams sent meanwhile (:mod:`om.lib.waiting_report`).
+        secret: the dealing secret the receivers must show
+            (:func:`~om.data_retrieval_layer.frame_distribution.new_secret`).
+        on_failure: called (from the assembly thread, with the reason) when the thread ends
+            without being asked to and no frame will come; it must only set flags or send a
+            signal.
 
     Raises:
         OmConfigurationError: when a URL is malformed or the dealer's socket cannot bind.
     """
 
     def __init__(self, *, stream_urls: list[str], distribution_host: str, rows_per_stream: int,
-                 assembly_timeout: float, expected_receivers: int = 0,
+                 assembly_timeout: float, secret: bytes, expected_receivers: int = 0,
+                 waiting_report_interval: float = WAITING_REPORT_INTERVAL,
                  on_failure: Callable[[str], None] | None = None) -> None:
         self._urls = stream_urls
         self._image_bytes = rows_per_stream * MODULE_FS * BYTES_PER_PIXEL
@@ -153,7 +157,7 @@ class JungfrauFrameAssembler:
             self._subscribers.append(socket)
         self._expected_receivers = expected_receivers
         try:
-            self._dealer: FrameDealer | None = FrameDealer(distribution_host)
+            self._dealer: FrameDealer | None = FrameDealer(distribution_host, secret=secret)
         except OmConfigurationError:
             self.close()
             raise
@@ -164,44 +168,42 @@ class JungfrauFrameAssembler:
         # already counted: it is counted as late, not as a second incomplete frame.
         self._expired: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._clock = DetectorClock()
-        self._subscribed = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._on_failure = on_failure
         self.frames_forwarded = 0
         self.acquisitions_ended = 0
+        self._on_failure = on_failure
         self.failed = False
-        """True once the assembly loop has given up (no frame will come)."""
+        """True once the assembly thread has ended without being asked to."""
+        # What came since the last frame, for the waiting report: module images per stream
+        # and unusable messages by kind.
+        self._images_since_frame = [0] * len(stream_urls)
+        self._bad_since_frame: dict[str, int] = {}
+        self._waiting = WaitingReport(", ".join(stream_urls), self._describe_wait,
+                                      waiting_report_interval)
 
     def start(self) -> None:
         """Starts the assembly thread."""
-        self._thread = threading.Thread(target=self._run_guarded, name="om-frame-assembler",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run_reporting_the_end,
+                                        name="om-frame-assembler", daemon=True)
         self._thread.start()
 
-    def _run_guarded(self) -> None:
-        """Runs the assembly loop; restarts it when it fails, up to MAX_RESTARTS times."""
-        restarts = 0
-        while True:
-            try:
-                self._run()
-                return
-            except Exception as error:  # a bug or a socket failure, not one bad message
-                if self._stop.is_set():  # the sockets closed under it while stopping
-                    return
-                reason = f"{type(error).__name__}: {error}"[:200]
-                if restarts >= MAX_RESTARTS:
-                    break
-                restarts += 1
-                logger.debug("assembly loop failed", exc_info=True)
-                problems.report(ASSEMBLER_THREAD_RESTARTED, f"frame assembly failed ({reason}): "
-                                f"restarted ({restarts} of {MAX_RESTARTS})")
-        self.failed = True
-        problems.report(ASSEMBLER_THREAD_ENDED, f"frame assembly failed {restarts + 1} times, "
-                        f"last: {reason}; no more frames will come: the monitor stops")
-        logger.error("frame assembly stopped: %s", reason)
-        if self._on_failure is not None:
-            self._on_failure(reason)
+    @property
+    def alive(self) -> bool:
+        """Whether the assembly thread runs (False before :meth:`start` and after it ended,
+        asked to or not)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run_reporting_the_end(self) -> None:
+        try:
+            self._run()
+        except BaseException as error:  # noqa: BLE001 - reported: no frame comes after it
+            reason = f"{type(error).__name__}: {str(error)[:200]}"
+            problems.report(ASSEMBLER_THREAD_ENDED, f"the frame assembler thread ended by "
+                            f"{reason}; no more frames")
+            self.failed = True
+            if self._on_failure is not None:
+                self._on_failure(reason)
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stops the assembly thread and closes the sockets."""
@@ -234,43 +236,77 @@ class JungfrauFrameAssembler:
         return True
 
     def _run(self) -> None:
-        if not self._subscribed:
-            if not self._wait_for_receivers():
-                return
-            for socket in self._subscribers:
-                socket.setsockopt(zmq.SUBSCRIBE, b"")
-            self._subscribed = True
+        if not self._wait_for_receivers():
+            return
+        self._waiting.data_arrived()  # the wait for data starts now, not at construction
+        for socket in self._subscribers:
+            socket.setsockopt(zmq.SUBSCRIBE, b"")
         poller = zmq.Poller()
         for socket in self._subscribers:
             poller.register(socket, zmq.POLLIN)
         poller.register(self._dealer.socket, zmq.POLLIN)
         index_of = {socket: index for index, socket in enumerate(self._subscribers)}
+        failures = 0  # in a row: a fault that every turn meets ends the thread (reported)
         while not self._stop.is_set():
-            ready = dict(poller.poll(50))
-            if self._dealer.socket in ready:  # slots given back first: room for these frames
-                self._dealer.handle_messages()
-            for socket, index in index_of.items():
-                if socket not in ready:
-                    continue
-                # Drain what is there, so one busy stream cannot starve the others.
-                for _ in range(16):
-                    try:
-                        parts = socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    self._on_message_guarded(index, parts)
-            self._expire(time.monotonic())
-            for connection in self._connections:
-                connection.check()
+            try:
+                self._poll_once(poller, index_of)
+                failures = 0
+            except Exception as error:  # noqa: BLE001 - counted; assembly goes on
+                if self._stop.is_set():  # e.g. stop() closed the sockets after its wait
+                    return
+                failures += 1
+                if failures > _MAX_FAILURES_IN_A_ROW:
+                    raise
+                problems.report(ASSEMBLER_ERROR, f"frame assembler: {type(error).__name__}: "
+                                f"{str(error)[:200]}")
 
-    def _on_message_guarded(self, index: int, parts: list[zmq.Frame]) -> None:
-        """Handles one message; whatever it raises is counted and the next one handled."""
-        try:
-            self._on_message(index, parts)
-        except Exception as error:  # no check foresaw it: count it, never end the loop
-            logger.debug("unexpected error on a message", exc_info=True)
-            problems.report(UNEXPECTED_MESSAGE_ERROR, f"stream {self._urls[index]}: message "
-                            f"dropped: {type(error).__name__}: {error}"[:200])
+    def _poll_once(self, poller: zmq.Poller, index_of: dict[zmq.Socket, int]) -> None:
+        """Waits up to 50 ms for messages and handles what came."""
+        ready = dict(poller.poll(50))
+        if self._dealer.socket in ready:  # slots given back first: room for these frames
+            self._dealer.handle_messages()
+        for socket, index in index_of.items():
+            if socket not in ready:
+                continue
+            # Drain what is there, so one busy stream cannot starve the others.
+            for _ in range(16):
+                try:
+                    parts = socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                try:
+                    self._on_message(index, parts)
+                except Exception as error:  # noqa: BLE001 - whatever a decoder raised
+                    self._unusable(ASSEMBLER_ERROR, f"stream {self._urls[index]}: "
+                                   f"{type(error).__name__}: {str(error)[:200]} "
+                                   "(message dropped)")
+        self._expire(time.monotonic())
+        self._waiting.poll()
+        for connection in self._connections:
+            connection.check()
+
+    def _describe_wait(self) -> str:
+        """What the streams sent since the last frame, for :class:`WaitingReport`."""
+        bad = ", ".join(f"{kind} {count}" for kind, count in sorted(self._bad_since_frame.items()))
+        images = self._images_since_frame
+        if not any(images):
+            if bad:
+                return f"received only messages it cannot use ({bad})"
+            return ("received nothing on any stream (a wrong host or port and a detector that "
+                    "is not streaming look the same: check the URLs against slsReceiver's)")
+        counts = ", ".join(f"{url} {count}" for url, count in zip(self._urls, images))
+        silent = [url for url, count in zip(self._urls, images) if count == 0]
+        if silent:
+            text = (f"received module images from some streams only ({counts}): nothing from "
+                    f"{', '.join(silent)}, so every frame is incomplete")
+        else:
+            text = (f"received module images from every stream ({counts}) but no complete "
+                    "frame: their frame numbers do not match within frame_assembly_timeout")
+        return f"{text}; unusable messages: {bad}" if bad else text
+
+    def _unusable(self, kind: str, message: str) -> None:
+        self._bad_since_frame[kind] = self._bad_since_frame.get(kind, 0) + 1
+        problems.report(kind, message)
 
     def _on_message(self, index: int, parts: list[zmq.Frame]) -> None:
         url = self._urls[index]
@@ -278,7 +314,7 @@ class JungfrauFrameAssembler:
         try:
             header = parse_json_object(parts[0].buffer, f"stream {url}: header", ignored=ignored)
         except OmInvalidDataError as error:
-            problems.report("bad_header", str(error))
+            self._unusable("bad_header", str(error))
             return
         for line in ignored:  # the value is None now: the frame goes on without it
             problems.report(BAD_HEADER_FIELD, f"stream {url}: header: {line} (ignored)")
@@ -288,34 +324,35 @@ class JungfrauFrameAssembler:
                 self._highest[index] = None  # the next acquisition counts from 1 again
                 logger.info("stream %s: end of acquisition", url)
             else:
-                problems.report("bad_message", f"stream {url}: single-part message with data")
+                self._unusable("bad_message", f"stream {url}: single-part message with data")
             return
         if len(parts) != 2:
-            problems.report("bad_message", f"stream {url}: {len(parts)} message parts, expected 2")
+            self._unusable("bad_message", f"stream {url}: {len(parts)} message parts, expected 2")
             return
         frame_number = header.get("frameNumber")
         if not is_int_in(frame_number, 0, MAX_UINT64):
-            problems.report("bad_header", f"stream {url}: no frameNumber within 0 to 2**64 - 1 "
-                                          "in the header")
+            self._unusable("bad_header", f"stream {url}: no frameNumber within 0 to 2**64 - 1 "
+                                         "in the header")
             return
         ticks = header.get("timestamp", 0)
         if ticks is None:  # absent, null, or made null above (already counted)
             header["timestamp"] = 0
         elif not is_int_in(ticks, 0, MAX_UINT64):
             problems.report(BAD_HEADER_FIELD, f"stream {url}: frame {frame_number}: timestamp "
-                                          f"{str(ticks)[:40]} is not an integer within 0 to "
-                                          "2**64 - 1 (ignored)")
+                                              f"{str(ticks)[:40]} is not an integer within 0 to "
+                                              "2**64 - 1 (ignored)")
             header["timestamp"] = 0
         self._count_missed(index, frame_number)
         size = len(parts[1].buffer)
         if size != self._image_bytes or header.get("bitmode", 16) != 16:
-            problems.report(
+            self._unusable(
                 "wrong_size",
                 f"stream {url}: frame {frame_number} has {size} bytes at "
                 f"{header.get('bitmode')} bits, expected {self._image_bytes} "
                 f"({self._rows}x{MODULE_FS} uint16)",
             )
             return
+        self._images_since_frame[index] += 1
         if header.get("completeImage", 1) == 0:
             problems.report("missing_packets",
                             f"stream {url}: frame {frame_number} lost packets (pixels ignored)")
@@ -360,6 +397,10 @@ class JungfrauFrameAssembler:
             "timestamp": self._clock.to_epoch(ticks),
             "headers": pending.headers,
         }
+        # A frame dropped because every rank is busy came all the same: no waiting report.
+        self._waiting.data_arrived()
+        self._images_since_frame = [0] * len(self._urls)
+        self._bad_since_frame = {}
         if self._dealer.deal(metadata, pending.images):
             self.frames_forwarded += 1
         else:

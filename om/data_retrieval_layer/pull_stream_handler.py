@@ -19,8 +19,9 @@ from om.data_retrieval_layer.data_extraction import (
     extract_from_data_sources,
 )
 from om.lib.exceptions import OmConfigurationError
-from om.lib.zmq_sockets import SizeLimitedConnection
 from om.lib.parameters import MonitorParameters, Parameter
+from om.lib.waiting_report import WaitingReport
+from om.lib.zmq_sockets import SizeLimitedConnection
 from om.protocols.data_retrieval_layer import OmDataSourceProtocol
 
 _GROUP = "data_retrieval_layer"
@@ -121,6 +122,10 @@ class PullStreamDataEventHandler(StreamWithoutSingleEvents):
     ) -> Generator[dict[str, Any], None, None]:
         """Yields the images this rank receives until :meth:`stop` is called.
 
+        The first processing rank says every few seconds without an image what it received
+        meanwhile (:mod:`om.lib.waiting_report`); the others pull from the same socket, so one
+        line tells for all.
+
         Raises:
             OmConfigurationError: when called before
                 :meth:`initialize_event_handling_on_processing_node`.
@@ -128,18 +133,36 @@ class PullStreamDataEventHandler(StreamWithoutSingleEvents):
         socket, messages = self._socket, self._messages
         if socket is None or messages is None:
             raise OmConfigurationError("event_generator before initialize_event_handling")
+        received = [0]  # messages since the last image
+        waiting = WaitingReport(self._url, lambda: (
+            f"received {received[0]} messages, none an image (decoder counts: "
+            f"{', '.join(f'{k} {n}' for k, n in sorted(messages.counts.items()) if n)})"
+            if received[0] else "received nothing (a wrong host or port and a detector that "
+            "is not streaming look the same)"))
+        reports = node_rank == min(r for r in range(node_pool_size)
+                                   if r != self._collector_rank(node_pool_size))
         try:
             while not self._stop.is_set():
                 if not socket.poll(100):
                     self._connection.check()
+                    if reports:
+                        waiting.poll()
                     continue
+                received[0] += 1
                 event = messages.handle(self.receive(socket), time.time())
                 if event is not None:
+                    received[0] = 0
+                    waiting.data_arrived()
                     yield event
+                elif reports:
+                    waiting.poll()
         finally:
             self._connection.close()
             socket.close(0)
             self._socket = None
+
+    def _collector_rank(self, node_pool_size: int) -> int:
+        return 0 if self.designated_collector_rank() == "first" else node_pool_size - 1
 
     def stop(self) -> None:
         """Makes :meth:`event_generator` return within 0.1 s."""

@@ -10,6 +10,7 @@ A subclass only implements :meth:`MonitorWindow.display`.
 import argparse
 import logging
 import math
+import os
 import pathlib
 import signal
 import sys
@@ -540,6 +541,17 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def missing_display() -> str | None:
+    """Why no window can open here, or None: no ``DISPLAY``/``WAYLAND_DISPLAY`` and no
+    ``QT_QPA_PLATFORM`` (e.g. ``offscreen``, for screenshots) chosen instead."""
+    if os.environ.get("QT_QPA_PLATFORM") or os.environ.get("DISPLAY") or \
+            os.environ.get("WAYLAND_DISPLAY"):
+        return None
+    return ("no display (DISPLAY and WAYLAND_DISPLAY are not set): run it where a display is, "
+            "with ssh -X, or offscreen for a screenshot: QT_QPA_PLATFORM=offscreen ... "
+            "--screenshot PATH (docs/gui.md)")
+
+
 def run_gui(
     window_factory: Callable[[argparse.Namespace], MonitorWindow],
     args: argparse.Namespace,
@@ -553,6 +565,10 @@ def run_gui(
     logging.basicConfig(
         level=getattr(logging, args.log_level), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
+    reason = missing_display()
+    if reason is not None:  # Qt would abort with a generic message (exit code 134)
+        print(f"{application_name}: error: {reason}", file=sys.stderr)
+        return 2
     # Only the program name: the options were parsed by argparse, not for Qt.
     application = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
     application.setApplicationName(application_name)

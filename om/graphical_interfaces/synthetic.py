@@ -183,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.responding_url:
         router = context.socket(zmq.ROUTER)
         router.bind(args.responding_url)
+    print(f"synthetic: publishing omdata and omframedata on {args.url}"
+          + (f", answering resetplots on {args.responding_url}" if router is not None else "")
+          + "; Ctrl+C stops", flush=True)
     events, seed = 0, 0
     try:
         while True:

@@ -88,6 +88,11 @@ class DetectorGeometry:
             (NaN outside every panel).
         y: float32 ``slab_shape``: lab ``y`` of each pixel centre, in pixels from the beam.
         radius: float32 ``slab_shape``: ``sqrt(x**2 + y**2)``, pixels from the beam.
+        peakfinder8_radius: float32 ``slab_shape``: the radius at each pixel's *index*
+            position (``f = i``, ``s = j``: the pixel's first corner in CrystFEL's convention),
+            pixels from the beam, NaN outside every panel. This is the radius map of Cheetah's,
+            OM's and CrystFEL's peakfinder8 (``cnx + ifs * fsx + iss * ssx``), whose radius bins
+            (``rint``) and resolution limits om's peakfinder8 reproduces.
         panel_index: int16 ``slab_shape``: index in ``panels`` of each pixel, -1 outside.
         bad_region_mask: uint8 ``slab_shape``: 1 good, 0 inside one of the file's ``bad``
             regions (``fs``/``ss`` regions are in slab coordinates, restricted to their
@@ -113,6 +118,7 @@ class DetectorGeometry:
     x: np.ndarray
     y: np.ndarray
     radius: np.ndarray
+    peakfinder8_radius: np.ndarray
     panel_index: np.ndarray
     bad_region_mask: np.ndarray
     assembled_shape: tuple[int, int]
@@ -227,6 +233,7 @@ def _build_geometry(filename: str, detector: dict, beam: dict) -> DetectorGeomet
     # Pixel maps at pixel centres.
     x = np.full(slab_shape, np.nan, dtype=np.float64)
     y = np.full(slab_shape, np.nan, dtype=np.float64)
+    peakfinder8_radius = np.full(slab_shape, np.nan, dtype=np.float32)
     panel_index = np.full(slab_shape, -1, dtype=np.int16)
     for index, (panel, p) in enumerate(zip(panels, panels_in.values())):
         region = (slice(panel.min_ss, panel.max_ss + 1), slice(panel.min_fs, panel.max_fs + 1))
@@ -234,6 +241,11 @@ def _build_geometry(filename: str, detector: dict, beam: dict) -> DetectorGeomet
             raise _fail(filename, f"panel {panel.name} overlaps another panel in the slab")
         panel_index[region] = index
         s, f = np.mgrid[0:panel.max_ss - panel.min_ss + 1, 0:panel.max_fs - panel.min_fs + 1]
+        # peakfinder8's radius map: at the index positions (f = i), in float32 arithmetic, as
+        # OM computes it (the same rint bins pixel for pixel).
+        x_index = (p["cnx"] + f * p["fsx"] + s * p["ssx"]).astype(np.float32)
+        y_index = (p["cny"] + f * p["fsy"] + s * p["ssy"]).astype(np.float32)
+        peakfinder8_radius[region] = np.sqrt(x_index * x_index + y_index * y_index)
         f = f + 0.5
         s = s + 0.5
         x[region] = p["cnx"] + f * p["fsx"] + s * p["ssx"]
@@ -319,6 +331,7 @@ def _build_geometry(filename: str, detector: dict, beam: dict) -> DetectorGeomet
         x=x.astype(np.float32),
         y=y.astype(np.float32),
         radius=radius.astype(np.float32),
+        peakfinder8_radius=peakfinder8_radius,
         panel_index=panel_index,
         bad_region_mask=bad_region_mask,
         assembled_shape=assembled_shape,

@@ -8,6 +8,7 @@ or a missing required key stops start-up with one message naming the key and the
 """
 
 import dataclasses
+import os
 import pathlib
 from typing import Any, Iterable
 
@@ -15,6 +16,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from om.lib.exceptions import OmConfigurationError
+from om.lib.package_data import packaged_file
 
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
                list: "a list", dict: "a map"}
@@ -34,6 +36,7 @@ class Parameter:
         nullable: whether ``null`` is an allowed value.
         description: one line for the documentation, with units.
         minimum: for numbers, the smallest allowed value, if limited.
+        maximum: for numbers, the largest allowed value, if limited.
     """
 
     name: str
@@ -45,6 +48,7 @@ class Parameter:
     nullable: bool = False
     description: str = ""
     minimum: float | None = None
+    maximum: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +167,9 @@ class MonitorParameters:
         if parameter.minimum is not None and value < parameter.minimum:
             raise self._error(group, parameter.name,
                               f"must be at least {parameter.minimum!r}, got {value!r}")
+        if parameter.maximum is not None and value > parameter.maximum:
+            raise self._error(group, parameter.name,
+                              f"must be at most {parameter.maximum!r}, got {value!r}")
         if parameter.choices is not None and value not in parameter.choices:
             allowed = ", ".join(repr(choice) for choice in parameter.choices)
             raise self._error(group, parameter.name, f"must be one of {allowed}, got {value!r}")
@@ -189,8 +196,23 @@ class MonitorParameters:
         return dict(self._groups.get(group, {}))
 
     def resolve_path(self, path: str) -> str:
-        """Resolves a file path written in the configuration relative to the file's folder."""
+        """Resolves a file path written in the configuration.
+
+        A relative path is relative to the folder the configuration file was named in, as the
+        user sees it: a symbolic link ``monitor.yaml`` in the repository's root resolves
+        ``calibration/...`` in the root, not in the link target's folder. A relative path that
+        names no file there but a file shipped in ``om/data`` (the geometry files) resolves to
+        the shipped file, so a copied ``monitor.yaml`` still finds ``jungfrau1M.geom``.
+
+        Returns:
+            The path (the file need not exist; its reader reports a missing file).
+        """
         candidate = pathlib.Path(path).expanduser()
-        if not candidate.is_absolute():
-            candidate = pathlib.Path(self.filename).resolve().parent / candidate
-        return str(candidate)
+        if candidate.is_absolute():
+            return str(candidate)
+        beside = pathlib.Path(os.path.abspath(self.filename)).parent / candidate
+        if not beside.exists():
+            shipped = packaged_file(str(candidate))
+            if shipped.is_file():
+                return str(shipped)
+        return str(beside)

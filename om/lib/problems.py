@@ -32,12 +32,21 @@ class ProblemCounter:
         self._unsent: dict[str, int] = {}
         self._last_logged: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
+        self._renamed: dict[str, str] = {}
+
+    def rename_from_now(self, renames: dict[str, str]) -> None:
+        """Counts problems of the kinds in ``renames`` under the new kind from now on, reported
+        here or merged: e.g. frames dropped while the monitor stops are an effect of the stop,
+        not of busy ranks."""
+        with self._lock:
+            self._renamed.update(renames)
 
     def report(self, kind: str, message: str, *, count: int = 1) -> None:
         """Counts ``count`` problems of ``kind`` (saturating) and logs ``message`` unless logged
         recently."""
         now = time.monotonic()
         with self._lock:
+            kind = self._renamed.get(kind, kind)
             self._counts[kind] = saturating_add(self._counts.get(kind, 0), count)
             self._unsent[kind] = saturating_add(self._unsent.get(kind, 0), count)
             last = self._last_logged.get(kind)
@@ -62,6 +71,7 @@ class ProblemCounter:
                         or isinstance(count, bool)):
                     bad += 1
                     continue
+                kind = self._renamed.get(kind, kind)
                 self._counts[kind] = saturating_add(self._counts.get(kind, 0), count)
         if bad:
             self.report("bad_problem_count", f"{bad} problem counts received were not "

@@ -18,13 +18,19 @@ collecting rank's own number (rank 0 in OM). A processing rank merges the maps i
 the data of the next event it extracts, for that one event (a key the event's data already has
 is counted as ``processing_error`` and dropped).
 
+Failing sources: a processing rank whose last ``om/max_consecutive_failed_events`` events all
+failed (a frame shape the geometry does not match fails every one), or that ends with every
+event failed, stops and says why in its DONE message; the collecting rank then stops every rank
+and the monitor exits with code 1 and that one message (:attr:`MpiParallelization.error`).
+
 Stopping: SIGINT/SIGTERM (``mpiexec`` forwards them to every rank) or a STOP message from the
 collecting rank make each processing rank leave its event loop and send a DONE message with
 its last counts; the collecting rank waits (at most ``_FINAL_WAIT`` s) for every DONE, sends
 STOP to every processing rank that has not had it, and prints the final summary. Every rank
 then meets the others in a final barrier (bounded in time) before it exits: a rank that exited
 while another still sent to it would make that send fail, and ``mpiexec`` would then kill every
-rank with SIGKILL.
+rank with SIGKILL. That barrier is an all-reduce of the ranks' exit codes, so every rank exits
+with the same code.
 """
 
 import collections
@@ -134,6 +140,10 @@ class MpiParallelization:
         self._handler = data_retrieval_layer.get_data_event_handler()
         self._processing = processing_layer
         self._collector = 0 if self._handler.designated_collector_rank() == "first" else self._size - 1
+        self._max_failures = parameters.get("om", "max_consecutive_failed_events")
+        self.error: str | None = None
+        """Why the run failed (every event failed), or None."""
+        self._last_failure = ""  # processing rank: the last failed event's problem
         self._stop_requested = threading.Event()
         self._finished = threading.Event()  # the processing rank sent DONE
         self._stopped_ranks: set[int] = set()  # the processing ranks sent STOP
@@ -204,12 +214,18 @@ class MpiParallelization:
                 self._handler.stop()
             raise OmConfigurationError(errors[0])
 
-    def start(self) -> None:
-        """Runs this rank's part until the stop, then finalizes it."""
+    def start(self) -> int:
+        """Runs this rank's part until the stop, then finalizes it.
+
+        Returns:
+            The exit code, the same on every rank that reached the end: 1 when a processing
+            rank's events all failed (:attr:`error` says why on the collecting rank), else 0.
+        """
         if self.is_collecting_rank:
             self._run_collecting_rank()
         else:
             self._run_processing_rank()
+        return self._final_barrier(1 if self.error else 0)
 
     # Processing ranks ---------------------------------------------------------------------
 
@@ -236,22 +252,24 @@ class MpiParallelization:
                        0.01 if self._finished.is_set() else 0.1)
         self.request_stop()
 
-    def _send(self, tag: int, result: dict[str, Any] | None) -> None:
-        """Sends a result without waiting for the collecting rank to receive it.
+    def _send(self, tag: int, result: dict[str, Any] | None, error: str | None = None) -> None:
+        """Sends a result (and, with DONE, why the rank's events all failed, or None) without
+        waiting for the collecting rank to receive it.
 
         A blocking ``Send`` would stall the processing rank (MPICH spins in it) until the
         collecting rank wakes from its idle sleep; ``Isend`` returns at once and the rank waits
         (sleeping, not spinning) only when ``_MAX_SENDS_IN_FLIGHT`` results are still unreceived.
         """
         times = stage_times.take_unsent()
+        message = {"result": result, "problems": problems.take_unsent(), "stage_times": times}
+        if error is not None:
+            message["error"] = error
         try:
-            payload, buffers = pack_out_of_band(
-                {"result": result, "problems": problems.take_unsent(), "stage_times": times},
-                _OUT_OF_BAND_BYTES)
-        except (TypeError, OmException) as error:  # a result msgpack cannot carry: a bug
-            problems.report("processing_error", f"result not sent: {error}")
+            payload, buffers = pack_out_of_band(message, _OUT_OF_BAND_BYTES)
+        except (TypeError, OmException) as bug:  # a result msgpack cannot carry: a bug
+            problems.report("processing_error", f"result not sent: {bug}")
             payload, buffers = pack({"result": None, "problems": problems.take_unsent(),
-                                     "stage_times": times}), []
+                                     "stage_times": times, "error": error}), []
         self._complete_sends(keep=_MAX_SENDS_IN_FLIGHT - 1)
         requests, messages, driven = [], [], False
         for buffer in buffers:
@@ -333,8 +351,10 @@ class MpiParallelization:
             result, _ = self._processing.process_data(data=data, **kwargs)
             return retrieved, result
         except OmDataExtractionError as error:
+            self._last_failure = f"extraction_error: {error}"
             problems.report("extraction_error", str(error))
         except Exception as error:  # bad input must never kill a rank
+            self._last_failure = f"processing_error: {type(error).__name__}: {error}"
             problems.report("processing_error", f"{type(error).__name__}: {error}")
             logger.debug("processing error", exc_info=True)
         finally:
@@ -376,12 +396,21 @@ class MpiParallelization:
         watcher.start()
         clock = time.perf_counter
         last: float | None = None  # the wait for the first event is start-up, not a stage
+        failed_in_a_row, succeeded = 0, 0
+        error: str | None = None
         for event in self._handler.event_generator(**kwargs):
             received = clock()
             retrieved, result = self._process_event(event, kwargs)
             processed = clock()
             if retrieved is not None:
+                failed_in_a_row, succeeded = 0, succeeded + 1
                 self._send(_TAG_DATA, result)
+            else:
+                failed_in_a_row += 1
+                if self._max_failures and failed_in_a_row >= self._max_failures:
+                    error = self._failure_message(f"its last {failed_in_a_row} events all failed")
+                    self._handler.stop()
+                    break
             now = clock()
             retrieval_end = retrieved if retrieved is not None else processed
             stage_times.add_event({"next_event": received - (last or received),
@@ -391,9 +420,11 @@ class MpiParallelization:
             last = now
             if self._stop_requested.is_set():
                 break
+        if error is None and failed_in_a_row and not succeeded:
+            error = self._failure_message(f"all its {failed_in_a_row} events failed")
         self._stop_requested.set()
         final = self._processing.end_processing_on_processing_node(**kwargs)
-        self._send(_TAG_DONE, final)
+        self._send(_TAG_DONE, final, error)
         self._complete_sends(keep=0, timeout=_FINAL_WAIT)  # received until every DONE
         self._finished.set()
         watcher.join(_FINAL_WAIT + 1.0)
@@ -401,19 +432,31 @@ class MpiParallelization:
             self._take_back_slots()
             self._shared_sender.close()
         self._receive_feedback()  # sent before our DONE arrived: received, not left unmatched
-        self._final_barrier()
-        self._receive_feedback()
+        self.error = error
 
-    def _final_barrier(self) -> None:
-        """Waits (at most ``_FINAL_WAIT`` s) until every rank is done sending."""
-        request = self._comm.Ibarrier()
+    def _failure_message(self, what: str) -> str:
+        return (f"processing rank {self._rank}: {what}, the last with {self._last_failure}. "
+                "A source whose every event fails (e.g. frames of another shape than the "
+                "geometry file's, crystallography/geometry_file) stops the monitor after "
+                f"om/max_consecutive_failed_events ({self._max_failures}) failed events in a "
+                "row (docs/configuration.md)")
+
+    def _final_barrier(self, exit_code: int) -> int:
+        """Waits (at most ``_FINAL_WAIT`` s) until every rank is done sending; returns the
+        highest exit code of the ranks (this rank's own if they did not all come)."""
+        mine = np.array([exit_code], dtype=np.int32)
+        highest = np.zeros(1, dtype=np.int32)
+        request = self._comm.Iallreduce(mine, highest, op=MPI.MAX)
         deadline = time.monotonic() + _FINAL_WAIT
         while not request.Test():
             if time.monotonic() > deadline:
                 logger.warning("rank %d: not every rank reached the end within %.0f s",
                                self._rank, _FINAL_WAIT)
-                return
+                return exit_code
             time.sleep(0.01)
+        if not self.is_collecting_rank:
+            self._receive_feedback()
+        return int(highest[0])
 
     # Collecting rank ----------------------------------------------------------------------
 
@@ -444,6 +487,9 @@ class MpiParallelization:
             if self._stop_requested.is_set():
                 if deadline is None:
                     deadline = time.monotonic() + _FINAL_WAIT
+                    # Processing ranks that stopped take no more frames: a frame still coming
+                    # is dropped because of the stop, not because the ranks were busy.
+                    problems.rename_from_now({"frame_dropped_ranks_busy": "frame_dropped_at_stop"})
                     self._handler.stop()  # take no more events while the ranks finish
                     self._send_stop(processing_ranks)
                 elif time.monotonic() > deadline:
@@ -459,7 +505,6 @@ class MpiParallelization:
         self._handler.stop()
         self._processing.end_processing_on_collecting_node(**kwargs)
         self._shared_receiver.close()
-        self._final_barrier()
 
     def _handle_received(self, receiving: dict[int, collections.deque], done: set[int],
                          kwargs: dict[str, int]) -> bool:
@@ -524,6 +569,9 @@ class MpiParallelization:
             return
         if tag == _TAG_DONE:
             done.add(source)
+            if message.get("error") and self.error is None:
+                self.error = str(message["error"])
+                self._stop_requested.set()  # the other ranks' events would fail the same way
         if result is not None:
             feedback = self._processing.collect_data(processed_data=(result, source), **kwargs)
             if feedback:

@@ -10,6 +10,7 @@ The broadcast messages (tags ``omdata`` and ``omframedata``) are documented in
 
 import contextlib
 import logging
+import math
 import time
 from typing import Any, ClassVar, Iterator
 
@@ -35,6 +36,7 @@ logger = logging.getLogger("om")
 _CRYSTALLOGRAPHY = "crystallography"
 _PEAKFINDER8 = "peakfinder8_peak_detection"
 _MIN_BROADCAST_PERIOD = 1.0  # s: at low event rates, broadcast at least once a second
+_RESET_LOG_INTERVAL = 5.0  # s between two "plots reset" lines (a flood of requests logs one)
 # s: at high event rates, at most 10 broadcasts a second (the GUIs redraw at 10 Hz); each one
 # packs the virtual powder pattern and maybe a frame, 5-10 MB for a 1M, too much for 40 a second.
 _MIN_BROADCAST_GAP = 0.1
@@ -153,7 +155,7 @@ class CrystallographyProcessing:
                     self._geometry.slab_shape,
                 )
         self._peakfinder = Peakfinder8PeakDetection(
-            radius_map=self._geometry.radius,
+            radius_map=self._geometry.peakfinder8_radius,
             panels=[(p.min_fs, p.max_fs, p.min_ss, p.max_ss) for p in self._geometry.panels],
             adc_threshold=self._get("adc_threshold", _PEAKFINDER8),
             minimum_snr=self._get("minimum_snr", _PEAKFINDER8),
@@ -285,6 +287,7 @@ class CrystallographyProcessing:
             self._broadcaster = DataBroadcaster(url=self._get("data_broadcast_url"))
         responding_url = self._get("responding_url")
         self._responder = None
+        self._last_reset_logged, self._resets_unlogged = -math.inf, 0
         if responding_url is not None:
             with self._naming_key("responding_url"):
                 self._responder = RespondingSocket(
@@ -309,7 +312,12 @@ class CrystallographyProcessing:
         self._hit_rate.reset()
         self._powder.reset()
         self._peakogram.reset()
-        logger.info("plots reset on request")
+        self._resets_unlogged += 1
+        now = time.monotonic()
+        if now - self._last_reset_logged >= _RESET_LOG_INTERVAL:  # one line per flood
+            logger.info("plots reset on request (%d times since the last line)",
+                        self._resets_unlogged)
+            self._last_reset_logged, self._resets_unlogged = now, 0
         return b"ok: hit rate history, virtual powder plot and peakogram reset"
 
     def collect_data(self, *, node_rank: int, node_pool_size: int,

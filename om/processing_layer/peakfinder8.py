@@ -1,65 +1,68 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""peakfinder8: Bragg peak detection on calibrated detector frames.
+"""peakfinder8: Bragg peak detection on calibrated detector frames, as Cheetah, OM and CrystFEL.
 
-The algorithm is the one described for Cheetah by A. Barty et al., "Cheetah: software for
-high-throughput reduction and analysis of serial femtosecond X-ray diffraction data",
-J. Appl. Cryst. 47, 1118-1131 (2014), section 3.4 ("peakfinder8"), written here from that
-description (no code of Cheetah, OM or CrystFEL is used). Every step below is also implemented,
-slowly and plainly with numpy/scipy, by ``tests/peakfinder8_reference.py``, the oracle of the
-tests.
+The algorithm is peakfinder8 of A. Barty et al., "Cheetah: software for high-throughput
+reduction and analysis of serial femtosecond X-ray diffraction data", J. Appl. Cryst. 47,
+1118-1131 (2014), with the exact rules of the implementation Cheetah, OM and CrystFEL share
+(OM's ``src/cython/peakfinder8.cpp``, CrystFEL's ``libcrystfel/src/peakfinder8.c``), read from
+their source and written anew here; no code is taken. With the same parameters it finds the
+peaks OM finds: ``tests/test_peakfinder8_agreement.py`` compares it with peak lists made by
+OM 23.8.3 itself (``tests/data/README.md``). ``tests/peakfinder8_reference.py`` implements the
+same rules slowly and plainly (the oracle of the tests).
 
-Input: a calibrated frame, float (ss, fs) in any unit (photons in om), NaN = invalid pixel, and
-the detector's panels (rectangles of the slab, from the CrystFEL geometry): no peak and no local
-background ever crosses a panel edge.
+Input: a calibrated frame, float (ss, fs) in any unit (photons in om), the radius map of the
+reference implementations (``DetectorGeometry.peakfinder8_radius``: the radius at each pixel's
+index position ``f = i``) and the detector's panels (rectangles of the slab).
 
-1. **Radial statistics.** Every valid pixel (inside a panel, finite radius, good in the bad pixel
-   map) belongs to the integer radius bin ``floor(radius)`` (radius in pixels from the beam, from
-   the geometry, at pixel centres). For each bin, a fixed sample of its pixels is chosen once at
-   construction: all of them when the bin has at most ``radial_stats_max_pixels_per_bin`` pixels,
-   else that many, evenly spread over the bin's pixels in raster order (the pixels at
-   positions ``floor((i + 0.5) * n / K)``, ``i = 0..K-1``, of the bin's raster-ordered list).
-   Per frame, the mean and the standard deviation (population) of the sample's non-NaN values
-   are computed, then recomputed from the values within ``mean +/- radial_stats_sigma_clip *
-   sigma`` (default 3) of the previous estimate, ``radial_stats_iterations`` computations in
-   all (fewer when the kept set stops changing, which gives the same result). A clip narrower
-   than ``minimum_snr`` matters where a few bright spots make a large part of a short ring:
-   there, ``mean +/- minimum_snr * sigma`` of the spot-inflated sigma would keep the spots. The bin's threshold is
-   ``max(adc_threshold, mean + minimum_snr * sigma)``; a bin without valid sample values has an
-   infinite threshold.
-2. **Candidate pixels**: valid pixels with ``min_res <= radius <= max_res`` and a value strictly
-   above their bin's threshold.
-3. **Peaks**: 8-connected groups of candidate pixels of the same panel.
-4. **Local background** of a peak: the valid, non-NaN pixels of the same panel in the square
-   ``(2 * local_bg_radius + 1)**2`` box centred on the peak's brightest pixel whose value is not
-   above their own bin's threshold (this leaves out the peak itself and any neighbouring peak,
-   which leaves a ring around the peak). Their mean ``bg`` and standard deviation ``bg_sigma``
-   (population). With fewer than 2 such pixels, the brightest pixel's radial mean and sigma are
-   used instead.
-5. **Acceptance**: ``min_pixel_count <= n_pixels <= max_pixel_count``, the integrated
-   signal-to-noise ratio ``snr = intensity / (bg_sigma * sqrt(n_pixels))`` (``inf`` when
-   ``bg_sigma`` is 0 and ``intensity > 0``, 0 when ``intensity <= 0``) at least
-   ``minimum_snr``, and the brightest pixel strictly above ``bg + adc_threshold``.
-6. **Measurements**: ``intensity = sum(value - bg)`` over the peak's pixels; position = the
-   centroid of the pixel indices weighted by ``value - bg``: ``fs``, ``ss`` in the **pixel index
-   convention** (the centre of pixel ``[j, i]`` is ``fs = i, ss = j``, as Cheetah and OM send
-   them; CrystFEL's indexamajig adds the half pixel itself for ``--peaks=msgpack``, ``cxi`` and
-   ``hdf5`` unless ``--no-half-pixel-shift``); ``radius`` = the same weighted mean of the
-   pixels' radii; ``max_pixel_intensity`` = the brightest pixel's value (not background
-   subtracted).
-7. At most ``max_num_peaks`` peaks: when more are accepted, the ``max_num_peaks`` with the
-   largest intensity are kept (equal intensities: the first in raster order). Peaks are listed
-   in the raster order of their first pixel (smallest ``ss * n_fs + fs``).
+1. **Mask and radius bins.** A pixel is used when it lies in a panel, has a radius
+   ``min_res <= r <= max_res`` (OM's bounds) and is good in the bad pixel map. Its radius bin is
+   ``rint(r)`` (halves to even). Pixels outside the mask take part in nothing below.
+2. **Radial statistics**, ``radial_stats_iterations`` (5) times: per bin, the mean and the
+   standard deviation ``sigma = sqrt(<v**2> - <v>**2)`` of the used pixels whose value lies
+   strictly between ``low`` and ``high``, which start at -1e9 and 1e9 and then become
+   ``mean -/+ minimum_snr * sigma`` (float32), ``high`` at least ``adc_threshold``. A bin left
+   without values gets mean 0 and ``low, high = FLT_MIN, FLT_MAX``; a negative variance is kept
+   as the "sigma", as the reference does. The final ``high`` is the bin's **threshold**.
+3. **Candidates**: used pixels strictly above their bin's threshold.
+4. **Groups**, panel by panel (panels ordered by their first row, then first column), each
+   panel's pixels in raster order: a candidate not yet taken that is not on the panel's edge
+   (first or last row or column) starts a group, which grows over candidates of the same panel,
+   8-connected, with the reference's search: its list of group pixels lives for the whole frame,
+   and reading one entry past the group's end (as the reference does) can attach candidates of
+   an earlier group's shape elsewhere in the panel (``_grow_group``). Every pixel a search takes
+   stays taken, whether or not its group becomes a peak.
+5. **Local background** of a group of ``n`` pixels with ``min_pixel_count <= n <=
+   max_pixel_count``: around the rounded (rint) centroid of ``value - radial mean``, the used
+   pixels of the same panel below their threshold within the disc ``df**2 + ds**2 <= (2 *
+   local_bg_radius)**2``, offsets ``-2R .. 2R - 1``: their mean ``offset`` and ``sigma`` (0.01
+   when the variance is negative; without such pixels, the radial mean of the centre's bin and
+   0.01), and their largest value ``background_max`` (at least 0).
+6. **Acceptance and measurements**: ``intensity = sum(value - offset)``; position = the
+   centroid weighted by the raw values, in the **pixel index convention** (the centre of pixel
+   ``[j, i]`` is ``fs = i, ss = j``, as Cheetah and OM send them; CrystFEL adds 0.5 itself);
+   ``max_pixel_intensity = max(0, max(value - offset))``; ``snr = intensity / sigma`` (0 when
+   ``|sigma| <= 1e-10``). A group is a peak when ``snr >= minimum_snr``, ``max_pixel_intensity
+   >= background_max - offset``, its position lies inside its panel, and neither the sum of the
+   radial-mean-subtracted values nor that of the raw values is below 1e-10 in magnitude.
+   ``radius`` (om's addition) is the same weighted mean of the pixels' radii.
+7. The first ``max_num_peaks`` peaks, in the order of step 4, are returned.
 
-Speed: everything frame-independent (bins, masks, samples, panel map, the radius bins of each
-chunk of the frame) is computed at construction, and one numba-compiled call (single thread,
-GIL released; per frame it allocates only the returned arrays) does the rest. A frame costs:
-reading the radial sample (in memory order) and sigma-clipping it bin by bin (vectorised
-sums); one pass over the frame in chunks of 64 pixels, each compared (vectorised) with the
-lowest threshold of its radius bins (from a range-minimum table of the per-bin thresholds),
-only the few pixels above it being compared with their own thresholds; then work
-proportional to the number of candidate pixels (connected groups found by walking the
-raster-ordered candidate list, no label image). A ``Peakfinder8PeakDetection`` keeps work
-buffers, so one instance must not run ``find_peaks`` in two threads at once.
+Where om differs, on purpose: non-finite pixel values (NaN for invalid pixels, inf) are never
+used anywhere (the reference lets +inf be a peak); sums are float64 (the reference's float32
+sums round differently); a centroid outside its panel is moved to the panel's edge for the
+background disc (the reference reads outside its arrays). None of these changes a peak on
+ordinary frames.
+
+Speed (figures: docs/performance.md): frame-independent work is done at construction, and one
+numba-compiled call (single thread, GIL released) does the rest. Step 2 costs one scatter pass
+over the frame, not five: the pixels inside a per-bin *core* range (chosen from the previous
+frame's statistics) are summed once; only the few outside it (*tails*: bright pixels, the low
+tail, NaN) are re-examined per iteration. Each iteration checks that its ``(low, high)``
+contains the whole core range, and recomputes a bin from all its pixels when it does not, so
+the result is exactly that of step 2 whatever the frame. When every bin's threshold is above its
+core range, the candidates are among the tails, so step 3 reads only the tails. A
+``Peakfinder8PeakDetection`` keeps work buffers and the core ranges, so one instance must not
+run ``find_peaks`` in two threads at once.
 """
 
 import math
@@ -72,19 +75,17 @@ from om.lib.exceptions import OmConfigurationError, OmInvalidDataError
 
 __all__ = ["DEFAULT_PARAMETERS", "PeakList", "Peakfinder8PeakDetection"]
 
-#: Defaults for calibrated JUNGFRAU frames in photon units (12.4 keV; double-size pixels
-#: divided by 2 or 4), tuned on the real module of tests/ stacked as a JUNGFRAU 1M: they find
-#: the Bragg spots a person sees (~165-215 per module per frame), not the solvent ring's noise
-#: (minimum_snr 5 starts finding some: the two identical modules then differ) nor the
-#: double-size pixels.
+#: Defaults for calibrated JUNGFRAU frames in photon units (the parameters OM users carry: on
+#: the real module of tests/ assembled as a JUNGFRAU 1M they find the ~380 Bragg spots per frame
+#: that OM finds with them).
 DEFAULT_PARAMETERS = {
-    "adc_threshold": 4.0,
-    "minimum_snr": 6.0,
+    "adc_threshold": 5.0,
+    "minimum_snr": 5.0,
     "min_pixel_count": 2,
-    "max_pixel_count": 100,
-    "local_bg_radius": 3,
-    "min_res": 20.0,
-    "max_res": 800.0,
+    "max_pixel_count": 150,
+    "local_bg_radius": 4,
+    "min_res": 0.0,
+    "max_res": 10000.0,
     "max_num_peaks": 2048,
 }
 
@@ -107,11 +108,12 @@ class PeakList(_PeakListFields):
     Attributes:
         fs: fast-scan position, slab pixel index units (pixel ``i`` centred on ``i``).
         ss: slow-scan position, slab pixel index units.
-        intensity: background-subtracted integrated intensity, frame units.
+        intensity: integrated intensity above the local background, frame units.
         num_pixels: number of pixels of the peak.
-        max_pixel_intensity: value of the brightest pixel, frame units.
-        snr: integrated signal-to-noise ratio.
-        radius: intensity-weighted mean radius of the peak's pixels, pixels from the beam.
+        max_pixel_intensity: value of the brightest pixel above the local background (at
+            least 0), frame units (OM's ``max_pixel_intensity``).
+        snr: signal-to-noise ratio, ``intensity`` over the local background's sigma.
+        radius: value-weighted mean radius of the peak's pixels, pixels from the beam.
     """
 
     __slots__ = ()
@@ -130,19 +132,18 @@ class PeakList(_PeakListFields):
 
 
 _JIT = dict(cache=True, nogil=True, error_model="numpy")
-
-
-# The sums of the radial statistics may be reordered (vectorised). No "nnan"/"ninf":
-# _valid_sums tests for NaN (value == value), and that test must stay.
-_FAST_SUMS = {"reassoc", "contract", "nsz", "arcp"}
-
-# Array indices known to be >= 0 are cast to unsigned: numba then skips the negative-index
-# wraparound, which otherwise prevents LLVM from vectorising the loops.
-_U = np.uint64
-
-# Pixels per chunk of the candidate search (a chunk's pixels above its lowest threshold make
-# one 64-bit mask).
-_CHUNK = 64
+_U = np.uint64  # indices known to be >= 0: numba skips the negative-index wraparound
+_CHUNK = 64  # pixels per chunk of the tail search (one 64-bit mask)
+_FLT_MAX = np.float32(np.finfo(np.float32).max)
+_FLT_MIN = np.float32(np.finfo(np.float32).tiny)
+_INF32 = np.float32(np.inf)
+# Values summed once (the core) stay within +/- _CORE_LIMIT, so that adding and then removing a
+# tail value from a float64 sum loses nothing that matters.
+_CORE_LIMIT = 65536.0
+# The reference's group search visits the pixel itself, then the row above, the left and right
+# neighbours, and the row below, in this order.
+_SEARCH_FS = np.array([0, -1, 0, 1, -1, 1, -1, 0, 1], dtype=np.int64)
+_SEARCH_SS = np.array([0, -1, -1, -1, 0, 0, 1, 1, 1], dtype=np.int64)
 
 # Lowest set bit of a uint64 m: _DE_BRUIJN_POSITIONS[((m & -m) * _DE_BRUIJN) >> 58].
 _DE_BRUIJN = np.uint64(0x03F79D71B4CA8B09)
@@ -152,110 +153,21 @@ for _bit in range(64):
 del _bit
 
 
-@numba.njit(fastmath=_FAST_SUMS, **_JIT)
-def _clipped_sums(buffer, start, stop, low, high, shift):
-    """Count, sum and sum of squares of ``value - shift`` for ``low <= value <= high``.
-
-    The values must not be NaN (they are multiplied by a 0/1 weight).
-    """
-    count = np.float32(0.0)
-    total = np.float32(0.0)
-    total_sq = np.float32(0.0)
-    for j in range(start, stop):
-        value = buffer[_U(j)]
-        weight = np.float32(1.0) if (value >= low) & (value <= high) else np.float32(0.0)
-        delta = value - shift
-        count += weight
-        total += weight * delta
-        total_sq += weight * delta * delta
-    return count, total, total_sq
-
-
-@numba.njit(fastmath=_FAST_SUMS, **_JIT)
-def _valid_sums(buffer, start, stop):
-    """Count, sum and sum of squares (float64) of the non-NaN values of ``buffer[start:stop]``."""
-    count = 0
-    total = 0.0
-    total_sq = 0.0
-    for j in range(start, stop):
-        value = np.float64(buffer[_U(j)])
-        valid = value == value
-        count += 1 if valid else 0
-        value = value if valid else 0.0
-        total += value
-        total_sq += value * value
-    return count, total, total_sq
+@numba.njit(**_JIT)
+def _lowest_bit(mask):
+    """Position (0-63) of the lowest set bit of a nonzero uint64 (de Bruijn multiplication)."""
+    return _DE_BRUIJN_POSITIONS[((mask & (_U(0) - mask)) * _DE_BRUIJN) >> _U(58)]
 
 
 @numba.njit(**_JIT)
-def _compact_valid(buffer, start, stop):
-    """Moves the non-NaN values of ``buffer[start:stop]`` to its front, in order."""
-    count = 0
-    for j in range(start, stop):
-        value = buffer[j]
-        buffer[start + count] = value
-        count += 1 if value == value else 0
+def _range_min_table(values, levels, table):
+    """Sparse table: ``table[level * num_bins + k]`` = min of ``values[k : k + 2**level]``.
 
-
-@numba.njit(**_JIT)
-def _radial_thresholds(data, sample_pixels, sample_slots, sample_start, iterations, clip,
-                       minimum_snr, adc_threshold, buffer, mean_out, sigma_out, thr_out):
-    """Per-bin sigma-clipped mean and sigma of the sample, and the per-bin threshold.
-
-    ``sample_pixels`` is sorted (the frame is read in memory order, which the hardware
-    prefetches); ``sample_slots`` puts each value in its bin's segment of ``buffer``.
+    The table's last entry is left as it is (+inf: the entry of chunks without bins).
     """
-    for j in range(sample_pixels.shape[0]):
-        buffer[_U(sample_slots[j])] = data[_U(sample_pixels[j])]
-    num_bins = sample_start.shape[0] - 1
+    num_bins = values.shape[0]
     for k in range(num_bins):
-        start = sample_start[k]
-        stop = sample_start[k + 1]
-        count, total, total_sq = _valid_sums(buffer, start, stop)
-        if count == 0:
-            mean_out[k] = 0.0
-            sigma_out[k] = 0.0
-            thr_out[k] = np.inf
-            continue
-        if count < stop - start:  # NaN in the sample (rare): keep the valid values only
-            _compact_valid(buffer, start, stop)
-        used = count
-        mean = total / used
-        sigma = math.sqrt(max(total_sq / used - mean * mean, 0.0))
-        for _ in range(iterations - 1):
-            # Sums of the values minus the previous mean (float32, numerically safe).
-            kept_f, delta_sum, delta_sq = _clipped_sums(
-                buffer, start, start + count, np.float32(mean - clip * sigma),
-                np.float32(mean + clip * sigma), np.float32(mean))
-            kept = int(kept_f)
-            if kept == used or kept == 0:
-                # Same set as the one the estimate came from (values only leave the band
-                # when it shrinks): the estimate is converged.
-                break
-            used = kept
-            shift = delta_sum / kept
-            mean = mean + shift
-            sigma = math.sqrt(max(delta_sq / kept - shift * shift, 0.0))
-        mean_out[k] = mean
-        sigma_out[k] = sigma
-        thr_out[k] = max(adc_threshold, mean + minimum_snr * sigma)
-
-
-@numba.njit(**_JIT)
-def _chunk_floor_table(bin_threshold, levels, table):
-    """Range-minimum (sparse) table of the bin thresholds rounded down to float32.
-
-    ``table[level * num_bins + k]`` is the minimum of the thresholds of bins ``k`` to
-    ``k + 2**level - 1``; the last entry stays +inf. Rounded down, a float32 value is above the
-    float32 threshold exactly when it is above the float64 threshold.
-    """
-    num_bins = bin_threshold.shape[0]
-    for k in range(num_bins):
-        threshold = bin_threshold[k]
-        threshold32 = np.float32(threshold)
-        if threshold32 > threshold:
-            threshold32 = np.nextafter(threshold32, np.float32(-np.inf))
-        table[k] = threshold32
+        table[k] = values[k]
     for level in range(1, levels):
         half = 1 << (level - 1)
         base = level * num_bins
@@ -266,297 +178,542 @@ def _chunk_floor_table(bin_threshold, levels, table):
 
 
 @numba.njit(**_JIT)
-def _lowest_bit(mask):
-    """Position (0-63) of the lowest set bit of a nonzero uint64 (de Bruijn multiplication)."""
-    return _DE_BRUIJN_POSITIONS[((mask & (_U(0) - mask)) * _DE_BRUIJN) >> _U(58)]
+def _scan_frame(data, pixel_class, masked_class, core_low, core_high, high_table,
+                negative_low_table, chunk_low, chunk_high, tails, tail_class, tail_value, sums):
+    """The one pass over the frame: per class, the sum and sum of squares of all values
+    (float64, as one complex number: one memory update per pixel), and the flat indices, in
+    raster order, of the used pixels outside their bin's core range (the tails), with their
+    bins and values (so that nothing later reads the frame at random for them). Returns the
+    number of tails.
 
-
-@numba.njit(**_JIT)
-def _find_candidates(data, pixel_class, candidate_threshold, floor_table, chunk_low,
-                     chunk_high, chunk_panel, panel_map, passing, passing_mask, candidates,
-                     candidate_panel):
-    """Flat indices (and panels), in raster order, of the pixels above their threshold.
-
-    The frame is read in chunks of ``_CHUNK`` (64) pixels. The lowest threshold of a chunk's
-    radius bins is ``min(floor_table[chunk_low], floor_table[chunk_high])`` (+inf without any
-    pixel in the radius range); one vectorised compare per chunk gives the 64-bit mask of its
-    pixels above it. Only those pixels (usually a few, in a few chunks: listed in ``passing``
-    and ``passing_mask``) are then checked against their own (float64) thresholds.
-    ``chunk_panel`` is the panel of a chunk's pixels, or -1 when the chunk spans panels (then
-    ``panel_map`` is read).
+    The core range of bin k is ``core_low[k] <= value < core_high[k]``. Per chunk of 64 pixels,
+    one vectorised comparison flags the pixels outside the loosest core range of the chunk's
+    bins (the two range-minimum tables give it; NaN is always flagged); only those are checked
+    against their own bin. A NaN or huge value spoils its bin's sums; ``_core_sums`` then sums
+    that bin's core again.
     """
+    for k in range(sums.shape[0]):
+        sums[k] = 0.0
     n = data.shape[0]
-    num_chunks = chunk_low.shape[0]
     num_full = n // _CHUNK
-    num_passing = 0
-    for chunk in range(num_full):
-        a = floor_table[chunk_low[chunk]]
-        b = floor_table[chunk_high[chunk]]
-        floor = a if a < b else b
-        start = chunk * _CHUNK
-        mask = _U(0)
-        for i in range(_CHUNK):
-            mask |= _U(data[_U(start + i)] > floor) << _U(i)
-        passing[num_passing] = chunk
-        passing_mask[num_passing] = mask
-        num_passing += 1 if mask != _U(0) else 0
-    if num_full < num_chunks:  # the last, partial chunk: all its pixels are checked
-        passing[num_passing] = num_full
-        passing_mask[num_passing] = (_U(1) << _U(n - num_full * _CHUNK)) - _U(1)
-        num_passing += 1
-    # Load the pixel classes needed below first, with independent loads that the processor
-    # overlaps, rather than one cache miss at a time in the loop below.
-    touched = 0
-    for p in range(num_passing):
-        touched += pixel_class[_U(passing[p] * _CHUNK) + _lowest_bit(passing_mask[p])]
-    candidates[0] = touched  # (overwritten below: keeps the loads)
     count = 0
-    for p in range(num_passing):
-        chunk = passing[p]
-        start = _U(chunk * _CHUNK)
-        panel = chunk_panel[chunk]
-        mask = passing_mask[p]
+    for chunk in range(num_full + 1):
+        start = chunk * _CHUNK
+        if chunk < num_full:
+            a = high_table[chunk_low[chunk]]
+            b = high_table[chunk_high[chunk]]
+            high = a if a < b else b
+            a = negative_low_table[chunk_low[chunk]]
+            b = negative_low_table[chunk_high[chunk]]
+            low = -(a if a < b else b)
+            mask = _U(0)
+            for i in range(_CHUNK):
+                value = data[_U(start + i)]
+                inside = (value >= low) & (value < high)
+                mask |= (_U(1) - _U(inside)) << _U(i)
+            stop = start + _CHUNK
+        elif n > start:  # the last, partial chunk: every pixel is checked
+            mask = (_U(1) << _U(n - start)) - _U(1)
+            stop = n
+        else:
+            break
+        for u in range(start, stop):
+            value = np.float64(data[_U(u)])
+            sums[pixel_class[_U(u)]] += complex(value, value * value)
         while mask != _U(0):
-            u = start + _lowest_bit(mask)
+            u = _U(start) + _lowest_bit(mask)
             mask &= mask - _U(1)
-            if data[u] > candidate_threshold[pixel_class[u]]:
-                candidates[count] = u
-                candidate_panel[count] = panel if panel >= 0 else panel_map[u]
+            k = pixel_class[u]
+            if k == masked_class:
+                continue
+            value = data[u]
+            if not ((value >= core_low[k]) & (value < core_high[k])):
+                tails[count] = u
+                tail_class[count] = k
+                tail_value[count] = value
                 count += 1
     return count
 
 
 @numba.njit(**_JIT)
-def _root(parent, j):
-    while parent[j] != j:
-        parent[j] = parent[parent[j]]
-        j = parent[j]
-    return j
+def _core_sums(data, bin_sums, sorted_value, first_tail, last_tail, bin_pixels, first_pixel,
+               last_pixel, core_low, core_high):
+    """Sum and sum of squares of one bin's core: the bin's sums less its tails, or, when a
+    tail is not finite or too large to subtract without losing the core's digits, the core's
+    pixels summed again."""
+    total = bin_sums.real
+    total_sq = bin_sums.imag
+    for t in range(first_tail, last_tail):
+        value = np.float64(sorted_value[t])
+        if not ((value > -_CORE_LIMIT) & (value < _CORE_LIMIT)):
+            total = 0.0
+            total_sq = 0.0
+            for j in range(first_pixel, last_pixel):
+                value = data[_U(bin_pixels[j])]
+                if (value >= core_low) & (value < core_high):
+                    total += np.float64(value)
+                    total_sq += np.float64(value) * np.float64(value)
+            return total, total_sq
+        total -= value
+        total_sq -= value * value
+    return total, total_sq
 
 
 @numba.njit(**_JIT)
-def _union(parent, a, b):
-    """Joins the sets of a and b; the root of a set is its smallest element."""
-    a = _root(parent, a)
-    b = _root(parent, b)
-    if a < b:
-        parent[b] = a
-    elif b < a:
-        parent[a] = b
+def _bin_statistics(count, total, total_sq, minimum_snr, adc_threshold):
+    """(mean, sigma, low, high) of one bin from its sums, as step 2 defines them."""
+    if count == 0:
+        return 0.0, 0.0, _FLT_MIN, _FLT_MAX
+    mean = total / count
+    variance = total_sq / count - mean * mean
+    sigma = math.sqrt(variance) if variance >= 0.0 else variance
+    high = np.float32(mean + minimum_snr * sigma)
+    adc = np.float32(adc_threshold)
+    return mean, sigma, np.float32(mean - minimum_snr * sigma), high if high > adc else adc
 
 
 @numba.njit(**_JIT)
-def _label_candidates(candidates, candidate_panel, num_candidates, n_fs, parent, component):
-    """8-connected groups of candidates of the same panel; returns the number of groups.
+def _radial_statistics(data, tail_class, tail_value, num_tails, sums, static_count, core_low,
+                       core_high, bin_pixels, bin_start, iterations, minimum_snr,
+                       adc_threshold, tail_start, sorted_value, radial_mean, radial_sigma,
+                       threshold, leaky):
+    """Step 2 for every bin, from the core sums and the tails (see the module docstring).
 
-    The candidates are in raster order, so the neighbours of a candidate that come before it
-    (left, and the three above) are found by walking the candidate list itself: no label
-    image. ``component[j]`` receives the group of candidate ``j``; groups are numbered in the
-    raster order of their first pixel.
+    ``leaky[k]`` is set when core pixels of bin k may be candidates (its threshold is below
+    its core's upper end). Returns the number of bins summed again from all their pixels.
     """
-    above = 0  # first candidate that may be an upper neighbour of the current one
-    ss = 0
-    row_start = 0
-    for j in range(num_candidates):
-        parent[j] = j
-        index = candidates[j]
-        while index >= row_start + n_fs:
-            row_start += n_fs
-            ss += 1
-        fs = index - row_start
-        panel = candidate_panel[j]
-        if fs > 0 and j > 0 and candidates[j - 1] == index - 1 \
-                and candidate_panel[j - 1] == panel:
-            _union(parent, j, j - 1)
-        if ss > 0:
-            low = index - n_fs - (1 if fs > 0 else 0)
-            high = index - n_fs + (1 if fs < n_fs - 1 else 0)
-            while candidates[above] < low:
-                above += 1
-            other = above
-            while other < j and candidates[other] <= high:
-                if candidate_panel[other] == panel:
-                    _union(parent, j, other)
-                other += 1
-    num_components = 0
-    for j in range(num_candidates):
-        r = _root(parent, j)
-        if r == j:
-            component[j] = num_components
-            num_components += 1
-        else:
-            component[j] = component[r]
-    return num_components
+    num_bins = radial_mean.shape[0]
+    for k in range(num_bins + 1):
+        tail_start[k] = 0
+    for t in range(num_tails):
+        tail_start[tail_class[t] + 1] += 1
+    for k in range(num_bins):
+        tail_start[k + 1] += tail_start[k]
+    for t in range(num_tails):  # the tails' values grouped by bin, raster order kept
+        k = tail_class[t]
+        sorted_value[tail_start[k]] = tail_value[t]
+        tail_start[k] += 1
+    for k in range(num_bins - 1, -1, -1):
+        tail_start[k + 1] = tail_start[k]
+    tail_start[0] = 0
+    whole_bins = 0
+    for k in range(num_bins):
+        core_total, core_total_sq = _core_sums(data, sums[k], sorted_value, tail_start[k],
+                                               tail_start[k + 1], bin_pixels, bin_start[k],
+                                               bin_start[k + 1], core_low[k], core_high[k])
+        core_count = static_count[k] - (tail_start[k + 1] - tail_start[k])
+        low = np.float32(-1e9)
+        high = np.float32(1e9)
+        whole_bin = False
+        mean = 0.0
+        sigma = 0.0
+        last = (-1, 0.0, 0.0)
+        for _ in range(iterations):
+            whole_bin |= not ((low < core_low[k]) & (core_high[k] <= high))
+            count = 0
+            total = 0.0
+            total_sq = 0.0
+            if whole_bin:  # the band cuts into the core: every pixel of the bin
+                for j in range(bin_start[k], bin_start[k + 1]):
+                    value = data[_U(bin_pixels[j])]
+                    if (value > low) & (value < high):
+                        count += 1
+                        total += np.float64(value)
+                        total_sq += np.float64(value) * np.float64(value)
+            else:
+                count = core_count
+                total = core_total
+                total_sq = core_total_sq
+                for t in range(tail_start[k], tail_start[k + 1]):
+                    value = sorted_value[t]
+                    if (value > low) & (value < high):
+                        count += 1
+                        total += np.float64(value)
+                        total_sq += np.float64(value) * np.float64(value)
+            if (count, total, total_sq) == last:
+                break  # the same sums again: every further round repeats this one
+            last = (count, total, total_sq)
+            mean, sigma, low, high = _bin_statistics(count, total, total_sq, minimum_snr,
+                                                     adc_threshold)
+        radial_mean[k] = mean
+        radial_sigma[k] = sigma
+        threshold[k] = high
+        leaky[k] = core_count > 0 and core_high[k] > high
+        whole_bins += whole_bin
+    return whole_bins
 
 
 @numba.njit(**_JIT)
-def _peaks_from_candidates(data, radius, pixel_class, panel_rects, n_fs, candidates,
-                           candidate_panel, num_candidates, parent, component,
-                           background_threshold, radial_mean, radial_sigma, adc_threshold,
-                           minimum_snr, min_pixel_count, max_pixel_count, local_bg_radius,
-                           count, sums, brightest, brightest_value, out):
-    """Connected components, local background, acceptance and measurements.
+def _next_core_ranges(radial_mean, radial_sigma, minimum_snr, adc_threshold, core_low,
+                      core_high):
+    """Core ranges for the next frame: 3/4 of the clipping band of this frame's statistics,
+    above ``adc_threshold`` (only speed depends on them, never the result)."""
+    for k in range(radial_mean.shape[0]):
+        sigma = radial_sigma[k]
+        if not sigma > 0.0:  # no data, or a degenerate bin: no core
+            core_low[k] = _INF32
+            core_high[k] = -_INF32
+            continue
+        reach = 0.75 * minimum_snr * sigma
+        low = max(radial_mean[k] - reach, -_CORE_LIMIT)
+        high = min(max(radial_mean[k] + reach, adc_threshold), _CORE_LIMIT)
+        core_low[k] = np.float32(low)
+        core_high[k] = np.float32(high)
+        if core_low[k] < low:  # rounded down: keep the core inside the band
+            core_low[k] = np.nextafter(core_low[k], _INF32)
+        if core_high[k] > high:
+            core_high[k] = np.nextafter(core_high[k], -_INF32)
 
-    ``background_threshold`` is the threshold of each pixel class (NaN for the masked class:
-    never background). ``count``, ``sums`` (capacity, 7), ``brightest`` (a candidate),
-    ``brightest_value`` are per-group work arrays and ``out`` (7, capacity) float64 receives
-    fs, ss, intensity, n, max, snr, radius. Returns the number of peaks written (all accepted
-    peaks, in raster order of their first pixel), or minus the number of groups when it
-    exceeds the capacity (nothing written).
+
+@numba.njit(**_JIT)
+def _mark_candidates(data, pixel_threshold, tails, tail_class, tail_value, num_tails, leaky,
+                     core_low, core_high, bin_pixels, bin_start, candidate, marked):
+    """Step 3: sets ``candidate[u] = 1`` for every candidate (used, above its bin's threshold,
+    finite) and lists them in ``marked``, in raster order. Returns their number."""
+    count = 0
+    for t in range(num_tails):
+        value = tail_value[t]
+        if value > pixel_threshold[tail_class[t]] and value < _INF32:
+            candidate[_U(tails[t])] = 1
+            marked[count] = tails[t]
+            count += 1
+    from_tails = count
+    for k in range(leaky.shape[0]):  # core pixels above the threshold (rare)
+        if not leaky[k]:
+            continue
+        for j in range(bin_start[k], bin_start[k + 1]):
+            u = _U(bin_pixels[j])
+            value = data[u]
+            if (value >= core_low[k]) & (value < core_high[k]) and value > pixel_threshold[k]:
+                candidate[u] = 1
+                marked[count] = bin_pixels[j]
+                count += 1
+    if count > from_tails:
+        marked[:count].sort()
+    return count
+
+
+@numba.njit(**_JIT)
+def _seeds(marked, num_marked, seed_rank, num_panels, panel_count, seeds):
+    """The candidates that may start a group (not on a panel edge), in search order: by panel
+    rank, then raster order (a stable counting sort of the raster-ordered ``marked``). Returns
+    their number."""
+    for r in range(num_panels + 1):
+        panel_count[r] = 0
+    for i in range(num_marked):
+        panel_count[seed_rank[_U(marked[i])] + 1] += 1  # rank -1 (edges) counted in slot 0
+    on_edges = panel_count[0]
+    for r in range(num_panels):
+        panel_count[r + 1] += panel_count[r]
+    for i in range(num_marked):
+        r = seed_rank[_U(marked[i])]
+        if r >= 0:
+            seeds[panel_count[r] - on_edges] = marked[i]
+            panel_count[r] += 1
+    return num_marked - on_edges
+
+
+@numba.njit(**_JIT)
+def _grow_group(candidate, seed, rect, rank, n_fs, slot_fs, slot_ss, slot_dead, slots_used,
+                group):
+    """Step 4: grows the group of ``seed`` with the reference's search; returns (size,
+    slots_used).
+
+    ``slot_fs``, ``slot_ss`` are the frame's list of panel-relative positions; entries from
+    ``slots_used`` on read as 0 (the reference's list starts zeroed each frame). For each entry
+    ``p = 0 .. size`` (``size`` itself included: an entry left by an earlier group, or 0) the
+    pixel and its 8 neighbours are visited in the reference's order, and each candidate not yet
+    taken (``candidate[u] == 1``) is appended (position at entry ``size``, flat index in
+    ``group``) and taken (``candidate[u] = 0``). The walk
+    repeats while the group grows; a repeat can only add pixels when an append replaced the
+    entry being read (appending at ``p == size``), so otherwise it is skipped.
+
+    ``slot_dead[p] == rank + 1`` records that entry ``p``, read past a group's end in this
+    panel, added nothing: as long as it is not written again it cannot add anything later in
+    the panel either (candidates do not change, taken pixels stay taken), so it is not read
+    again.
     """
-    num_components = _label_candidates(candidates, candidate_panel, num_candidates, n_fs,
-                                       parent, component)
-    if num_components > count.shape[0]:
-        return -num_components
-    for c in range(num_components):
-        count[c] = 0
-        brightest_value[c] = -np.inf
-        for q in range(7):
-            sums[c, q] = 0.0
-    # Load the candidates' radii first, with independent loads (see _find_candidates).
-    touched = np.float32(0.0)
-    for j in range(num_candidates):
-        touched += radius[_U(candidates[j])]
-    out[0, 0] = touched  # (overwritten below, or unused: keeps the loads)
-    ss = 0
-    row_start = 0
-    for j in range(num_candidates):
-        c = component[j]
-        index = candidates[j]
-        while index >= row_start + n_fs:
-            row_start += n_fs
-            ss += 1
-        fs = index - row_start
-        v = np.float64(data[index])
-        r = np.float64(radius[index])
-        count[c] += 1
-        sums[c, 0] += v
-        sums[c, 1] += v * fs
-        sums[c, 2] += v * ss
-        sums[c, 3] += fs
-        sums[c, 4] += ss
-        sums[c, 5] += v * r
-        sums[c, 6] += r
-        if v > brightest_value[c]:
-            brightest_value[c] = v
-            brightest[c] = j
-    # Acceptance.
+    min_fs, max_fs, min_ss, max_ss = rect[0], rect[1], rect[2], rect[3]
+    width = max_fs - min_fs + 1
+    height = max_ss - min_ss + 1
+    seed_ss = seed // n_fs
+    slot_fs[0] = seed - seed_ss * n_fs - min_fs
+    slot_ss[0] = seed_ss - min_ss
+    slot_dead[0] = 0
+    slots_used = max(slots_used, 1)
+    size = 0
+    while True:
+        size_before = size
+        replaced = False
+        p = 0
+        while p <= size:
+            past_end = p == size
+            if past_end and slot_dead[p] == rank + 1:
+                p += 1
+                continue
+            for k in range(9):
+                local_fs = (slot_fs[p] if p < slots_used else 0) + _SEARCH_FS[k]
+                local_ss = (slot_ss[p] if p < slots_used else 0) + _SEARCH_SS[k]
+                if local_fs < 0 or local_fs >= width or local_ss < 0 or local_ss >= height:
+                    continue
+                u = _U((local_ss + min_ss) * n_fs + local_fs + min_fs)
+                if candidate[u] == 0:
+                    continue
+                slot_fs[size] = local_fs
+                slot_ss[size] = local_ss
+                slot_dead[size] = 0
+                slots_used = max(slots_used, size + 1)
+                replaced |= p == size
+                candidate[u] = 0
+                group[size] = u
+                size += 1
+            if past_end and size == p:  # read past the end, added nothing
+                slot_dead[p] = rank + 1
+            p += 1
+        if size == size_before or not replaced:
+            return size, slots_used
+
+
+@numba.njit(fastmath={"reassoc", "contract", "nsz", "arcp"}, **_JIT)
+def _background_row(data, pixel_class, pixel_threshold, start, stop):
+    """Count, sum, sum of squares (float64) and maximum (at least 0) of the background pixels
+    of ``data[start:stop]``: below their bin's threshold, used (the masked class's threshold is
+    NaN), finite. Vectorised: its sums may be reordered."""
+    count = 0
+    total = 0.0
+    total_sq = 0.0
+    largest = 0.0
+    for u in range(start, stop):
+        value = data[_U(u)]
+        background = (value < pixel_threshold[pixel_class[_U(u)]]) & (value > -_INF32)
+        v = np.float64(value) if background else 0.0
+        count += 1 if background else 0
+        total += v
+        total_sq += v * v
+        largest = max(largest, v)
+    return count, total, total_sq, largest
+
+
+@numba.njit(**_JIT)
+def _measure_group(data, radius, pixel_class, center_bin, radial_mean, pixel_threshold, group,
+                   size, rect, n_fs, disc_reach, settings, out, index):
+    """Steps 5 and 6 for one group; writes the peak into ``out[:, index]`` when accepted and
+    returns whether it was."""
+    if size < settings.min_pixel_count or size > settings.max_pixel_count:
+        return False
+    min_fs, max_fs, min_ss, max_ss = rect[0], rect[1], rect[2], rect[3]
+    weight_sum = 0.0
+    weight_fs = 0.0
+    weight_ss = 0.0
+    raw_sum = 0.0
+    raw_fs = 0.0
+    raw_ss = 0.0
+    raw_radius = 0.0
+    brightest = -np.inf
+    for j in range(size):
+        u = _U(group[j])
+        ss = group[j] // n_fs
+        fs = group[j] - ss * n_fs
+        value = np.float64(data[u])
+        weight = value - radial_mean[pixel_class[u]]
+        weight_sum += weight
+        weight_fs += weight * fs
+        weight_ss += weight * ss
+        raw_sum += value
+        raw_fs += value * fs
+        raw_ss += value * ss
+        raw_radius += value * radius[u]
+        brightest = max(brightest, value)
+    if abs(weight_sum) < 1e-10 or abs(raw_sum) < 1e-10:
+        return False
+    centre_fs = min(max(int(np.rint(weight_fs / abs(weight_sum))), min_fs), max_fs)
+    centre_ss = min(max(int(np.rint(weight_ss / abs(weight_sum))), min_ss), max_ss)
+    width = 2 * settings.local_bg_radius
+    count = 0
+    total = 0.0
+    total_sq = 0.0
+    background_max = 0.0
+    for d_ss in range(max(-width, min_ss - centre_ss), min(width, max_ss - centre_ss + 1)):
+        reach = disc_reach[d_ss + width]  # the disc's row: -reach <= d_fs < width, <= reach
+        first_fs = max(centre_fs - reach, min_fs)
+        last_fs = min(centre_fs + min(reach, width - 1), max_fs)
+        row = (centre_ss + d_ss) * n_fs
+        n, row_total, row_total_sq, row_max = _background_row(
+            data, pixel_class, pixel_threshold, row + first_fs, row + last_fs + 1)
+        count += n
+        total += row_total
+        total_sq += row_total_sq
+        background_max = max(background_max, row_max)
+    if count > 0:
+        offset = total / count
+        variance = total_sq / count - offset * offset
+        local_sigma = math.sqrt(variance) if variance >= 0.0 else 0.01
+    else:
+        offset = radial_mean[center_bin[_U(centre_ss * n_fs + centre_fs)]]
+        local_sigma = 0.01
+    intensity = raw_sum - size * offset
+    peak_max = max(0.0, brightest - offset)
+    snr = intensity / local_sigma if abs(local_sigma) > 1e-10 else 0.0
+    if snr < settings.minimum_snr or peak_max < background_max - offset:
+        return False
+    peak_fs = raw_fs / abs(raw_sum)
+    peak_ss = raw_ss / abs(raw_sum)
+    if peak_fs < min_fs or peak_fs > max_fs or peak_ss < min_ss or peak_ss > max_ss:
+        return False
+    out[0, index] = peak_fs
+    out[1, index] = peak_ss
+    out[2, index] = intensity
+    out[3, index] = size
+    out[4, index] = peak_max
+    out[5, index] = snr
+    out[6, index] = raw_radius / abs(raw_sum)
+    return True
+
+
+def _disc_reach(width: int) -> np.ndarray:
+    """int64 (2 * width,): for each row offset ``d_ss = -width .. width - 1``, the largest
+    ``d_fs`` with ``d_fs**2 + d_ss**2 <= width**2`` (the reference's background disc)."""
+    d_ss = np.arange(-width, width)
+    return np.array([math.isqrt(width * width - d * d) for d in d_ss], dtype=np.int64)
+
+
+class _Settings(NamedTuple):
+    """The scalar parameters of the kernel."""
+
+    adc_threshold: float
+    minimum_snr: float
+    min_pixel_count: int
+    max_pixel_count: int
+    local_bg_radius: int
+    iterations: int
+    n_fs: int
+    masked_class: int
+    num_panels: int
+
+
+class _Tables(NamedTuple):
+    """Frame-independent arrays (flat arrays have one entry per slab pixel)."""
+
+    pixel_class: np.ndarray  # uint16/int32: radius bin of used pixels, masked_class otherwise
+    center_bin: np.ndarray  # int32: radius bin of every panel pixel (0 outside panels)
+    radius: np.ndarray  # float32: the radius map (0 outside panels)
+    seed_rank: np.ndarray  # int32: panel rank of pixels that may seed a group, else -1
+    panel_rank: np.ndarray  # int32: panel rank of every pixel, -1 outside panels
+    rects: np.ndarray  # int64 (num_panels, 4): min_fs, max_fs, min_ss, max_ss by rank
+    static_count: np.ndarray  # int64 (num_bins,): used pixels per bin
+    bin_pixels: np.ndarray  # int32: the used pixels, by bin, raster order within a bin
+    bin_start: np.ndarray  # int64 (num_bins + 1,): each bin's slice of bin_pixels
+    chunk_low: np.ndarray  # int32 per chunk: range-minimum table entries of the chunk's bins
+    chunk_high: np.ndarray
+    levels: int
+    disc_reach: np.ndarray  # int64 (4R,): the background disc's half width at d_ss = i - 2R
+
+
+class _Buffers(NamedTuple):
+    """Work arrays reused by every frame, and the core ranges kept from frame to frame."""
+
+    core_low: np.ndarray  # float32 (num_bins,)
+    core_high: np.ndarray
+    negative_low: np.ndarray  # float32 (num_bins,): -core_low
+    high_table: np.ndarray  # float32 range-minimum tables of core_high and -core_low
+    negative_low_table: np.ndarray
+    tails: np.ndarray  # int32 (n,): flat indices of the tails
+    tail_class: np.ndarray  # int32 (n,): their bins
+    tail_value: np.ndarray  # float32 (n,): their values
+    sorted_value: np.ndarray  # float32 (n,): their values grouped by bin
+    tail_start: np.ndarray  # int64 (num_bins + 1,)
+    sums: np.ndarray  # complex128 (num_bins + 1,)
+    radial_mean: np.ndarray  # float64 (num_bins,)
+    radial_sigma: np.ndarray
+    pixel_threshold: np.ndarray  # float32 (num_bins + 1,): per class; NaN for masked pixels
+    leaky: np.ndarray  # bool (num_bins,)
+    marked: np.ndarray  # int32 (n,): the candidates, raster order
+    seeds: np.ndarray  # int32 (n,)
+    panel_count: np.ndarray  # int64 (num_panels + 1,)
+    candidate: np.ndarray  # uint8 (n,): 1 = a candidate not yet in a group; zero between frames
+    slot_fs: np.ndarray  # int32 (n + 1,)
+    slot_ss: np.ndarray
+    slot_dead: np.ndarray  # int32 (n + 1,): zero between frames
+    group: np.ndarray  # int32 (n,)
+    out: np.ndarray  # float64 (7, capacity)
+
+
+@numba.njit(**_JIT)
+def _find_peaks_kernel(data, tables, buffers, settings):
+    """All of peakfinder8 on one flat float32 frame. Returns the number of peaks written into
+    ``buffers.out`` (in search order), or minus the number of seeds when ``out`` is too small
+    (nothing written; the caller grows it and calls again)."""
+    b = buffers
+    t = tables
+    num_bins = b.radial_mean.shape[0]
+    _range_min_table(b.core_high, t.levels, b.high_table)
+    for k in range(num_bins):
+        b.negative_low[k] = -b.core_low[k]
+    _range_min_table(b.negative_low, t.levels, b.negative_low_table)
+    num_tails = _scan_frame(data, t.pixel_class, settings.masked_class, b.core_low,
+                            b.core_high, b.high_table, b.negative_low_table, t.chunk_low,
+                            t.chunk_high, b.tails, b.tail_class, b.tail_value, b.sums)
+    _radial_statistics(data, b.tail_class, b.tail_value, num_tails, b.sums, t.static_count,
+                       b.core_low, b.core_high, t.bin_pixels, t.bin_start, settings.iterations,
+                       settings.minimum_snr, settings.adc_threshold, b.tail_start,
+                       b.sorted_value, b.radial_mean, b.radial_sigma, b.pixel_threshold,
+                       b.leaky)
+    num_marked = _mark_candidates(data, b.pixel_threshold, b.tails, b.tail_class, b.tail_value,
+                                  num_tails, b.leaky, b.core_low, b.core_high, t.bin_pixels,
+                                  t.bin_start, b.candidate, b.marked)
+    num_seeds = _seeds(b.marked, num_marked, t.seed_rank, settings.num_panels, b.panel_count,
+                       b.seeds)
+    _next_core_ranges(b.radial_mean, b.radial_sigma, settings.minimum_snr,
+                      settings.adc_threshold, b.core_low, b.core_high)
+    if num_seeds > b.out.shape[1]:
+        for i in range(num_marked):
+            b.candidate[_U(b.marked[i])] = 0
+        return -num_seeds
     num_peaks = 0
-    for c in range(num_components):
-        n = count[c]
-        if n < min_pixel_count or n > max_pixel_count:
-            continue
-        index = candidates[brightest[c]]
-        ss = index // n_fs
-        fs = index - ss * n_fs
-        panel = candidate_panel[brightest[c]]
-        min_fs = max(fs - local_bg_radius, panel_rects[panel, 0])
-        max_fs = min(fs + local_bg_radius, panel_rects[panel, 1])
-        min_ss = max(ss - local_bg_radius, panel_rects[panel, 2])
-        max_ss = min(ss + local_bg_radius, panel_rects[panel, 3])
-        bg_count = 0
-        bg_sum = 0.0
-        bg_sum_sq = 0.0
-        for bss in range(min_ss, max_ss + 1):
-            row = bss * n_fs
-            for bfs in range(min_fs, max_fs + 1):
-                u = _U(row + bfs)
-                v = np.float64(data[u])
-                # Background: not above its threshold, not NaN, not masked (branch-free: the
-                # other pixels add 0.0, which leaves the sums as they are).
-                background = v <= background_threshold[pixel_class[u]]
-                bg_count += 1 if background else 0
-                v = v if background else 0.0
-                bg_sum += v
-                bg_sum_sq += v * v
-        if bg_count >= 2:
-            bg = bg_sum / bg_count
-            bg_sigma = math.sqrt(max(bg_sum_sq / bg_count - bg * bg, 0.0))
-        else:
-            k = pixel_class[index]  # a candidate: its class is its bin
-            bg = radial_mean[k]
-            bg_sigma = radial_sigma[k]
-        intensity = sums[c, 0] - n * bg
-        if intensity <= 0.0:
-            continue
-        if bg_sigma > 0.0:
-            snr = intensity / (bg_sigma * math.sqrt(n))
-        else:
-            snr = np.inf
-        if snr < minimum_snr or not (brightest_value[c] - bg > adc_threshold):
-            continue
-        out[0, num_peaks] = (sums[c, 1] - bg * sums[c, 3]) / intensity
-        out[1, num_peaks] = (sums[c, 2] - bg * sums[c, 4]) / intensity
-        out[2, num_peaks] = intensity
-        out[3, num_peaks] = n
-        out[4, num_peaks] = brightest_value[c]
-        out[5, num_peaks] = snr
-        out[6, num_peaks] = (sums[c, 5] - bg * sums[c, 6]) / intensity
-        num_peaks += 1
+    slots_used = 0
+    taken_count = 0
+    for i in range(num_seeds):
+        seed = b.seeds[i]
+        if b.candidate[_U(seed)] == 0:
+            continue  # taken by an earlier group
+        rank = t.panel_rank[_U(seed)]
+        rect = t.rects[rank]
+        size, slots_used = _grow_group(b.candidate, seed, rect, rank, settings.n_fs, b.slot_fs,
+                                       b.slot_ss, b.slot_dead, slots_used,
+                                       b.group[taken_count:])
+        if _measure_group(data, t.radius, t.pixel_class, t.center_bin, b.radial_mean,
+                          b.pixel_threshold, b.group[taken_count:], size, rect, settings.n_fs,
+                          t.disc_reach, settings, b.out, num_peaks):
+            num_peaks += 1
+        taken_count += size
+    for i in range(num_marked):  # leave the candidate map zeroed for the next frame
+        b.candidate[_U(b.marked[i])] = 0
+    for p in range(min(slots_used + 1, b.slot_dead.shape[0])):
+        b.slot_dead[p] = 0
     return num_peaks
 
 
-@numba.njit(**_JIT)
-def _find_peaks_kernel(data, pixel_class, panel_map, panel_rects, radius, n_fs, sample_pixels,
-                       sample_slots, sample_start, iterations, clip, minimum_snr,
-                       adc_threshold, min_pixel_count, max_pixel_count, local_bg_radius,
-                       chunk_low, chunk_high, chunk_panel, levels, sample_buffer, radial_mean,
-                       radial_sigma, bin_threshold, candidate_threshold,
-                       background_threshold, floor_table, passing, passing_mask, candidates,
-                       candidate_panel, parent, component, count, sums, brightest,
-                       brightest_value, out):
-    """All of peakfinder8 on one flat float32 frame: radial statistics and thresholds, candidate
-    search, then :func:`_peaks_from_candidates` (whose return value it returns)."""
-    num_bins = bin_threshold.shape[0]
-    _radial_thresholds(data, sample_pixels, sample_slots, sample_start, iterations, clip,
-                       minimum_snr, adc_threshold, sample_buffer, radial_mean, radial_sigma,
-                       bin_threshold)
-    # Thresholds per pixel class: bin k < num_bins (candidates), num_bins + k (outside the
-    # radius range: background only), 2 * num_bins (masked).
-    any_finite = False
-    for k in range(num_bins):
-        threshold = bin_threshold[k]
-        candidate_threshold[k] = threshold
-        background_threshold[k] = threshold
-        background_threshold[num_bins + k] = threshold
-        any_finite |= threshold < np.inf
-    if not any_finite:
-        return 0
-    _chunk_floor_table(bin_threshold, levels, floor_table)
-    num_candidates = _find_candidates(data, pixel_class, candidate_threshold, floor_table,
-                                      chunk_low, chunk_high, chunk_panel, panel_map,
-                                      passing, passing_mask, candidates, candidate_panel)
-    return _peaks_from_candidates(
-        data, radius, pixel_class, panel_rects, n_fs, candidates, candidate_panel,
-        num_candidates, parent, component, background_threshold, radial_mean, radial_sigma,
-        adc_threshold, minimum_snr, min_pixel_count, max_pixel_count, local_bg_radius, count,
-        sums, brightest, brightest_value, out)
-
-
 class Peakfinder8PeakDetection:
-    """peakfinder8 (Barty et al. 2014) on calibrated frames; see the module docstring.
+    """peakfinder8 with the rules of Cheetah, OM and CrystFEL; see the module docstring.
 
     Args:
-        radius_map: float (ss, fs) radius of each pixel centre in pixels from the beam
-            (``DetectorGeometry.radius``); NaN = no pixel.
+        radius_map: float (ss, fs) radius of each pixel's index position in pixels from the
+            beam (``DetectorGeometry.peakfinder8_radius``, the reference implementations' radius
+            map); NaN = no pixel.
         panels: the panels as ``(min_fs, max_fs, min_ss, max_ss)`` inclusive rectangles of the
             slab (``DetectorGeometry.panel_rectangles``); they must not overlap. Pixels outside
-            every panel are ignored.
-        adc_threshold: minimum threshold, and minimum height of a peak's brightest pixel above
-            its local background, frame units (photons in om).
-        minimum_snr: signal-to-noise factor of the radial thresholds and of the
-            integrated-SNR acceptance.
+            every panel are ignored. Groups never cross a panel edge.
+        adc_threshold: lowest threshold, frame units (photons in om).
+        minimum_snr: width of the radial statistics' clipping band and of the thresholds, in
+            sigmas, and the lowest accepted signal-to-noise ratio.
         min_pixel_count, max_pixel_count: allowed peak sizes, pixels.
-        local_bg_radius: half width of the local background box, pixels (>= 1).
-        min_res, max_res: radius range searched for peaks, pixels from the beam.
-        max_num_peaks: at most this many peaks are returned (the strongest).
-        bad_pixel_map: optional uint8-like (ss, fs): nonzero good, 0 bad (never in a peak or a
-            background).
-        radial_stats_iterations: number of mean/sigma computations per radius bin (>= 1).
-        radial_stats_sigma_clip: half width, in sigmas, of the band of values kept by each
-            sigma-clipping iteration.
-        radial_stats_max_pixels_per_bin: size of the fixed per-bin sample of the radial
-            statistics; None: every pixel of the bin (slower).
+        local_bg_radius: the local background is taken within ``2 * local_bg_radius`` pixels
+            of the peak (>= 1).
+        min_res, max_res: radius range of the pixels used, pixels from the beam (inclusive).
+        max_num_peaks: at most this many peaks are returned (the first found).
+        bad_pixel_map: optional uint8-like (ss, fs): nonzero good, 0 bad (never used).
+        radial_stats_iterations: number of radial statistics computations (>= 1; 5 in the
+            reference implementations).
 
     Raises:
         OmConfigurationError: when a parameter is out of range, a panel lies outside the radius
@@ -567,9 +724,8 @@ class Peakfinder8PeakDetection:
                  adc_threshold: float, minimum_snr: float, min_pixel_count: int,
                  max_pixel_count: int, local_bg_radius: int, min_res: float, max_res: float,
                  max_num_peaks: int, bad_pixel_map: np.ndarray | None = None,
-                 radial_stats_iterations: int = 5, radial_stats_sigma_clip: float = 3.0,
-                 radial_stats_max_pixels_per_bin: int | None = 256) -> None:
-        radius_map = np.asarray(radius_map, dtype=np.float64)
+                 radial_stats_iterations: int = 5) -> None:
+        radius_map = np.asarray(radius_map, dtype=np.float32)
         if radius_map.ndim != 2:
             raise OmConfigurationError(f"peakfinder8: radius_map must be 2D, got shape "
                                        f"{radius_map.shape}")
@@ -578,106 +734,66 @@ class Peakfinder8PeakDetection:
             ("minimum_snr", math.isfinite(minimum_snr) and minimum_snr > 0),
             ("min_pixel_count", int(min_pixel_count) >= 1),
             ("max_pixel_count", int(max_pixel_count) >= int(min_pixel_count)),
-            ("local_bg_radius", int(local_bg_radius) >= 1),
+            ("local_bg_radius", 1 <= int(local_bg_radius) <= 1000),
             ("min_res", not math.isnan(min_res)),
             ("max_res", not math.isnan(max_res) and max_res >= min_res),
             ("max_num_peaks", int(max_num_peaks) >= 0),
             ("radial_stats_iterations", int(radial_stats_iterations) >= 1),
-            ("radial_stats_sigma_clip", math.isfinite(radial_stats_sigma_clip)
-             and radial_stats_sigma_clip > 0),
-            ("radial_stats_max_pixels_per_bin", radial_stats_max_pixels_per_bin is None
-             or int(radial_stats_max_pixels_per_bin) >= 1),
         )
         for key, ok in checks:
             if not ok:
                 raise OmConfigurationError(f"peakfinder8: invalid {key}")
         self.shape = radius_map.shape
-        self.adc_threshold = float(adc_threshold)
-        self.minimum_snr = float(minimum_snr)
-        self.min_pixel_count = int(min_pixel_count)
-        self.max_pixel_count = int(max_pixel_count)
-        self.local_bg_radius = int(local_bg_radius)
-        self.min_res = float(min_res)
-        self.max_res = float(max_res)
         self.max_num_peaks = int(max_num_peaks)
-        self.radial_stats_iterations = int(radial_stats_iterations)
-        self.radial_stats_sigma_clip = float(radial_stats_sigma_clip)
-        self.radial_stats_max_pixels_per_bin = radial_stats_max_pixels_per_bin
-
         n_ss, n_fs = self.shape
-        panel_map = np.full(self.shape, -1, dtype=np.int32)
+        size = n_ss * n_fs
         rects = np.asarray(panels, dtype=np.int64).reshape(-1, 4)
         if rects.shape[0] == 0:
             raise OmConfigurationError("peakfinder8: no panels")
-        for index, (min_fs, max_fs, min_ss, max_ss) in enumerate(rects):
+        # The reference walks the panels in the order of their first row, then column.
+        rects = rects[np.lexsort((rects[:, 0], rects[:, 2]))]
+        panel_rank = np.full(self.shape, -1, dtype=np.int32)
+        seed_rank = np.full(self.shape, -1, dtype=np.int32)
+        for rank, (min_fs, max_fs, min_ss, max_ss) in enumerate(rects):
             if not (0 <= min_fs <= max_fs < n_fs and 0 <= min_ss <= max_ss < n_ss):
                 raise OmConfigurationError(
-                    f"peakfinder8: panel {index} ({min_fs}-{max_fs}, {min_ss}-{max_ss}) is "
-                    f"outside the {self.shape} radius map")
-            region = panel_map[min_ss:max_ss + 1, min_fs:max_fs + 1]
+                    f"peakfinder8: panel ({min_fs}-{max_fs}, {min_ss}-{max_ss}) is outside "
+                    f"the {self.shape} radius map")
+            region = panel_rank[min_ss:max_ss + 1, min_fs:max_fs + 1]
             if np.any(region >= 0):
-                raise OmConfigurationError(f"peakfinder8: panel {index} overlaps another")
-            region[...] = index
-        good = (panel_map >= 0) & np.isfinite(radius_map) & (radius_map >= 0)
+                raise OmConfigurationError(
+                    f"peakfinder8: panel ({min_fs}-{max_fs}, {min_ss}-{max_ss}) overlaps another")
+            region[...] = rank
+            seed_rank[min_ss + 1:max_ss, min_fs + 1:max_fs] = rank  # edges never seed
+        has_radius = (panel_rank >= 0) & np.isfinite(radius_map) & (radius_map >= 0)
+        used = has_radius & (radius_map >= min_res) & (radius_map <= max_res)
         if bad_pixel_map is not None:
             bad_pixel_map = np.asarray(bad_pixel_map)
             if bad_pixel_map.shape != self.shape:
                 raise OmConfigurationError(
                     f"peakfinder8: bad pixel map shape {bad_pixel_map.shape} is not the "
                     f"detector's {self.shape}")
-            good &= bad_pixel_map != 0
+            used &= bad_pixel_map != 0
         bins = np.zeros(self.shape, dtype=np.int64)
-        bins[good] = np.floor(radius_map[good]).astype(np.int64)
-        num_bins = int(bins[good].max()) + 1 if np.any(good) else 1
-        if 2 * num_bins + 1 > np.iinfo(np.int32).max:
+        bins[has_radius] = np.rint(radius_map[has_radius]).astype(np.int64)
+        num_bins = int(bins.max()) + 1
+        if num_bins + 1 > np.iinfo(np.int32).max // 2:
             raise OmConfigurationError("peakfinder8: radius map values too large")
-        eligible = good & (radius_map >= self.min_res) & (radius_map <= self.max_res)
-        # Pixel classes: bin k (eligible), num_bins + k (valid, outside the radius range),
-        # 2 * num_bins (masked: outside the panels, bad, or no radius).
-        pixel_class = np.full(self.shape, 2 * num_bins, dtype=np.int32)
-        pixel_class[eligible] = bins[eligible]
-        outside = good & ~eligible
-        pixel_class[outside] = num_bins + bins[outside]
-        class_dtype = np.uint16 if 2 * num_bins < 65536 else np.int32
-        self._pixel_class = np.ascontiguousarray(pixel_class.astype(class_dtype).ravel())
-        self._masked_class = 2 * num_bins
-        self._num_bins = num_bins
-        self._panel_map = np.ascontiguousarray(panel_map.ravel())
-        self._panel_rects = np.ascontiguousarray(rects)
-        self._radius = np.ascontiguousarray(
-            np.where(good, radius_map, 0.0).astype(np.float32).ravel())
-        self.static_mask = good  # bool (ss, fs): pixels that may be part of a peak/background
+        class_dtype = np.uint16 if num_bins < 65535 else np.int32
+        pixel_class = np.where(used, bins, num_bins).astype(class_dtype).ravel()
+        self.static_mask = used  # bool (ss, fs): the pixels peakfinder8 uses
 
-        # Radial statistics samples (frame independent).
-        flat_good = np.flatnonzero(good.ravel())
-        flat_bins = bins.ravel()[flat_good]
-        order = np.argsort(flat_bins, kind="stable")  # raster order inside each bin
-        sorted_pixels = flat_good[order]
-        bin_edges = np.searchsorted(flat_bins[order], np.arange(num_bins + 1))
-        limit = radial_stats_max_pixels_per_bin
-        samples = []
-        sample_start = np.zeros(num_bins + 1, dtype=np.int64)
-        for k in range(num_bins):
-            pixels = sorted_pixels[bin_edges[k]:bin_edges[k + 1]]
-            if limit is not None and pixels.size > limit:
-                positions = np.floor((np.arange(limit) + 0.5) * pixels.size / limit)
-                pixels = pixels[positions.astype(np.int64)]
-            samples.append(pixels)
-            sample_start[k + 1] = sample_start[k] + pixels.size
-        sample_pixels = (np.concatenate(samples).astype(np.int64) if samples
-                         else np.zeros(0, dtype=np.int64))
-        memory_order = np.argsort(sample_pixels, kind="stable")
-        self._sample_pixels = sample_pixels[memory_order].astype(np.int32)
-        self._sample_slots = memory_order.astype(np.int32)
-        self._sample_start = sample_start
+        flat_used = np.flatnonzero(used.ravel())
+        order = np.argsort(bins.ravel()[flat_used], kind="stable")  # raster order in a bin
+        bin_pixels = flat_used[order].astype(np.int32)
+        static_count = np.bincount(bins.ravel()[flat_used], minlength=num_bins).astype(np.int64)
+        bin_start = np.concatenate([[0], np.cumsum(static_count)]).astype(np.int64)
 
-        # Candidate search chunks (see _find_candidates): the range of radius bins of each
-        # chunk's pixels in the radius range, as the two entries of the range-minimum table
-        # whose minimum is the chunk's lowest threshold, and the chunk's panel.
-        size = n_ss * n_fs
+        # Per chunk of 64 pixels: the range of bins of its used pixels, as the two entries of a
+        # range-minimum table whose minimum covers that range (+inf entry: no used pixel).
         num_chunks = -(-size // _CHUNK)
         padded = np.full(num_chunks * _CHUNK, -1, dtype=np.int64)
-        padded[:size] = np.where(eligible.ravel(), bins.ravel(), -1)
+        padded[:size] = np.where(used.ravel(), bins.ravel(), -1)
         padded = padded.reshape(num_chunks, _CHUNK)
         in_range = padded >= 0
         has_bins = in_range.any(axis=1)
@@ -687,58 +803,68 @@ class Peakfinder8PeakDetection:
         level = np.floor(np.log2(span)).astype(np.int64)
         level += (1 << (level + 1)) <= span  # exact floor(log2) whatever the rounding
         level -= (1 << level) > span
-        self._levels = int(level.max()) + 1
-        infinite = self._levels * num_bins  # the table's last entry, +inf
-        self._chunk_low = np.where(has_bins, level * num_bins + low_bin,
-                                   infinite).astype(np.int32)
-        self._chunk_high = np.where(has_bins, level * num_bins + high_bin - (1 << level) + 1,
-                                    infinite).astype(np.int32)
-        padded_panel = np.full(num_chunks * _CHUNK, -1, dtype=np.int64)
-        padded_panel[:size] = np.where(eligible.ravel(), panel_map.ravel(), -1)
-        padded_panel = padded_panel.reshape(num_chunks, _CHUNK)
-        first_panel = np.where(in_range, padded_panel, np.iinfo(np.int64).max).min(axis=1)
-        last_panel = padded_panel.max(axis=1)
-        self._chunk_panel = np.where(has_bins & (first_panel == last_panel), last_panel,
-                                     -1).astype(np.int32)
+        levels = int(level.max()) + 1
+        infinite = levels * num_bins  # the tables' last entry, +inf
+        chunk_low = np.where(has_bins, level * num_bins + low_bin, infinite).astype(np.int32)
+        chunk_high = np.where(has_bins, level * num_bins + high_bin - (1 << level) + 1,
+                              infinite).astype(np.int32)
 
-        # Work buffers (reused by every frame; find_peaks allocates only the returned arrays).
-        self._sample_buffer = np.empty(max(self._sample_pixels.size, 1), dtype=np.float32)
-        self._radial_mean = np.zeros(num_bins, dtype=np.float64)
-        self._radial_sigma = np.zeros(num_bins, dtype=np.float64)
-        self._bin_threshold = np.zeros(num_bins, dtype=np.float64)
-        self._candidate_threshold = np.full(2 * num_bins + 1, np.inf, dtype=np.float64)
-        self._background_threshold = np.full(2 * num_bins + 1, np.nan, dtype=np.float64)
-        self._floor_table = np.full(self._levels * num_bins + 1, np.inf, dtype=np.float32)
-        self._passing = np.empty(num_chunks, dtype=np.int32)
-        self._passing_mask = np.empty(num_chunks, dtype=np.uint64)
-        self._candidates = np.empty(size, dtype=np.int32)
-        self._candidate_panel = np.empty(size, dtype=np.int32)
-        self._parent = np.empty(size, dtype=np.int32)
-        self._component = np.empty(size, dtype=np.int32)
-        self._allocate_groups(4096)
-
-    def _allocate_groups(self, capacity: int) -> None:
-        # Per-group work arrays and the output columns, for up to ``capacity`` groups.
-        self._group_count = np.empty(capacity, dtype=np.int64)
-        self._group_sums = np.empty((capacity, 7), dtype=np.float64)
-        self._group_brightest = np.empty(capacity, dtype=np.int64)
-        self._group_brightest_value = np.empty(capacity, dtype=np.float64)
-        self._out = np.empty((7, capacity), dtype=np.float64)
+        self._tables = _Tables(
+            pixel_class=np.ascontiguousarray(pixel_class),
+            center_bin=np.ascontiguousarray(bins.ravel().astype(np.int32)),
+            radius=np.ascontiguousarray(np.where(has_radius, radius_map, 0).ravel()
+                                        .astype(np.float32)),
+            seed_rank=np.ascontiguousarray(np.where(used, seed_rank, -1).ravel()),
+            panel_rank=np.ascontiguousarray(panel_rank.ravel()),
+            rects=np.ascontiguousarray(rects),
+            static_count=static_count, bin_pixels=bin_pixels, bin_start=bin_start,
+            chunk_low=chunk_low, chunk_high=chunk_high, levels=levels,
+            disc_reach=_disc_reach(2 * int(local_bg_radius)))
+        self._settings = _Settings(
+            adc_threshold=float(adc_threshold), minimum_snr=float(minimum_snr),
+            min_pixel_count=int(min_pixel_count), max_pixel_count=int(max_pixel_count),
+            local_bg_radius=int(local_bg_radius), iterations=int(radial_stats_iterations),
+            n_fs=n_fs, masked_class=num_bins, num_panels=int(rects.shape[0]))
+        pixel_threshold = np.zeros(num_bins + 1, dtype=np.float32)
+        pixel_threshold[num_bins] = np.nan  # masked pixels: never candidate nor background
+        self._buffers = _Buffers(
+            core_low=np.full(num_bins, np.inf, dtype=np.float32),  # no core before a frame
+            core_high=np.full(num_bins, -np.inf, dtype=np.float32),
+            negative_low=np.zeros(num_bins, dtype=np.float32),
+            high_table=np.full(levels * num_bins + 1, np.inf, dtype=np.float32),
+            negative_low_table=np.full(levels * num_bins + 1, np.inf, dtype=np.float32),
+            tails=np.empty(size, dtype=np.int32), tail_class=np.empty(size, dtype=np.int32),
+            tail_value=np.empty(size, dtype=np.float32),
+            sorted_value=np.empty(size, dtype=np.float32),
+            tail_start=np.zeros(num_bins + 1, dtype=np.int64),
+            sums=np.zeros(num_bins + 1, dtype=np.complex128),
+            radial_mean=np.zeros(num_bins, dtype=np.float64),
+            radial_sigma=np.zeros(num_bins, dtype=np.float64),
+            pixel_threshold=pixel_threshold,
+            leaky=np.zeros(num_bins, dtype=np.bool_),
+            marked=np.empty(size, dtype=np.int32), seeds=np.empty(size, dtype=np.int32),
+            panel_count=np.zeros(rects.shape[0] + 1, dtype=np.int64),
+            candidate=np.zeros(size, dtype=np.uint8),
+            slot_fs=np.zeros(size + 1, dtype=np.int32),
+            slot_ss=np.zeros(size + 1, dtype=np.int32),
+            slot_dead=np.zeros(size + 1, dtype=np.int32),
+            group=np.empty(size, dtype=np.int32),
+            out=np.empty((7, 4096), dtype=np.float64))
 
     @property
     def radial_mean(self) -> np.ndarray:
-        """float64 (num_bins,): the last frame's radial background mean per radius bin."""
-        return self._radial_mean.copy()
+        """float64 (num_bins,): the last frame's radial mean per radius bin."""
+        return self._buffers.radial_mean.copy()
 
     @property
     def radial_sigma(self) -> np.ndarray:
-        """float64 (num_bins,): the last frame's radial background sigma per radius bin."""
-        return self._radial_sigma.copy()
+        """float64 (num_bins,): the last frame's radial sigma per radius bin."""
+        return self._buffers.radial_sigma.copy()
 
     @property
     def radial_threshold(self) -> np.ndarray:
-        """float64 (num_bins,): the last frame's threshold per radius bin (inf: no data)."""
-        return self._bin_threshold.copy()
+        """float32 (num_bins,): the last frame's threshold per radius bin."""
+        return self._buffers.pixel_threshold[:-1].copy()
 
     def find_peaks(self, data: np.ndarray) -> PeakList:
         """Finds the Bragg peaks of one frame.
@@ -748,7 +874,7 @@ class Peakfinder8PeakDetection:
                 conversion copy), NaN = invalid pixel.
 
         Returns:
-            The :class:`PeakList` (float64 arrays), in raster order of the peaks' first pixels.
+            The :class:`PeakList` (float64 arrays), in the order they were found.
 
         Raises:
             OmInvalidDataError: when the frame's shape does not match the radius map or its
@@ -762,23 +888,11 @@ class Peakfinder8PeakDetection:
             raise OmInvalidDataError(f"peakfinder8: frame dtype {data.dtype} is not real")
         flat = np.ascontiguousarray(data, dtype=np.float32).reshape(-1)
         while True:
-            num_peaks = _find_peaks_kernel(
-                flat, self._pixel_class, self._panel_map, self._panel_rects, self._radius,
-                self.shape[1], self._sample_pixels, self._sample_slots, self._sample_start,
-                self.radial_stats_iterations, self.radial_stats_sigma_clip, self.minimum_snr,
-                self.adc_threshold, self.min_pixel_count, self.max_pixel_count,
-                self.local_bg_radius, self._chunk_low, self._chunk_high, self._chunk_panel,
-                self._levels, self._sample_buffer, self._radial_mean, self._radial_sigma,
-                self._bin_threshold, self._candidate_threshold, self._background_threshold,
-                self._floor_table, self._passing, self._passing_mask, self._candidates,
-                self._candidate_panel, self._parent, self._component, self._group_count,
-                self._group_sums, self._group_brightest, self._group_brightest_value, self._out)
+            num_peaks = _find_peaks_kernel(flat, self._tables, self._buffers, self._settings)
             if num_peaks >= 0:
                 break
-            self._allocate_groups(2 * -num_peaks)  # more groups than capacity: grow, redo
-        columns = self._out[:, :num_peaks]
-        if num_peaks > self.max_num_peaks:
-            keep = np.argsort(-columns[2], kind="stable")[:self.max_num_peaks]
-            columns = columns[:, np.sort(keep)]
+            self._buffers = self._buffers._replace(out=np.empty((7, -num_peaks),
+                                                                dtype=np.float64))
+        columns = self._buffers.out[:, :min(num_peaks, self.max_num_peaks)]
         # Fresh arrays (the work buffers are reused by the next frame).
         return tuple.__new__(PeakList, [column.copy() for column in columns])

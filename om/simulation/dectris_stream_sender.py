@@ -213,7 +213,7 @@ class DectrisStreamSender(PushSender):
 
 
 def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = sender_parser("python -m om.simulation.dectris_stream_sender",
+    parser = sender_parser("om_simulator.py dectris-stream",
                            __doc__.split("\n\n")[0], url="tcp://127.0.0.1:31001",
                            compressions=("bslz4", "bszstd", "none"),
                            dtypes=("uint16", "uint32", "int32"), dtype="uint16")

@@ -7,6 +7,8 @@ file (``--file``, e.g. the real module frames of ``jungfrau_module_real.h5`` as 
 or, by default, from the simulated detector of :mod:`om.simulation.jungfrau_frames`.
 ``--write-calibration DIR`` writes the matching calibration files (OM's layout) and exits.
 ``--dark-stage G0|G1|G2`` sends a dark run of the simulated detector (for ``om_jungfrau_dark.py``).
+``--write-frames FILE`` writes the frames to an HDF5 file instead of sending them (e.g. dark
+runs for ``om_jungfrau_dark.py --file``).
 """
 
 import argparse
@@ -17,7 +19,7 @@ import time
 from typing import Any
 
 from om.lib.stop_signals import on_stop_signals
-from om.simulation.frame_sources import HDF5FrameSource, SyntheticFrameSource
+from om.simulation.frame_sources import FRAME_SHAPE, HDF5FrameSource, SyntheticFrameSource
 from om.simulation.jungfrau_stream import JungfrauStreamSender
 from om.simulation.pacing import paced_indices
 
@@ -25,8 +27,8 @@ DEFAULT_URLS = "tcp://127.0.0.1:30001,tcp://127.0.0.1:30002"
 DETECTOR_CLOCK_HZ = 10_000_000
 
 
-def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="om_jungfrau_zmq_simulator.py", description=__doc__,
+def _parse_arguments(argv: list[str] | None, prog: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--urls", default=DEFAULT_URLS,
                         help=f"comma-separated URLs to bind, module 0 first (default {DEFAULT_URLS})")
@@ -44,7 +46,11 @@ def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dark-stage", choices=("G0", "G1", "G2"),
                         help="send a dark run of the simulated detector instead: no photons, "
                         "the gain forced to this stage (see om_jungfrau_dark.py)")
-    parser.add_argument("--first-frame-number", type=int, default=1)
+    parser.add_argument("--first-frame-number", type=int, default=1,
+                        help="frame number of the first frame sent (default 1)")
+    parser.add_argument("--write-frames", metavar="FILE",
+                        help="write the frames (--frames of them, default 100) to FILE, dataset "
+                        "raw, uint16 (n, 1024, 1024), instead of sending them, and exit")
     parser.add_argument("--wait-for-subscribers", type=float, default=60.0, metavar="S",
                         help="wait up to S s for a subscriber on every stream before sending "
                         "(0: send at once, like a detector; default 60)")
@@ -70,6 +76,8 @@ def run(arguments: argparse.Namespace) -> int:
         source = SyntheticFrameSource(pool_size=arguments.pool,
                                       hit_fraction=arguments.hit_fraction, seed=arguments.seed,
                                       dark_stage=dark_stage)
+    if arguments.write_frames:
+        return _write_frames(source, arguments.write_frames, arguments.frames or 100)
     if arguments.write_calibration:
         written = source.write_calibration(pathlib.Path(arguments.write_calibration))
         if written is None:
@@ -80,6 +88,10 @@ def run(arguments: argparse.Namespace) -> int:
             print(name)
         return 0
 
+    if arguments.file:  # a calibration matches one detector: the simulated one's does not
+        print(f"simulator: sending the frames of {arguments.file}; the monitor needs their own "
+              f"calibration: om_simulator.py jungfrau --file {arguments.file} "
+              "--write-calibration DIR", flush=True)
     stop = threading.Event()
     on_stop_signals(stop.set)
     urls = [url.strip() for url in arguments.urls.split(",") if url.strip()]
@@ -104,9 +116,27 @@ def run(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``om_jungfrau_zmq_simulator.py``."""
-    return run(_parse_arguments(argv))
+def _write_frames(source: Any, filename: str, count: int) -> int:
+    """Writes ``count`` frames of ``source`` to ``filename`` (dataset ``raw``); exit code."""
+    import h5py
+
+    try:
+        with h5py.File(filename, "w") as handle:
+            raw = handle.create_dataset("raw", (count, *FRAME_SHAPE), dtype="<u2",
+                                        chunks=(1, *FRAME_SHAPE))
+            for index in range(count):
+                raw[index] = source.frame(index)
+    except OSError as error:
+        print(f"om_simulator.py jungfrau: error: cannot write {filename}: {error}",
+              file=sys.stderr)
+        return 1
+    print(f"simulator: wrote {count} frames to {filename} (dataset raw)", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None, prog: str = "om_simulator.py jungfrau") -> int:
+    """Entry point of ``om_simulator.py jungfrau`` (and ``om_jungfrau_zmq_simulator.py``)."""
+    return run(_parse_arguments(argv, prog))
 
 
 if __name__ == "__main__":

@@ -398,7 +398,7 @@ def write_nxmx(directory: str | os.PathLike, prefix: str, images: np.ndarray, *,
 
 def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m om.simulation.nxmx_writer",
+        prog="om_simulator.py files",
         description="Writes NXmx master and data files of synthetic images with Gaussian Bragg "
         "spots, as Jungfraujoch's writer, and optionally publishes its finalized-file "
         "notifications.")

@@ -38,7 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="om_simulator.py", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="One simulator for every source the monitor reads: MODE picks the format.",
-        epilog=f"modes:\n{modes}\n\n'om_simulator.py MODE --help' shows a mode's options.")
+        epilog=f"modes:\n{modes}\n\n'om_simulator.py MODE --help' shows a mode's options.\n"
+               "'om_simulator.py --write-config FILE MODE' writes a monitor.yaml that reads "
+               "MODE's output\n(its geometry in om/data, peakfinder8 settings for its spots).")
+    parser.add_argument("--write-config", metavar="FILE",
+                        help="write a monitor.yaml for MODE's default output to FILE and exit")
     parser.add_argument("mode", choices=tuple(MODES), metavar="MODE",
                         help="the format to simulate (see modes below)")
     # Everything after the mode, --help included, belongs to the mode's own parser.
@@ -51,8 +55,25 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``om_simulator.py``: runs the mode named by the first argument with the
     remaining ones; returns its exit code."""
     arguments = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if arguments.write_config:
+        from om.simulation.configuration import write_simulator_configuration
+
+        try:
+            written = write_simulator_configuration(arguments.write_config, arguments.mode)
+        except OSError as error:
+            print(f"om_simulator.py: error: {error}", file=sys.stderr)
+            return 1
+        print(f"om_simulator.py: wrote {written} for mode {arguments.mode}")
+        return 0
     module = importlib.import_module(MODES[arguments.mode].module)
-    return module.main(arguments.arguments)
+    import zmq
+
+    try:
+        return module.main(arguments.arguments)
+    except zmq.ZMQError as error:  # e.g. a second simulator on the same port
+        print(f"om_simulator.py {arguments.mode}: error: {error} (is another simulator or "
+              "program using the port? choose other URLs)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

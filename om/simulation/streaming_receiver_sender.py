@@ -177,7 +177,7 @@ class StreamingReceiverSender(PushSender):
 
 
 def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
-    parser = sender_parser("python -m om.simulation.streaming_receiver_sender",
+    parser = sender_parser("om_simulator.py streaming-receiver",
                            __doc__.split("\n\n")[0], url="tcp://127.0.0.1:9999",
                            compressions=("bslz4", "none"), dtypes=DTYPES, dtype="uint32")
     parser.add_argument("--thresholds", type=int, default=0, metavar="N",
