@@ -14,7 +14,9 @@ Crash safety: the file is written in HDF5's SWMR mode (single writer, multiple r
 1.10, ``libver="latest"``): every dataset is created first, then frames are appended and
 :meth:`CxiFile.flush` makes everything appended so far readable. A writer killed with SIGKILL
 leaves a file that opens with ``h5py.File(path, "r", swmr=True)`` (or, after ``h5clear -s
-PATH``, as any HDF5 file) and holds the frames of its last flush.
+PATH``, as any HDF5 file) and holds the frames of its last flush: the first ``len(nPeaks)``
+frames are complete (the peak lists and per-frame values are written at each flush, so
+``/entry_1/data_1/data`` may hold a few frames more).
 """
 
 import dataclasses
@@ -51,6 +53,7 @@ _PER_FRAME = {
     "/entry_1/instrument_1/detector_1/detector_distance_mm": (np.float64, "mm",
                                                              "detector_distance_mm"),
 }
+_PEAK_CHUNK_BYTES = 512 * 1024  # rows of peaks per chunk: fewer filter calls, within h5py's cache
 _DATA = "/entry_1/data_1/data"
 _RESULT = "/entry_1/result_1"
 
@@ -138,6 +141,8 @@ class CxiFile:
         self._int_buffer = (np.empty(frame_shape, np.int32) if self._dtype == np.int32
                             else None)
         self._max_num_peaks = max_num_peaks
+        self._pending_peaks: list[tuple[int, dict[str, np.ndarray]]] = []
+        self._pending_records: list[FrameRecord] = []
         # "w-": fails if the file exists; libver latest: SWMR needs the 1.10 file format.
         self._file = h5py.File(path, "w-", libver="latest")
         try:
@@ -167,7 +172,8 @@ class CxiFile:
         for name, (_, unit) in PEAK_DATASETS.items():
             dataset = result.create_dataset(
                 name, shape=(0, self._max_num_peaks), maxshape=(None, self._max_num_peaks),
-                chunks=(1, self._max_num_peaks), dtype=np.float32, **options)
+                chunks=(min(64, _PEAK_CHUNK_BYTES // (4 * self._max_num_peaks)) or 1,
+                        self._max_num_peaks), dtype=np.float32, **options)
             dataset.attrs["units"] = unit
             self._peaks[name] = dataset
         self._per_frame = {}
@@ -186,27 +192,42 @@ class CxiFile:
             OSError, RuntimeError: when HDF5 cannot write (e.g. disk full).
         """
         index = self.num_frames
-        size = index + 1
         if self._int_buffer is not None:
             frame = to_int32_photons(frame, self._int_buffer)
-        self._data.resize(size, axis=0)
+        self._data.resize(index + 1, axis=0)
         self._data[index] = frame
+        # The small per-frame values wait for the next flush: two dozen h5py calls per frame
+        # cost more than the frame's own write.
         count = min(len(peaks.fs), self._max_num_peaks)
-        self._n_peaks.resize(size, axis=0)
-        self._n_peaks[index] = count
-        row = np.zeros(self._max_num_peaks, dtype=np.float32)
+        self._pending_peaks.append((count, {field: np.asarray(getattr(peaks, field)[:count],
+                                                              dtype=np.float32)
+                                            for field, _ in PEAK_DATASETS.values()}))
+        self._pending_records.append(record)
+        self.num_frames = index + 1
+
+    def _write_pending(self) -> None:
+        """Writes the peak lists and records of the frames appended since the last flush."""
+        pending = len(self._pending_records)
+        if not pending:
+            return
+        start = self._n_peaks.shape[0]
+        end = start + pending
+        counts = np.array([count for count, _ in self._pending_peaks], dtype=np.int32)
+        self._n_peaks.resize(end, axis=0)
+        self._n_peaks[start:end] = counts
         for name, (field, _) in PEAK_DATASETS.items():
-            row[:count] = getattr(peaks, field)[:count]
-            dataset = self._peaks[name]
-            dataset.resize(size, axis=0)
-            dataset[index] = row
+            block = np.zeros((pending, self._max_num_peaks), dtype=np.float32)
+            for row, (count, values) in enumerate(self._pending_peaks):
+                block[row, :count] = values[field]
+            self._peaks[name].resize(end, axis=0)
+            self._peaks[name][start:end] = block
         for attribute, dataset in self._per_frame.items():
-            dataset.resize(size, axis=0)
-            value = getattr(record, attribute)
+            values = [getattr(record, attribute) for record in self._pending_records]
             if attribute == "event_id":
-                value = str(value).encode("utf-8")[:256]
-            dataset[index] = value
-        self.num_frames = size
+                values = [str(value).encode("utf-8")[:256] for value in values]
+            dataset.resize(end, axis=0)
+            dataset[start:end] = np.array(values, dtype=dataset.dtype)
+        self._pending_peaks, self._pending_records = [], []
 
     def flush(self) -> None:
         """Makes every frame appended so far readable (also after a SIGKILL of the writer).
@@ -214,6 +235,7 @@ class CxiFile:
         Raises:
             OSError, RuntimeError: when HDF5 cannot write.
         """
+        self._write_pending()
         self._file.flush()
 
     def close(self) -> int:
@@ -222,6 +244,7 @@ class CxiFile:
         Raises:
             OSError, RuntimeError: when HDF5 cannot write the last data.
         """
+        self._write_pending()
         self._file.close()
         return os.path.getsize(self.path)
 
