@@ -318,3 +318,24 @@ def test_a_full_disk_stops_saving_and_the_monitor_goes_on(tmp_path, real_module_
         assert re.search(r"\d+ frames not saved", monitor.stdout)
     finally:
         subprocess.run(["umount", "-l", str(output)], check=False)
+
+
+@pytest.mark.parametrize("hit_saving, expected", [
+    ({"output_directory": "{file}/below"}, "hit_saving/output_directory: .*cannot write there"),
+    ({"min_free_disk_space_gb": 1e12}, "below hit_saving/min_free_disk_space_gb"),
+])
+def test_an_unusable_directory_stops_the_start_with_one_line(tmp_path, geometry_1m,
+                                                             real_calibration, hit_saving,
+                                                             expected):
+    (tmp_path / "a_file").write_text("")
+    changes = {key: value.format(file=tmp_path / "a_file") if isinstance(value, str) else value
+               for key, value in hit_saving.items()}
+    config, _ = _configure(tmp_path, geometry_1m, real_calibration, tmp_path / "saved",
+                           **changes)
+    urls = f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}"
+    monitor = Process(monitor_command(urls, config), tmp_path, "monitor")
+    code = monitor.wait(120)
+    errors = [line for line in monitor.stderr.splitlines() if "error:" in line]
+    print(monitor.stderr)
+    assert code != 0
+    assert len(errors) == 1 and re.search(expected, errors[0]) and str(config) in errors[0]
