@@ -2,10 +2,7 @@
 """The pieces of hit saving, with real HDF5 files: the CXI layout, file names and rotation,
 hits.lst and hits.geom, the configuration checks, a disk that fills up (a real small tmpfs)."""
 
-import dataclasses
 import os
-import pathlib
-import subprocess
 import time
 
 import h5py
@@ -17,13 +14,12 @@ from om.lib.cxi_geometry import cxi_geometry_text
 from om.lib.cxi_writer import BAD_PIXEL_INT32, PEAK_DATASETS, CxiFile, FrameRecord
 from om.lib.exceptions import OmConfigurationError
 from om.lib.parameters import MonitorParameters
-from om.lib.problems import problems
 from om.processing_layer.crystallography import CrystallographyProcessing
 from om.processing_layer.hit_saving import HitSaver, HitSavingSettings, HitsList
 from om.processing_layer.peakfinder8 import PeakList
 from om.simulation.configuration import write_monitor_configuration
 
-from helpers import SINGLE_PANEL_GEOMETRY, counts_during
+from helpers import SINGLE_PANEL_GEOMETRY, counts_during, small_disk
 
 SHAPE = (16, 24)
 
@@ -229,13 +225,7 @@ def test_relative_output_directory_is_beside_the_configuration(tmp_path):
 
 
 def test_a_disk_that_fills_up_stops_saving_once(tmp_path):
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (root needed): {mounted.stderr.strip()}")
-    try:
+    with small_disk(tmp_path / "disk", "8m") as disk:
         saver = _saver(_settings(disk, frames_per_file=1000))
         for index in range(3):
             saver.save(_frame(index), _peaks(2), _record(index))
@@ -257,8 +247,6 @@ def test_a_disk_that_fills_up_stops_saving_once(tmp_path):
         with h5py.File(disk / status["completed"][0][0], "r") as handle:
             assert handle["/entry_1/data_1/data"].shape[0] == 3
             assert handle["/entry_1/result_1/nPeaks"].shape[0] == 3
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_an_idle_rank_flushes_its_open_file(tmp_path):

@@ -13,7 +13,6 @@ import os
 import pathlib
 import re
 import signal
-import subprocess
 import time
 
 import h5py
@@ -24,11 +23,11 @@ import pytest
 from cfel_fmt.geometry import load_crystfel_geometry
 from ruamel.yaml import YAML
 
-from om.data_retrieval_layer.jungfrau_calibration import JungfrauCalibration
 from om.lib.cxi_writer import PEAK_DATASETS
 
+from calibration_reference import calibrate_reference
 from helpers import (Process, configure, eventually, free_port, monitor_command, receive_until,
-                     simulator_command, subscriber)
+                     simulator_command, small_disk, subscriber)
 
 pytestmark = pytest.mark.slow
 
@@ -87,15 +86,14 @@ def _saved_frames(output: pathlib.Path) -> dict[str, dict]:
 
 
 def _calibrated(real_module, event_id: str) -> np.ndarray:
-    """The calibrated 1M frame of an event, computed here from the raw frame."""
+    """The calibrated 1M frame of an event (the module twice), computed here from the raw
+    frame by the tests' own numpy calibration."""
     raw_index = (int(event_id) - 1) % real_module["raw"].shape[0]
     energy_kev = real_module["photon_energy_eV"] / 1000
-    calibration = JungfrauCalibration(
-        pedestals=np.stack([real_module["pedestal"]] * 2),
-        gains_adu_per_kev=np.stack([real_module["gain_adu_per_photon"]] * 2) / energy_kev,
-        photon_energy_kev=energy_kev)
-    frame, _ = calibration.calibrate(np.concatenate([real_module["raw"][raw_index]] * 2))
-    return frame
+    return calibrate_reference(
+        np.concatenate([real_module["raw"][raw_index]] * 2),
+        np.stack([real_module["pedestal"]] * 2),
+        np.stack([real_module["gain_adu_per_photon"]] * 2) / energy_kev, energy_kev)
 
 
 def test_saved_frames_and_peaks_are_the_monitors(tmp_path, real_module_file, real_module,
@@ -158,7 +156,7 @@ def test_saved_frames_and_peaks_are_the_monitors(tmp_path, real_module_file, rea
     # Every saved frame is the calibration of its raw frame (computed here).
     for event_id, frame in saved.items():
         np.testing.assert_allclose(frame["frame"], _calibrated(real_module, event_id),
-                                   rtol=1e-6, atol=1e-6, equal_nan=True)
+                                   rtol=1e-5, atol=1e-5, equal_nan=True)
         assert len(frame["peaks"]["peakXPosRaw"]) > 300
     # The geometry file for the saved files parses, with the monitor's panels.
     geometry = load_crystfel_geometry(str(output / "hits.geom"))
@@ -197,7 +195,10 @@ def test_int32_photons_are_the_rounded_frames(tmp_path, real_module_file, real_m
         expected = _calibrated(real_module, event_id)
         assert frame["frame"].dtype == np.int32
         good = ~np.isnan(expected)
-        np.testing.assert_array_equal(frame["frame"][good], np.rint(expected[good]))
+        # Rounded photons; a value within float32 noise of a half may round either way.
+        differs = frame["frame"][good] != np.rint(expected[good])
+        assert np.all(np.abs(np.abs(expected[good] - np.trunc(expected[good])) - 0.5)[differs]
+                      < 1e-4)
         assert np.all(frame["frame"][~good] == np.iinfo(np.int32).min)
 
 
@@ -284,13 +285,7 @@ def test_sigkill_leaves_listed_files_and_a_readable_open_file(tmp_path, real_mod
 
 def test_a_full_disk_stops_saving_and_the_monitor_goes_on(tmp_path, real_module_file,
                                                           geometry_1m, real_calibration):
-    output = tmp_path / "small_disk"
-    output.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(output)],
-                           capture_output=True, text=True)
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (root needed): {mount.stderr.strip()}")
-    try:
+    with small_disk(tmp_path / "small_disk", "64m") as output:
         config, broadcast = _configure(tmp_path, geometry_1m, real_calibration, output,
                                        data_type="float32", compression="none")
         with subscriber(broadcast, b"omdata") as omdata:
@@ -316,8 +311,6 @@ def test_a_full_disk_stops_saving_and_the_monitor_goes_on(tmp_path, real_module_
         saved = _saved_frames(output)
         assert sorted(listed) == sorted(frame["where"] for frame in saved.values())
         assert re.search(r"\d+ frames not saved", monitor.stdout)
-    finally:
-        subprocess.run(["umount", "-l", str(output)], check=False)
 
 
 @pytest.mark.parametrize("hit_saving, expected", [
