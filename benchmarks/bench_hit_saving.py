@@ -8,8 +8,8 @@ their peaks with the monitor's own kernel and settings (``common.monitor_kernel`
 (``om.lib.cxi_writer.CxiFile``, in SWMR mode, flushed once a second as by default) for every data
 type (float32 photons, int32 rounded photons) and compression (bitshuffle-lz4, gzip, none), in
 ``--folder`` (default: a temporary folder; put it on the disk you mean to save to). Prints, per
-combination, the CPU time per frame of the writing rank, the bytes per frame on disk, MB/s at
-that cost, and the size against raw float32 frames (4 MiB).
+combination, the CPU time per frame of the writing rank, the bytes per frame on disk, the MB/s
+one core could write at that cost, and the size against raw float32 frames (4 MiB).
 """
 
 import argparse
@@ -82,8 +82,8 @@ def main() -> None:
                 sizes[data_type, compression] = per_frame
                 print(f"  {data_type:7} {compression:14} {figures['ms_per_frame']:6.2f} ms/frame "
                       f"CPU, {per_frame / 1e6:6.3f} MB/frame, "
-                      f"{per_frame / 1e6 / figures['ms_per_frame'] * 1e3:7.1f} MB/s at that "
-                      f"cost, raw float32 / this: {raw_float32 / per_frame:5.2f}x")
+                      f"{per_frame / 1e6 / figures['ms_per_frame'] * 1e3:7.1f} MB/s "
+                      f"per core, raw float32 / this: {raw_float32 / per_frame:5.2f}x")
     finally:
         if arguments.folder is None:
             shutil.rmtree(folder, ignore_errors=True)
