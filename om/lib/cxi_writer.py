@@ -150,6 +150,7 @@ class CxiFile:
             self._file.swmr_mode = True
         except BaseException:
             self._file.close()
+            os.unlink(path)  # created here and empty: nothing of value is removed
             raise
 
     def _create(self, frame_shape: tuple[int, int], compression: str,

@@ -5,7 +5,8 @@ virtual powder pattern, peakogram and broadcast on the collecting rank.
 A frame is a hit when ``min_num_peaks_for_hit < n_peaks < max_num_peaks_for_hit`` (OM's
 rule). Parameter groups and keys are OM's (``crystallography``, ``peakfinder8_peak_detection``).
 The broadcast messages (tags ``omdata`` and ``omframedata``) are documented in
-``docs/broadcast.md``.
+``docs/broadcast.md``. With ``hit_saving`` on, the processing ranks also save the chosen frames
+with their peaks for CrystFEL (:mod:`om.processing_layer.hit_saving`, ``docs/hit_saving.md``).
 """
 
 import contextlib
@@ -225,7 +226,8 @@ class CrystallographyProcessing:
         Returns:
             The result map (peaks as float64 arrays ``peak_fs``, ``peak_ss``,
             ``peak_intensity``, ``peak_max_pixel_intensity``, ``peak_radius``; the frame as
-            ``detector_data`` when due for sending) and this rank.
+            ``detector_data`` when due for sending; ``hit_saving``, the saving status, when
+            frames are saved) and this rank.
         """
         frame = data["detector_data"]
         self._frame_gate.update(data)
@@ -329,9 +331,12 @@ class CrystallographyProcessing:
         saving = HitSavingSettings.from_parameters(self._parameters)
         self._hits_list = None
         if saving.frames != "none":
-            with self._naming_key("geometry_file"):
+            try:
                 self._hits_list = HitsList(saving, self._parameters.resolve_path(
                     self._get("geometry_file")))
+            except OSError as error:
+                raise OmConfigurationError(f"{self._parameters.filename}: hit_saving/"
+                                           f"output_directory: {error}")
             logger.info("saving %s frames to %s (listed in %s)", saving.frames,
                         saving.output_directory, self._hits_list.path)
         logger.info("broadcasting on %s%s", self._broadcaster.url,

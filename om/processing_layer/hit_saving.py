@@ -358,7 +358,7 @@ class HitsList:
         geometry_file: the monitor's CrystFEL geometry file (its panels go to ``hits.geom``).
 
     Raises:
-        OmConfigurationError: when ``hits.lst`` or ``hits.geom`` cannot be written.
+        OSError: when ``hits.lst`` or ``hits.geom`` cannot be written.
     """
 
     def __init__(self, settings: HitSavingSettings, geometry_file: str) -> None:
@@ -367,12 +367,9 @@ class HitsList:
         self._per_rank: dict[int, dict[str, Any]] = {}
         self._rate = EventRateMeter(window=5.0)
         self.lines = 0
-        try:
-            with open(self.path, "a", encoding="utf-8"):
-                pass  # appended to, never truncated: a restart adds to the earlier lines
-            self.geometry_path = self._write_geometry(geometry_file)
-        except OSError as error:
-            raise OmConfigurationError(f"{GROUP}/output_directory: {error}")
+        with open(self.path, "a", encoding="utf-8"):
+            pass  # appended to, never truncated: a restart adds to the earlier lines
+        self.geometry_path = self._write_geometry(geometry_file)
 
     def _write_geometry(self, geometry_file: str) -> str:
         """Writes ``hits.geom``; if one with other content exists (an earlier run with another
