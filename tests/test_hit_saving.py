@@ -263,3 +263,25 @@ def test_an_idle_rank_flushes_its_open_file(tmp_path):
         time.sleep(0.02)
     assert flushed()
     saver.close()
+
+
+def test_int32_photons_with_bitshuffle_lz4_are_over_3x_smaller_than_raw_float32(
+        tmp_path, real_module):
+    """The real frames (the module twice, as the 1M frames of the end-to-end tests), calibrated
+    by the tests' own numpy calibration: the size target of the issue, on the disk."""
+    from calibration_reference import calibrate_reference
+
+    energy_kev = real_module["photon_energy_eV"] / 1000
+    frames = [calibrate_reference(np.concatenate([raw] * 2),
+                                  np.stack([real_module["pedestal"]] * 2),
+                                  np.stack([real_module["gain_adu_per_photon"]] * 2) / energy_kev,
+                                  energy_kev) for raw in real_module["raw"][:5]]
+    path = tmp_path / "real.cxi"
+    cxi = CxiFile(str(path), frame_shape=frames[0].shape, data_type="int32",
+                  compression="bitshuffle-lz4", max_num_peaks=2048, attributes={})
+    for index, frame in enumerate(frames):
+        cxi.append(frame, _peaks(400, index), _record(index))
+    size = cxi.close()
+    raw_float32 = sum(frame.nbytes for frame in frames)
+    print(f"raw float32 / int32 bitshuffle-lz4 file: {raw_float32 / size:.2f}x")
+    assert raw_float32 / size >= 3.0
