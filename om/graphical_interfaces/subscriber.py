@@ -208,6 +208,9 @@ def validate_omdata(payload: Any) -> dict[str, Any]:
     """
     data = _check_fields(payload, OMDATA_FIELDS)
     _same_lengths(data, ("hit_rate_timestamp_history", "hit_rate_history"))
+    # Optional: only while frames are saved; its content is checked where it is shown.
+    saving = payload.get("hit_saving")
+    data["hit_saving"] = saving if isinstance(saving, dict) else None
     return data
 
 
