@@ -513,3 +513,33 @@ def small_disk(folder: pathlib.Path, size: str) -> Iterator[pathlib.Path]:
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def follow_mode_handler(tmp_path: pathlib.Path, writer_dir: pathlib.Path):
+    """A files source's Data Event Handler in follow mode, as processing rank 1 of 2, watching
+    ``writer_dir`` through notifications from a PUB socket bound on 127.0.0.1.
+
+    Returns:
+        ``(handler, publisher)``: the initialized handler and the bound PUB socket (the caller
+        closes both).
+    """
+    import zmq
+
+    from om.data_retrieval_layer.data_retrieval_files import Hdf5FilesDataRetrieval
+    from om.lib.parameters import MonitorParameters
+
+    config, _, _ = configure_single_panel(
+        tmp_path, "Hdf5FilesDataRetrieval",
+        {"fallback_beam_energy_in_eV": 9000.0, "fallback_detector_distance_in_mm": 250.0,
+         "files_follow_directory": str(writer_dir), "files_read_ahead": 0},
+        {"data_broadcast_interval": 1}, data_path="/entry/data/data")
+    parameters = MonitorParameters(config)
+    parameters.validate(Hdf5FilesDataRetrieval.parameter_groups, complete=False)
+    url = f"tcp://127.0.0.1:{free_port()}"
+    publisher = zmq.Context.instance().socket(zmq.PUB)
+    publisher.setsockopt(zmq.LINGER, 0)
+    publisher.bind(url)
+    handler = Hdf5FilesDataRetrieval(parameters=parameters, source=url).get_data_event_handler()
+    handler.initialize_event_handling_on_processing_node(
+        node_rank=1, node_pool_size=2, collecting_node_info={"files": []})
+    return handler, publisher

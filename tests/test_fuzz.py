@@ -19,7 +19,7 @@ import numpy as np
 import psutil
 import pytest
 import zmq
-from helpers import configure_single_panel, configure_stream, free_port, monitor_parameters
+from helpers import configure_stream, follow_mode_handler, free_port, monitor_parameters
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,7 +29,6 @@ from om.data_retrieval_layer.data_event_handler_streaming_receiver import (
     StreamingReceiverMessages,
 )
 from om.data_retrieval_layer.data_retrieval_dectris_stream import DectrisStreamDataRetrieval
-from om.data_retrieval_layer.data_retrieval_files import Hdf5FilesDataRetrieval
 from om.data_retrieval_layer.data_retrieval_streaming_receiver import (
     StreamingReceiverDataRetrieval,
 )
@@ -39,7 +38,6 @@ from om.graphical_interfaces.subscriber import Subscriber
 from om.lib.bslz4 import compress_bslz4, decompress_bslz4
 from om.lib.exceptions import OmInvalidDataError
 from om.lib.input_limits import parse_json_object
-from om.lib.parameters import MonitorParameters
 from om.lib.problems import problems
 from om.lib.serialization import pack, unpack
 from om.simulation import dectris_stream_sender as dectris
@@ -341,20 +339,7 @@ def test_fuzz_file_notifications(tmp_path):
     images, _ = gaussian_spot_images(1, (32, 32), n_spots=2, seed=4, min_radius=5,
                                      max_radius=10)
     good = write_nxmx(writer_dir, "good", images, images_per_file=1).master
-    config, _, _ = configure_single_panel(
-        tmp_path, "Hdf5FilesDataRetrieval",
-        {"fallback_beam_energy_in_eV": 9000.0, "fallback_detector_distance_in_mm": 250.0,
-         "files_follow_directory": str(writer_dir), "files_read_ahead": 0},
-        {"data_broadcast_interval": 1}, data_path="/entry/data/data")
-    parameters = MonitorParameters(config)
-    parameters.validate(Hdf5FilesDataRetrieval.parameter_groups, complete=False)
-    url = f"tcp://127.0.0.1:{free_port()}"
-    publisher = zmq.Context.instance().socket(zmq.PUB)
-    publisher.setsockopt(zmq.LINGER, 0)
-    publisher.bind(url)
-    handler = Hdf5FilesDataRetrieval(parameters=parameters, source=url).get_data_event_handler()
-    handler.initialize_event_handling_on_processing_node(
-        node_rank=1, node_pool_size=2, collecting_node_info={"files": []})
+    handler, publisher = follow_mode_handler(tmp_path, writer_dir)
     watchdog = threading.Timer(120, handler.stop)
     watchdog.start()
     events = handler.event_generator(node_rank=1, node_pool_size=2)

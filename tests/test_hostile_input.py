@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import zmq
 from helpers import (
-    configure_single_panel,
     configure_stream,
     counts_during,
     eventually,
+    follow_mode_handler,
     free_port,
     monitor_parameters,
     run_monitor_on_sent,
@@ -31,14 +31,12 @@ from om.data_retrieval_layer.data_event_handler_dectris_stream import DectrisStr
 from om.data_retrieval_layer.data_event_handler_streaming_receiver import (
     StreamingReceiverMessages,
 )
-from om.data_retrieval_layer.data_retrieval_files import Hdf5FilesDataRetrieval
 from om.data_retrieval_layer.data_retrieval_streaming_receiver import (
     StreamingReceiverDataRetrieval,
 )
 from om.data_retrieval_layer.frame_assembler_process import FrameAssemblerProcess
 from om.data_retrieval_layer.frame_distribution import FrameReceiver, new_secret
 from om.data_retrieval_layer.jungfrau_frame_assembler import JungfrauFrameAssembler
-from om.lib.parameters import MonitorParameters
 from om.lib.problems import ProblemCounter, problems
 from om.lib.serialization import pack, unpack
 from om.simulation import dectris_stream_sender as dectris
@@ -258,20 +256,7 @@ def test_notifications_that_are_deep_or_lead_out_of_the_folder(tmp_path):
     secret = write_nxmx(outside, "secret", images, images_per_file=2).master
     (writer_dir / "link_out.h5").symlink_to(secret)
     good = write_nxmx(writer_dir, "good", images, images_per_file=2).master
-    config, _, _ = configure_single_panel(
-        tmp_path, "Hdf5FilesDataRetrieval",
-        {"fallback_beam_energy_in_eV": 9000.0, "fallback_detector_distance_in_mm": 250.0,
-         "files_follow_directory": str(writer_dir), "files_read_ahead": 0},
-        {"data_broadcast_interval": 1}, data_path="/entry/data/data")
-    parameters = MonitorParameters(config)
-    parameters.validate(Hdf5FilesDataRetrieval.parameter_groups, complete=False)
-    url = f"tcp://127.0.0.1:{free_port()}"
-    publisher = zmq.Context.instance().socket(zmq.PUB)
-    publisher.setsockopt(zmq.LINGER, 0)
-    publisher.bind(url)
-    handler = Hdf5FilesDataRetrieval(parameters=parameters, source=url).get_data_event_handler()
-    handler.initialize_event_handling_on_processing_node(
-        node_rank=1, node_pool_size=2, collecting_node_info={"files": []})
+    handler, publisher = follow_mode_handler(tmp_path, writer_dir)
     bad = [b"[" * 60000,  # RecursionError in json.loads
            json.dumps({"filename": str(secret)}).encode(),  # absolute, outside
            json.dumps({"filename": f"../outside/{secret.name}"}).encode(),
