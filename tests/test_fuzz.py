@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Fuzzing (hypothesis) every decoder directly and every receiving socket of the sources over
-real ZeroMQ on 127.0.0.1, with random and crafted messages (the cases of issue 17 among them).
+"""Fuzzing (hypothesis) every decoder directly, and over real ZeroMQ on 127.0.0.1 every receiving
+socket of the sources and the collecting rank's two listening sockets (frame dealing, responding),
+with random and crafted messages (the cases of issue 17 among them).
 
 After each case's bad messages a good one is sent and must be processed; every bad message must
 be counted; the process's RSS (psutil) must stay within :data:`RSS_BOUND` of its value before
@@ -495,3 +496,128 @@ def _packable(value) -> bool:
     except (OverflowError, TypeError, ValueError):
         return False
     return True
+
+
+# The collecting rank's listening sockets (issue 17 part A) ------------------------------------
+
+HELLO_KEYS = ["secret", "slots", "slot_bytes", "token", "path", "host", "shared_memory"]
+
+
+def _msgpack_or_json(value) -> bytes:
+    """msgpack bytes of a value, or its JSON where msgpack cannot hold it (10**400...)."""
+    try:
+        return msgpack.packb(value)
+    except (TypeError, OverflowError, ValueError):
+        return _json_bytes(value)
+
+
+def _hello_parts():
+    """Multipart messages to the frame-dealing ROUTER: hellos of every shape, frees, junk."""
+    hello = st.one_of(st.binary(max_size=64), _json_objects(HELLO_KEYS).map(_msgpack_or_json))
+    kind = st.sampled_from([b"hello", b"free", b"", b"x" * 40])
+    return st.lists(st.one_of(st.tuples(kind, hello).map(list),
+                              st.lists(st.binary(max_size=32), min_size=1, max_size=4)),
+                    min_size=1, max_size=4)
+
+
+def test_fuzz_frame_dealing_socket():
+    """Random hellos and frees on the frame-dealing ROUTER from a rogue DEALER: none registers
+    or touches a file, every one is counted, and the real rank still gets each next frame."""
+    from om.data_retrieval_layer.frame_distribution import FrameDealer
+
+    budget = _Budget("frame-dealing ROUTER")
+    secret = new_secret()
+    dealer = FrameDealer("127.0.0.1", secret=secret)
+    receiver = FrameReceiver(dealer.endpoint, n_slots=1, slot_bytes=2 * 512 * 1024 * 2,
+                             secret=secret)
+    rogue = zmq.Context.instance().socket(zmq.DEALER)
+    rogue.setsockopt(zmq.LINGER, 0)
+    rogue.connect(dealer.endpoint)
+    number = [0]
+
+    def pump(condition, what):
+        deadline = time.monotonic() + 30
+        while not condition():
+            assert time.monotonic() < deadline, what
+            if dealer.socket.poll(100):
+                dealer.handle_messages()
+
+    def image(value):
+        return np.full((512, 1024), value % 60000, "<u2").tobytes()
+
+    try:
+        pump(lambda: dealer.receivers == 1, "the real rank never said hello")
+
+        @FUZZ
+        @given(_hello_parts())
+        def run(messages):
+            before = _problem_total()
+            for parts in messages:
+                rogue.send_multipart(parts)
+            pump(lambda: _problem_total() - before >= len(messages),
+                 f"not every bad message was counted: {problems.counts()}")
+            assert dealer.receivers == 1  # the rogue never registered
+            number[0] += 1
+            assert dealer.deal({"frame_number": number[0]}, [image(number[0])] * 2)
+            frame = receiver.receive(10000)
+            assert frame is not None and frame.metadata["frame_number"] == number[0]
+            receiver.release(frame)
+            pump(lambda: sum(len(r.free) for r in dealer._receivers.values()) == 1,
+                 "the slot never came back")
+            budget.case()
+
+        run()
+    finally:
+        rogue.close(0)
+        receiver.close()
+        dealer.close()
+    budget.report()
+
+
+def test_fuzz_responding_socket():
+    """Random requests on the responding ROUTER from rogue REQ, DEALER and ROUTER-less
+    clients: every one is counted or answered, and a real REQ client is still answered."""
+    from om.lib.responding_socket import RespondingSocket
+
+    budget = _Budget("responding ROUTER")
+    responder = RespondingSocket(url=f"tcp://127.0.0.1:{free_port()}",
+                                 handlers={b"resetplots": lambda identity: b"ok"})
+    context = zmq.Context.instance()
+    rogue = context.socket(zmq.DEALER)
+    rogue.setsockopt(zmq.LINGER, 0)
+    rogue.connect(responder.url)
+    client = context.socket(zmq.REQ)
+    client.setsockopt(zmq.LINGER, 0)
+    client.connect(responder.url)
+
+    try:
+        @FUZZ
+        @given(st.lists(st.lists(st.one_of(st.binary(max_size=64), st.just(b""),
+                                           st.sampled_from([b"next", b"resetplots"])),
+                                 min_size=1, max_size=3), min_size=1, max_size=6))
+        def run(messages):
+            before = _problem_total()
+            for parts in messages:
+                rogue.send_multipart(parts)
+            client.send(b"resetplots")
+            # Every rogue message but a well-formed "resetplots" is a counted problem.
+            expected = sum(1 for parts in messages if parts != [b"", b"resetplots"])
+            answered = None
+            deadline = time.monotonic() + 30
+            while answered is None or _problem_total() - before < expected:
+                assert time.monotonic() < deadline, (
+                    f"answered {answered!r}, {_problem_total() - before} of {expected} counted")
+                responder.serve(100)
+                if answered is None and client.poll(0):
+                    answered = client.recv()
+            assert answered == b"ok"
+            while rogue.poll(0):  # replies to the rogue's requests: not read by anyone else
+                rogue.recv_multipart()
+            budget.case()
+
+        run()
+    finally:
+        rogue.close(0)
+        client.close(0)
+        responder.close()
+    budget.report()
