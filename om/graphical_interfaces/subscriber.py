@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from om.lib.curve import client_options_from_environment
 from om.lib.exceptions import OmInvalidDataError
 from om.lib.problems import ProblemCounter
 from om.lib.serialization import unpack
@@ -311,6 +312,12 @@ class Subscriber:
             one ends the connection before it is allocated (the SUB socket then reconnects).
             The default, :data:`MAX_MESSAGE_BYTES`, holds the largest frame the sources accept
             (2**26 pixels of float32) plus 1 MiB.
+        socket_options: more options of the SUB socket, e.g. CurveZMQ client keys
+            (:func:`om.lib.curve.client_options`); None: the CURVE keys named by the
+            environment, if any (:func:`om.lib.curve.client_options_from_environment`).
+
+    Raises:
+        OmConfigurationError: when the environment names unusable CURVE key files.
     """
 
     def __init__(
@@ -327,6 +334,7 @@ class Subscriber:
         context: zmq.Context | None = None,
         log_interval: float = 5.0,
         max_message_bytes: int | None = None,
+        socket_options: Mapping[int, Any] | None = None,
     ) -> None:
         self.url = url
         self._validators = dict(VALIDATORS if validators is None else validators)
@@ -341,6 +349,7 @@ class Subscriber:
             zmq.HEARTBEAT_TIMEOUT: heartbeat_timeout_ms,
             zmq.HEARTBEAT_TTL: heartbeat_timeout_ms,
             zmq.TCP_KEEPALIVE: 1,
+            **(client_options_from_environment() if socket_options is None else socket_options),
         }
         self._max_message_bytes = (MAX_MESSAGE_BYTES if max_message_bytes is None
                                    else max_message_bytes)
@@ -550,11 +559,19 @@ class RequestClient:
     Args:
         timeout: seconds to wait for a reply.
         context: the ZeroMQ context (by default the process's shared one).
+        socket_options: more options of the REQ socket, e.g. CurveZMQ client keys; None: the
+            CURVE keys named by the environment, if any (as :class:`Subscriber`).
+
+    Raises:
+        OmConfigurationError: when the environment names unusable CURVE key files.
     """
 
-    def __init__(self, timeout: float = 2.0, context: zmq.Context | None = None) -> None:
+    def __init__(self, timeout: float = 2.0, context: zmq.Context | None = None,
+                 socket_options: Mapping[int, Any] | None = None) -> None:
         self.timeout = timeout
         self._context = context if context is not None else zmq.Context.instance()
+        self._socket_options = dict(client_options_from_environment() if socket_options is None
+                                    else socket_options)
         self._socket: zmq.Socket | None = None
         self._socket_url: str | None = None
         self._pending: tuple[bytes, str, float] | None = None
@@ -579,6 +596,8 @@ class RequestClient:
             if self._socket is None:
                 socket = self._context.socket(zmq.REQ)
                 socket.setsockopt(zmq.LINGER, 0)
+                for option, value in self._socket_options.items():
+                    socket.setsockopt(option, value)
                 try:
                     socket.connect(url)
                 except zmq.ZMQError:

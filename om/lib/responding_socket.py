@@ -15,7 +15,7 @@ a request larger than 4 kB closes the client's connection, and a handler that ra
 (``request_error``) and answered with an error.
 """
 
-from typing import Callable
+from typing import Any, Callable
 
 import zmq
 
@@ -44,19 +44,22 @@ class RespondingSocket:
     Args:
         url: the ZeroMQ URL to bind.
         handlers: request (e.g. ``b"resetplots"``) to handler.
+        options: more socket options, e.g. :meth:`om.lib.curve.CurveServer.options`.
 
     Raises:
         OmConfigurationError: when the URL is malformed or cannot be bound.
     """
 
-    def __init__(self, *, url: str, handlers: dict[bytes, RequestHandler]) -> None:
+    def __init__(self, *, url: str, handlers: dict[bytes, RequestHandler],
+                 options: dict[int, Any] | None = None) -> None:
         self.handlers = dict(handlers)
         # ROUTER_MANDATORY reports replies to clients that left, so that their frame goes to
         # another client.
         self._socket, self.url = bind_socket(zmq.ROUTER, url, what="the responding socket",
                                              options={zmq.ROUTER_MANDATORY: 1,
                                                       zmq.SNDHWM: REPLY_QUEUE,
-                                                      zmq.MAXMSGSIZE: _MAX_REQUEST_BYTES})
+                                                      zmq.MAXMSGSIZE: _MAX_REQUEST_BYTES,
+                                                      **(options or {})})
 
     def serve(self, timeout_ms: int, max_requests: int = MAX_REQUESTS_PER_SERVE) -> int:
         """Waits up to ``timeout_ms`` for requests and dispatches up to ``max_requests`` of

@@ -4,6 +4,8 @@ and connecting its receiving sockets with a message size cap."""
 
 import time
 
+from typing import Any
+
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
@@ -16,7 +18,7 @@ part larger than the cap) and did not connect again; the monitor did."""
 from om.lib.exceptions import OmConfigurationError
 
 
-def bind_socket(socket_type: int, url: str, *, what: str, options: dict[int, int] | None = None
+def bind_socket(socket_type: int, url: str, *, what: str, options: dict[int, Any] | None = None
                 ) -> tuple[zmq.Socket, str]:
     """Creates a socket of the process-wide context with linger 0, sets ``options``, binds it.
 
@@ -24,7 +26,7 @@ def bind_socket(socket_type: int, url: str, *, what: str, options: dict[int, int
         socket_type: e.g. ``zmq.PUB``.
         url: the URL to bind (``tcp://HOST:PORT``, ``tcp://HOST:*`` for a free port, ``ipc://``).
         what: what the socket is, for the error message (e.g. "the data broadcast socket").
-        options: socket options to set before binding.
+        options: socket options to set before binding (ints, or bytes such as CURVE keys).
 
     Returns:
         The socket and the URL it is bound at (a ``*`` port resolved).

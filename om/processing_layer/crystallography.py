@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Iterator
 import numpy as np
 
 from om.lib.broadcast import DataBroadcaster
+from om.lib.curve import CurveServer
 from om.lib.crystfel_feed import CrystfelFrameFeed
 from om.lib.cxi_writer import FrameRecord
 from om.lib.exceptions import OmConfigurationError
@@ -85,6 +86,12 @@ class CrystallographyProcessing:
                       description="events between two broadcasts (and at least one a second)"),
             Parameter("responding_url", str, default=None, nullable=True,
                       description="ZeroMQ URL of the responding (ROUTER) socket, or null"),
+            Parameter("curve_secret_key_file", str, default=None, nullable=True,
+                      description="CurveZMQ: the monitor's .key_secret file (mode 600), or null "
+                                  "for plain sockets (docs/security.md)"),
+            Parameter("curve_authorized_keys_directory", str, default=None, nullable=True,
+                      description="CurveZMQ: folder of the clients' public .key files that may "
+                                  "connect to the broadcast and responding sockets"),
             Parameter("hit_frame_sending_interval", int, default=1,
                       description="send every Nth hit frame of each rank (0: none), while "
                       "subscribers want frames"),
@@ -130,6 +137,7 @@ class CrystallographyProcessing:
     def __init__(self, *, parameters: MonitorParameters) -> None:
         self._parameters = parameters
         self._geometry: DetectorGeometry | None = None
+        self._curve: CurveServer | None = None
 
     def _get(self, key: str, group: str = _CRYSTALLOGRAPHY) -> Any:
         return self._parameters.get(group, key)
@@ -190,6 +198,28 @@ class CrystallographyProcessing:
             saving, rank=node_rank, frame_shape=self._geometry.slab_shape,
             max_num_peaks=self._get("max_num_peaks", _PEAKFINDER8),
             attributes=file_attributes(self._parameters, node_rank))
+
+    def _curve_options(self) -> dict[int, Any]:
+        """CurveZMQ server options of the bound sockets ({} when not configured).
+
+        Raises:
+            OmConfigurationError: when only one of the two keys is set, or a file or folder
+                cannot be used (naming the key and the file).
+        """
+        secret = self._get("curve_secret_key_file")
+        folder = self._get("curve_authorized_keys_directory")
+        if secret is None and folder is None:
+            return {}
+        key = "curve_authorized_keys_directory" if secret is not None else "curve_secret_key_file"
+        with self._naming_key(key):
+            if secret is None or folder is None:
+                raise OmConfigurationError("both curve_secret_key_file and "
+                                           "curve_authorized_keys_directory are needed")
+        with self._naming_key("curve_secret_key_file"):
+            self._curve = CurveServer(
+                secret_key_file=self._parameters.resolve_path(secret),
+                authorized_keys_directory=self._parameters.resolve_path(folder))
+        return self._curve.options()
 
     def _warm_up_frame(self) -> np.ndarray:
         """A noisy frame with one bright spot inside the searched radii: peakfinder8 runs every
@@ -309,15 +339,18 @@ class CrystallographyProcessing:
         self._last_report_stage_times = stage_times.totals()
         self._broadcast_interval = self._get("data_broadcast_interval")
         self._report_interval = self._get("speed_report_interval")
+        curve = self._curve_options()
         with self._naming_key("data_broadcast_url"):
-            self._broadcaster = DataBroadcaster(url=self._get("data_broadcast_url"))
+            self._broadcaster = DataBroadcaster(url=self._get("data_broadcast_url"),
+                                                options=curve)
         responding_url = self._get("responding_url")
         self._responder = None
         self._last_reset_logged, self._resets_unlogged = -math.inf, 0
         if responding_url is not None:
             with self._naming_key("responding_url"):
                 self._responder = RespondingSocket(
-                    url=responding_url, handlers={b"resetplots": self._reset_plots}
+                    url=responding_url, handlers={b"resetplots": self._reset_plots},
+                    options=curve,
                 )
         crystfel_frames = self._get("crystfel_frames")
         if crystfel_frames == "all" and self._get("non_hit_frame_sending_interval") < 1:
@@ -549,3 +582,5 @@ class CrystallographyProcessing:
         self._broadcaster.close()
         if self._responder is not None:
             self._responder.close()
+        if self._curve is not None:
+            self._curve.stop()
