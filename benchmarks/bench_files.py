@@ -35,7 +35,8 @@ import zmq
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
 from bench_end_to_end import _peak_rss_mb, _rank_processes, report_ranks, report_stages
-from common import HelpFormatter, GEOMETRY_1M, REAL_MODULE_FILE, need_real_data, real_raw_1m_frames
+from common import (HelpFormatter, GEOMETRY_1M, Progress, REAL_MODULE_FILE, need_real_data,
+                    real_raw_1m_frames)
 from helpers import free_port, monitor_command
 
 from om.lib.serialization import unpack
@@ -90,7 +91,9 @@ def run(*, ranks: int, repeats: int, read_ahead: int | None = None,
     cpu_end: dict[int, float] = {}
     rss: dict[int, float] = {}
     deadline = time.monotonic() + 120 + repeats * _FRAMES_IN_FILE / 20.0
+    progress = Progress()
     while monitor.poll() is None and time.monotonic() < deadline:
+        progress.report(last[1] if last else 0)
         if len(processes) < ranks:
             processes = _rank_processes(mpiexec)
         if not subscriber.poll(200):
