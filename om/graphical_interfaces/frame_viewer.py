@@ -60,6 +60,8 @@ class FrameViewer(MonitorWindow):
         stale_after: seconds without data after which the status bar says "no data for N s".
         peak_circle_size: the peak circles' diameter, in image pixels.
         subscriber: a subscriber to use instead of a new one.
+        tag: the tag of the frames (``omframedata``; the parameter tweaker subclasses the
+            viewer for ``ondaframedata``).
     """
 
     def __init__(
@@ -72,16 +74,16 @@ class FrameViewer(MonitorWindow):
         peak_circle_size: float = DEFAULT_PEAK_CIRCLE_SIZE,
         subscriber: Subscriber | None = None,
         parent: QtWidgets.QWidget | None = None,
+        tag: str = OMFRAMEDATA_TAG,
     ) -> None:
         if buffer_size < 1:
             raise ValueError("the buffer must hold at least one frame")
         super().__init__(
             url,
-            OMFRAMEDATA_TAG,
+            tag,
             refresh_rate=refresh_rate,
             stale_after=stale_after,
-            subscriber=subscriber
-            or Subscriber(url, {OMFRAMEDATA_TAG: VALIDATORS[OMFRAMEDATA_TAG]}),
+            subscriber=subscriber or Subscriber(url, {tag: VALIDATORS[tag]}),
             parent=parent,
         )
         self.setWindowTitle(f"om frame viewer — {url}")
@@ -250,18 +252,19 @@ class FrameViewer(MonitorWindow):
         self.current = message
         self._update_controls()
 
+    def _info_text(self, data: dict) -> str:
+        """The label above the frame on screen."""
+        try:
+            when = datetime.datetime.fromtimestamp(data["timestamp"]).strftime("%H:%M:%S.%f")[:-3]
+        except (ValueError, OverflowError, OSError):
+            when = "?"
+        return (f"event {data['event_id']}   |   {'HIT' if data['frame_is_hit'] else 'no hit'}"
+                f"   |   {data['num_peaks']} peaks   |   {when}")
+
     def _update_controls(self) -> None:
         message = self.current
         if message is not None:
-            data = message.data
-            try:
-                when = datetime.datetime.fromtimestamp(data["timestamp"]).strftime("%H:%M:%S.%f")[:-3]
-            except (ValueError, OverflowError, OSError):
-                when = "?"
-            self.info_label.setText(
-                f"event {data['event_id']}   |   {'HIT' if data['frame_is_hit'] else 'no hit'}"
-                f"   |   {data['num_peaks']} peaks   |   {when}"
-            )
+            self.info_label.setText(self._info_text(message.data))
         position = self._position()
         state = "paused" if self._paused else "live"
         if self._paused and self.newer_while_paused:

@@ -39,6 +39,7 @@ logger = logging.getLogger("om.gui")
 
 OMDATA_TAG = "omdata"
 OMFRAMEDATA_TAG = "omframedata"
+ONDAFRAMEDATA_TAG = "ondaframedata"
 
 
 class MalformedMessageError(OmInvalidDataError):
@@ -221,9 +222,47 @@ def validate_omframedata(payload: Any) -> dict[str, Any]:
     return data
 
 
+def _peak_list(key: str, value: Any) -> dict[str, np.ndarray]:
+    if not isinstance(value, dict):
+        raise _bad(key, f"expected a map of fs, ss, intensity lists, got {_type_name(value)}")
+    peaks = {}
+    for name in ("fs", "ss", "intensity"):
+        items = value.get(name)
+        if not isinstance(items, (list, np.ndarray)) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
+            raise _bad(f"{key}/{name}", f"expected a list of numbers, got {_type_name(items)}")
+        peaks[name] = np.asarray(items, dtype=np.float64)
+    _same_lengths(peaks, ("fs", "ss", "intensity"))
+    return peaks
+
+
+ONDAFRAMEDATA_FIELDS: dict[str, Callable[[str, Any], Any]] = {
+    "detector_data": _image,
+    "peak_list": _peak_list,
+    "beam_energy": _number,
+    "detector_distance": _number,
+    "timestamp": _number,
+    "event_id": _string,
+    "frame_is_hit": _boolean,
+}
+"""The keys of an ``ondaframedata`` message (the frames for CrystFEL, docs/crystfel.md: the
+slab frame and the monitor's peaks) and the check of each value."""
+
+
+def validate_ondaframedata(payload: Any) -> dict[str, Any]:
+    """Checks a decoded ``ondaframedata`` payload and returns its known keys, normalised
+    (``peak_list`` becomes a map of float64 arrays).
+
+    Raises:
+        MalformedMessageError: naming the first key that is missing or wrong.
+    """
+    return _check_fields(payload, ONDAFRAMEDATA_FIELDS)
+
+
 VALIDATORS: dict[str, Callable[[Any], dict[str, Any]]] = {
     OMDATA_TAG: validate_omdata,
     OMFRAMEDATA_TAG: validate_omframedata,
+    ONDAFRAMEDATA_TAG: validate_ondaframedata,
 }
 
 

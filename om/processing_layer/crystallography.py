@@ -165,8 +165,17 @@ class CrystallographyProcessing:
         with self._naming_key("geometry_file"):
             return load_geometry(self._parameters.resolve_path(self._get("geometry_file")))
 
+    def peakfinder8_inputs(self) -> tuple[DetectorGeometry, np.ndarray | None]:
+        """The geometry and the bad pixel map (uint8-like (ss, fs), 1 good, or None) the
+        processing ranks give peakfinder8 (the parameter tweaker uses them too).
+
+        Raises:
+            OmConfigurationError: naming the file and key when one cannot be read.
+        """
+        self._geometry = self._load_geometry()
+        return self._geometry, self._load_bad_pixel_map()
+
     def _load_bad_pixel_map(self) -> np.ndarray | None:
-        """The configured bad pixel map (uint8-like (ss, fs), 1 good), or None."""
         filename = self._get("bad_pixel_map_filename", _PEAKFINDER8)
         if filename is None:
             return None
@@ -185,8 +194,7 @@ class CrystallographyProcessing:
         Raises:
             OmConfigurationError: when the geometry or bad pixel map cannot be read.
         """
-        self._geometry = self._load_geometry()
-        bad_pixel_map = self._load_bad_pixel_map()
+        _, bad_pixel_map = self.peakfinder8_inputs()
         self._peakfinder = build_peakfinder8(self._geometry, bad_pixel_map,
                                              lambda key: self._get(key, _PEAKFINDER8))
         self._watch = FrameWatch(get=self._get, filename=self._parameters.filename,
