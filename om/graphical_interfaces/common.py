@@ -21,6 +21,7 @@ import numpy as np
 import pyqtgraph as pg
 from PyQt5 import QtCore, QtGui, QtWidgets
 
+from om.graphical_interfaces.qt_platform import xcb_problem
 from om.graphical_interfaces.subscriber import VALIDATORS, ReceivedMessage, Subscriber
 from om.lib.resolution import (  # noqa: F401 (re-exported: the GUIs import them from here)
     HC_EV_ANGSTROM,
@@ -525,7 +526,7 @@ def run_gui(
     logging.basicConfig(
         level=getattr(logging, args.log_level), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
-    reason = missing_display()
+    reason = missing_display() or xcb_problem()
     if reason is not None:  # Qt would abort with a generic message (exit code 134)
         print(f"{application_name}: error: {reason}", file=sys.stderr)
         return 2

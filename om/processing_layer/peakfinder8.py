@@ -784,7 +784,9 @@ class Peakfinder8PeakDetection:
         self.static_mask = used  # bool (ss, fs): the pixels peakfinder8 uses
 
         flat_used = np.flatnonzero(used.ravel())
-        order = np.argsort(bins.ravel()[flat_used], kind="stable")  # raster order in a bin
+        # Raster order within a bin; 16-bit keys get numpy's radix sort (a tenth of the time of
+        # 64-bit keys for a 1M frame: the parameter tweaker rebuilds these tables).
+        order = np.argsort(bins.ravel()[flat_used].astype(class_dtype), kind="stable")
         bin_pixels = flat_used[order].astype(np.int32)
         static_count = np.bincount(bins.ravel()[flat_used], minlength=num_bins).astype(np.int64)
         bin_start = np.concatenate([[0], np.cumsum(static_count)]).astype(np.int64)
