@@ -12,7 +12,7 @@ import pytest
 
 from om.graphical_interfaces.qt_platform import install_hint, missing_libraries, xcb_problem
 
-GUIS = ("frame_viewer", "crystallography_gui", "parameter_tweaker")
+GUIS = ("frame_viewer", "crystallography_gui", "parameter_tweaker", "radial_profile_gui")
 
 
 @pytest.fixture

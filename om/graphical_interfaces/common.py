@@ -47,6 +47,9 @@ HIT_RATE_COLOR = (255, 170, 0)
 CURRENT_HIT_RATE_COLOR = (90, 200, 255)
 RESOLUTION_RING_COLOR = (60, 230, 60)
 PEAK_COLOR = (0, 255, 255)
+SATURATED_PEAK_COLOR = (255, 60, 60)
+SATURATION_RATE_COLOR = (200, 120, 255)
+SATURATION_ALARM_COLOR = (255, 40, 40)
 STALE_STYLE = "color: rgb(230, 40, 40); font-weight: bold;"
 
 # HC_EV_ANGSTROM and the radius/resolution conversions live in om.lib.resolution (no Qt there).

@@ -3,8 +3,9 @@
 
 Start it with ``om_frame_viewer.py tcp://monitor-host:12321``. It shows the newest
 ``omframedata`` frame (geometry-assembled, in photons; gaps and bad pixels are transparent)
-with a hollow circle around every peak the monitor found, a histogram to adjust the contrast,
-and the event id, hit flag and number of peaks above the image.
+with a hollow circle around every peak the monitor found (a larger red one around the peaks
+with saturated pixels), a histogram to adjust the contrast, and the event id, hit flag and
+number of peaks above the image.
 
 The frames shown are kept in a buffer of the last ``--buffer`` frames (20 by default).
 "Back" and "Forward" step through it; stepping back pauses the viewer. While paused, the
@@ -28,6 +29,7 @@ from om.graphical_interfaces.common import (
     DEFAULT_STALE_AFTER,
     PEAK_COLOR,
     PIXEL_CENTRE_OFFSET,
+    SATURATED_PEAK_COLOR,
     LevelsControl,
     MonitorWindow,
     add_common_arguments,
@@ -149,6 +151,12 @@ class FrameViewer(MonitorWindow):
         )
         self.image_plot.addItem(self.peaks, ignoreBounds=True)
         self.peaks_checkbox.toggled.connect(self.peaks.setVisible)
+        # Peaks with saturated pixels (peak_list_saturated_pixels > 0): red, larger circles.
+        self.saturated_peaks = pg.ScatterPlotItem(
+            pxMode=False, symbol="o", size=peak_circle_size * 1.5,
+            pen=pg.mkPen(SATURATED_PEAK_COLOR, width=2.5), brush=pg.mkBrush(None))
+        self.image_plot.addItem(self.saturated_peaks, ignoreBounds=True)
+        self.peaks_checkbox.toggled.connect(self.saturated_peaks.setVisible)
         self.histogram = pg.HistogramLUTItem()
         self.histogram.setImageItem(self.image)
         self.image_widget.addItem(self.histogram)
@@ -249,6 +257,10 @@ class FrameViewer(MonitorWindow):
         self.peaks.setData(
             x=x[finite] + PIXEL_CENTRE_OFFSET, y=y[finite] + PIXEL_CENTRE_OFFSET
         )
+        saturated = finite & (np.asarray(data.get("peak_list_saturated_pixels",
+                                                  np.zeros(x.size))) > 0)
+        self.saturated_peaks.setData(x=x[saturated] + PIXEL_CENTRE_OFFSET,
+                                     y=y[saturated] + PIXEL_CENTRE_OFFSET)
         self.current = message
         self._update_controls()
 
