@@ -165,11 +165,12 @@ class CrystallographyGui(MonitorWindow):
         self.hit_rate_plot.showGrid(x=True, y=True, alpha=0.3)
         self.hit_rate_plot.setDownsampling(auto=True, mode="peak")
         self.hit_rate_plot.setClipToView(True)
-        self.hit_rate_plot.addLegend(offset=(-10, 10))
-        self.hit_rate_curve = self.hit_rate_plot.plot(pen=pg.mkPen(HIT_RATE_COLOR, width=2),
-                                                      name="hit rate")
+        # Named in the title, not a legend: a legend's sample lines would look like data.
+        self.hit_rate_widget.setTitle("Hit rate (orange) and saturation rate (violet; red above "
+                                      "the monitor's alarm)")
+        self.hit_rate_curve = self.hit_rate_plot.plot(pen=pg.mkPen(HIT_RATE_COLOR, width=2))
         self.saturation_curve = self.hit_rate_plot.plot(
-            pen=pg.mkPen(SATURATION_RATE_COLOR, width=2), name="saturation rate")
+            pen=pg.mkPen(SATURATION_RATE_COLOR, width=2))
         self.saturation_alarm = False
         """Whether the latest saturation rate is above the monitor's alarm limit."""
         self.current_hit_rate_line = pg.InfiniteLine(
