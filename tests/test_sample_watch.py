@@ -47,6 +47,14 @@ def test_a_ring_of_known_radius_and_height(geometry_1m):
         assert profile.ring_mean(300, 320) == pytest.approx(51.0)
         assert profile.ring_mean(100, 200) == pytest.approx(1.0)
         assert math.isnan(profile.ring_mean(5000, 6000))
+    # A Bragg spot above max_value is left out; without max_value it lifts its bin.
+    spotted = frame.copy()
+    spotted[(radius >= 200) & (radius < 202)] = np.where(
+        np.arange(np.count_nonzero((radius >= 200) & (radius < 202))) % 50 == 0, 1000.0, 1.0)
+    capped = RadialProfile(radius_map=radius, bin_size=2.0, row_step=1, max_value=20.0)
+    plain = RadialProfile(radius_map=radius, bin_size=2.0, row_step=1)
+    assert capped.compute(spotted)[100] == pytest.approx(1.0)
+    assert plain.compute(spotted)[100] > 10.0
 
 
 def test_a_gaussian_ring_peaks_at_its_radius(geometry_1m):
@@ -96,7 +104,8 @@ def test_monitor_on_real_frames_with_injected_saturation(tmp_path, real_module_f
                                                          real_calibration):
     frames = 40
     config, broadcast = configure(tmp_path, MODULE5_GEOMETRY, *real_calibration,
-                                  frame_queue_size=8, saturated_pixels_for_alarm=10)
+                                  frame_queue_size=8, saturated_pixels_for_alarm=10,
+                                  radial_profile_max_value=20.0)
     write_configuration_copy(config, config, {
         ("data_retrieval_layer", "fallback_detector_distance_in_mm"): 75.0})
     expected = _expected_saturation(real_module_file, tmp_path, frames)

@@ -55,7 +55,7 @@ class RadialProfileGui(MonitorWindow):
         self.setWindowTitle(f"om radial profile — {url}")
         self.profile_widget = pg.PlotWidget(title="Radial profile")
         plot = self.profile_widget.getPlotItem()
-        plot.setLabel("bottom", "distance from the beam", units="px")
+        plot.setLabel("bottom", "distance from the beam (px)")
         plot.setLabel("left", "mean intensity (photons)")
         plot.showGrid(x=True, y=True, alpha=0.3)
         plot.addLegend(offset=(-10, 10))

@@ -23,7 +23,7 @@ _JIT = dict(cache=True, nogil=True, error_model="numpy")
 
 
 @numba.njit(**_JIT)
-def _bin_sums(frame, bins, row_step, sums, counts):  # pragma: no cover - compiled
+def _bin_sums(frame, bins, row_step, max_value, sums, counts):  # pragma: no cover - compiled
     # bins: one row per sampled row (row r * row_step of frame); the last bin collects the
     # pixels of no bin and is not reported.
     sums[:] = 0.0
@@ -32,7 +32,7 @@ def _bin_sums(frame, bins, row_step, sums, counts):  # pragma: no cover - compil
         row = r * row_step
         for col in range(bins.shape[1]):
             value = frame[row, col]
-            if np.isfinite(value):
+            if np.isfinite(value) and value <= max_value:
                 b = bins[r, col]
                 sums[b] += value
                 counts[b] += 1
@@ -48,6 +48,7 @@ class RadialProfile:
         row_step: read every this-th row of the frame (>= 1).
         good_pixels: optional bool-like (ss, fs), nonzero for pixels to use (the bad pixel
             map, the geometry's bad regions).
+        max_value: pixels above this value (frame units) are left out; None: none is.
 
     Raises:
         OmConfigurationError: when ``bin_size`` or ``row_step`` is out of range or
@@ -55,7 +56,7 @@ class RadialProfile:
     """
 
     def __init__(self, *, radius_map: np.ndarray, bin_size: float, row_step: int,
-                 good_pixels: np.ndarray | None = None) -> None:
+                 good_pixels: np.ndarray | None = None, max_value: float | None = None) -> None:
         if not bin_size > 0:
             raise OmConfigurationError(f"radial profile bin size {bin_size} is not > 0")
         if row_step < 1:
@@ -74,6 +75,7 @@ class RadialProfile:
         dtype = np.uint16 if self.num_bins < 65535 else np.int32
         self._bins = np.ascontiguousarray(bins[::row_step].astype(dtype))
         self._row_step = int(row_step)
+        self._max_value = np.float32(np.inf if max_value is None else max_value)
         self.shape = radius_map.shape
         self.bin_size = float(bin_size)
         #: float64 (num_bins,): the radius of each bin's centre, pixels.
@@ -83,12 +85,12 @@ class RadialProfile:
         self.compute(np.zeros(self.shape, dtype=np.float32))  # compile now
 
     def compute(self, frame: np.ndarray) -> np.ndarray:
-        """float32 (num_bins,): the mean of each bin's finite pixels of a float32 (ss, fs)
-        frame (NaN for a bin without any). The sums stay for :meth:`ring_mean`."""
+        """float32 (num_bins,): the mean of each bin's finite pixels (at most ``max_value``)
+        of a float32 (ss, fs) frame (NaN for a bin without any). The sums stay for :meth:`ring_mean`."""
         if frame.shape != self.shape:
             raise ValueError(f"radial profile: frame shape {frame.shape} is not {self.shape}")
         _bin_sums(np.asarray(frame, dtype=np.float32), self._bins, self._row_step,
-                  self._sums, self._counts)
+                  self._max_value, self._sums, self._counts)
         counts = self._counts[:-1]
         with np.errstate(invalid="ignore", divide="ignore"):
             return (self._sums[:-1] / counts).astype(np.float32)

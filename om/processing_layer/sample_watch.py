@@ -38,6 +38,9 @@ SAMPLE_WATCH_PARAMETERS = (
               description="radius bin of the radial profile, px"),
     Parameter("radial_profile_row_step", int, default=4, minimum=1,
               description="the radial profile reads every this-th row of the frame"),
+    Parameter("radial_profile_max_value", float, default=None, nullable=True,
+              description="pixels above this value, frame units, are left out of the radial "
+              "profile (Bragg spots; e.g. 20 photons); null: none is"),
     Parameter("radial_ring_resolution", list, default=[3.7, 3.0], element_type=float,
               nullable=True,
               description="resolution range of the watched ring (solvent ring), Angstrom, "
@@ -85,7 +88,8 @@ class FrameWatch:
         try:
             self._profile = RadialProfile(
                 radius_map=geometry.radius, bin_size=get("radial_profile_bin_size"),
-                row_step=get("radial_profile_row_step"), good_pixels=good)
+                row_step=get("radial_profile_row_step"), good_pixels=good,
+                max_value=get("radial_profile_max_value"))
         except OmConfigurationError as error:
             raise OmConfigurationError(
                 f"{filename}: crystallography/radial_profile_bin_size: {error}")
