@@ -238,7 +238,9 @@ class CrystallographyProcessing:
         Args:
             data: the event's ``detector_data`` (float32 (ss, fs) calibrated frame),
                 ``timestamp`` (s), ``event_id`` (str), ``beam_energy`` (eV) and
-                ``detector_distance`` (mm); optionally ``detector_spots`` (``fs``, ``ss``,
+                ``detector_distance`` (mm); optionally ``detector_saturated_pixels`` (int,
+                the frame's saturated pixels when the Data Source counted them),
+                ``detector_spots`` (``fs``, ``ss``,
                 ``intensity`` arrays: spots found by the detector's software, passed through)
                 and the collecting rank's feedback ``frames_wanted_per_second``.
 
@@ -271,7 +273,8 @@ class CrystallographyProcessing:
                 key: np.asarray(spots[key], dtype=np.float64) for key in ("fs", "ss", "intensity")
             }
         result.update(self._watch.measure(frame, peaks, result["beam_energy"],
-                                          result["detector_distance"]))
+                                          result["detector_distance"],
+                                          data.get("detector_saturated_pixels")))
         if self._frame_is_due(hit):
             result["detector_data"] = np.asarray(frame, dtype=np.float32)
         return result, node_rank

@@ -23,19 +23,21 @@ _JIT = dict(cache=True, nogil=True, error_model="numpy")
 
 
 @numba.njit(**_JIT)
-def _bin_sums(frame, bins, row_step, max_value, sums, counts):  # pragma: no cover - compiled
+def _bin_sums(frame, bins, row_step, max_value, sums, excluded):  # pragma: no cover - compiled
     # bins: one row per sampled row (row r * row_step of frame); the last bin collects the
-    # pixels of no bin and is not reported.
+    # pixels of no bin and is not reported. One scatter per pixel: the pixels used are counted
+    # once at construction, those left out here (NaN, +inf, above max_value: few) per frame.
     sums[:] = 0.0
-    counts[:] = 0
+    excluded[:] = 0
     for r in range(bins.shape[0]):
         row = r * row_step
         for col in range(bins.shape[1]):
             value = frame[row, col]
-            if np.isfinite(value) and value <= max_value:
-                b = bins[r, col]
+            b = bins[r, col]
+            if value <= max_value:  # False for NaN; max_value is finite
                 sums[b] += value
-                counts[b] += 1
+            else:
+                excluded[b] += 1
 
 
 class RadialProfile:
@@ -75,13 +77,17 @@ class RadialProfile:
         dtype = np.uint16 if self.num_bins < 65535 else np.int32
         self._bins = np.ascontiguousarray(bins[::row_step].astype(dtype))
         self._row_step = int(row_step)
-        self._max_value = np.float32(np.inf if max_value is None else max_value)
+        # Finite, so that +inf (saturated) compares above it.
+        self._max_value = np.float32(np.finfo(np.float32).max if max_value is None
+                                     else min(max_value, np.finfo(np.float32).max))
         self.shape = radius_map.shape
         self.bin_size = float(bin_size)
         #: float64 (num_bins,): the radius of each bin's centre, pixels.
         self.bin_radius = (np.arange(self.num_bins) + 0.5) * self.bin_size
         self._sums = np.zeros(self.num_bins + 1, dtype=np.float64)
-        self._counts = np.zeros(self.num_bins + 1, dtype=np.int64)
+        self._pixels = np.bincount(self._bins.ravel(), minlength=self.num_bins + 1)
+        self._excluded = np.zeros(self.num_bins + 1, dtype=np.int64)
+        self._counts = self._pixels.copy()
         self.compute(np.zeros(self.shape, dtype=np.float32))  # compile now
 
     def compute(self, frame: np.ndarray) -> np.ndarray:
@@ -90,7 +96,8 @@ class RadialProfile:
         if frame.shape != self.shape:
             raise ValueError(f"radial profile: frame shape {frame.shape} is not {self.shape}")
         _bin_sums(np.asarray(frame, dtype=np.float32), self._bins, self._row_step,
-                  self._max_value, self._sums, self._counts)
+                  self._max_value, self._sums, self._excluded)
+        np.subtract(self._pixels, self._excluded, out=self._counts)
         counts = self._counts[:-1]
         with np.errstate(invalid="ignore", divide="ignore"):
             return (self._sums[:-1] / counts).astype(np.float32)

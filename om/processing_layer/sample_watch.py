@@ -109,12 +109,15 @@ class FrameWatch:
         return self._ring_radius or (math.nan, math.nan)
 
     def measure(self, frame: np.ndarray, peaks: PeakList, beam_energy: float,
-                detector_distance: float) -> dict[str, Any]:
+                detector_distance: float, saturated: int | None = None) -> dict[str, Any]:
         """The result keys of one frame: ``num_saturated_pixels`` (int),
         ``peak_saturated_pixels`` (int32 (n,)), ``radial_profile`` (float32 (num_bins,),
         frame units), ``ring_intensity`` (float, frame units; NaN without a ring) and
-        ``ring_radius`` ([low, high] px)."""
-        saturated = self._saturation.count(frame)
+        ``ring_radius`` ([low, high] px). ``saturated``: the frame's saturated pixels when the
+        Data Source counted them (JUNGFRAU: its calibration did), which spares a pass over the
+        frame unless ``saturation_limit`` asks for more; None or negative: not counted."""
+        if saturated is None or saturated < 0 or self._saturation.has_limit:
+            saturated = self._saturation.count(frame)
         in_peaks = (self._saturation.count_in_peaks(frame, peaks.fs, peaks.ss) if saturated
                     else np.zeros(len(peaks), dtype=np.int32))
         profile = self._profile.compute(frame)

@@ -33,18 +33,21 @@ def _count_at_or_above(flat, limit):  # pragma: no cover - compiled
 
 
 @numba.njit(**_JIT)
-def _count_in_boxes(frame, limit, fs, ss, radius, panel_rects, panel_of, out):
-    # pragma: no cover - compiled. Per peak: pixels >= limit in the box of half width radius
-    # around its nearest pixel, clipped to the peak's panel.
+def _count_in_boxes(frame, limit, fs, ss, radius, panel_rects, out):  # pragma: no cover
+    # Per peak: pixels >= limit in the box of half width radius around its nearest pixel,
+    # clipped to the peak's panel (found among the few rectangles: a per-pixel panel map would
+    # be 4 MB of cold memory to read).
     for p in range(fs.shape[0]):
         col = int(math.floor(fs[p] + 0.5))
         row = int(math.floor(ss[p] + 0.5))
         count = 0
-        if 0 <= row < frame.shape[0] and 0 <= col < frame.shape[1] and panel_of[row, col] >= 0:
-            rect = panel_rects[panel_of[row, col]]
-            for r in range(max(row - radius, rect[2]), min(row + radius, rect[3]) + 1):
-                for c in range(max(col - radius, rect[0]), min(col + radius, rect[1]) + 1):
-                    count += frame[r, c] >= limit
+        for k in range(panel_rects.shape[0]):
+            rect = panel_rects[k]
+            if rect[0] <= col <= rect[1] and rect[2] <= row <= rect[3]:
+                for r in range(max(row - radius, rect[2]), min(row + radius, rect[3]) + 1):
+                    for c in range(max(col - radius, rect[0]), min(col + radius, rect[1]) + 1):
+                        count += frame[r, c] >= limit
+                break
         out[p] = count
 
 
@@ -71,11 +74,10 @@ class SaturationCounter:
         if peak_radius < 0:
             raise OmConfigurationError(f"saturation peak radius {peak_radius} is negative")
         self._limit = np.float32(np.inf if limit is None else limit)
+        #: Whether a limit besides +inf was configured.
+        self.has_limit = limit is not None
         self._peak_radius = int(peak_radius)
         self._rects = np.asarray(panels, dtype=np.int64).reshape(-1, 4)
-        self._panel_of = np.full(shape, -1, dtype=np.int32)
-        for index, (min_fs, max_fs, min_ss, max_ss) in enumerate(self._rects):
-            self._panel_of[min_ss:max_ss + 1, min_fs:max_fs + 1] = index
         self.count(np.zeros(shape, dtype=np.float32))  # compile now, not on the first frame
         self.count_in_peaks(np.zeros(shape, dtype=np.float32), np.zeros(1), np.zeros(1))
 
@@ -90,5 +92,5 @@ class SaturationCounter:
         out = np.zeros(len(fs), dtype=np.int32)
         _count_in_boxes(np.ascontiguousarray(frame, dtype=np.float32), self._limit,
                         np.asarray(fs, dtype=np.float64), np.asarray(ss, dtype=np.float64),
-                        self._peak_radius, self._rects, self._panel_of, out)
+                        self._peak_radius, self._rects, out)
         return out
