@@ -17,8 +17,7 @@ from om.processing_layer.radial_profile import RadialProfile
 from om.processing_layer.saturation import SaturationCounter
 from om.simulation.frame_sources import HDF5FrameSource, SaturatingFrameSource
 
-from helpers import Process, configure, free_port, monitor_command, receive_until, \
-    simulator_command, subscriber
+from helpers import configure, free_port, run_monitor_with_sender, simulator_command
 
 MODULE5_GEOMETRY = pathlib.Path(__file__).parent / "data" / "jungfrau_module5_1m.geom"
 INJECTED = 10  # saturated pixels the simulator injects in every other frame
@@ -113,28 +112,12 @@ def test_monitor_on_real_frames_with_injected_saturation(tmp_path, real_module_f
     # frame (the injected ones) has more than 10.
     assert sum(count > 10 for count in expected.values()) == frames // 2
     urls = f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}"
-    simulator = Process(simulator_command(urls, "--file", str(real_module_file), "--rate", "5",
-                                          "--frames", str(frames), "--saturated-pixels", str(INJECTED),
-                                          "--saturated-frame-interval", "2"),
-                        tmp_path, "simulator")
-    monitor = Process(monitor_command(urls, config), tmp_path, "monitor")
-    shown = []
-    try:
-        with subscriber(broadcast, b"omdata") as omdata, \
-                subscriber(broadcast, b"omframedata") as omframedata:
-            alive = lambda: monitor.popen.poll() is None  # noqa: E731
-            shown.append(receive_until(omframedata, lambda m: True, 240, alive))
-            halfway = receive_until(omdata, lambda m: m["num_events"] >= 2, 60, alive)
-            data = receive_until(omdata, lambda m: m["num_events"] >= frames, 120, alive)
-            while omframedata.poll(0):
-                shown.append(receive_until(omframedata, lambda m: True, 1))
-        assert simulator.wait(60) == 0
-    finally:
-        code = monitor.stop()
-        simulator.stop()
-    print(monitor.stdout[-2000:], monitor.stderr[-3000:])
-    assert code == 0
-
+    data, shown, _ = run_monitor_with_sender(
+        tmp_path, config, broadcast,
+        simulator_command(urls, "--file", str(real_module_file), "--rate", "5", "--frames",
+                          str(frames), "--saturated-pixels", str(INJECTED),
+                          "--saturated-frame-interval", "2"),
+        urls, frames)
     assert data["problems"].get("frame_dropped_ranks_busy", 0) == 0  # every frame counted
     # Saturation: the injected counts, per frame, and the peaks around them flagged.
     for frame in shown:
@@ -172,4 +155,4 @@ def test_monitor_on_real_frames_with_injected_saturation(tmp_path, real_module_f
     outer = np.nanmean(hits[(radius > 550) & (radius < 600)])
     ring = data["ring_intensity_history"]
     assert len(ring) == frames and np.all(ring > inner) and np.all(ring > outer)
-    assert len(halfway["radial_profile_latest"]) == len(radius)
+    assert len(data["radial_profile_latest"]) == len(radius)

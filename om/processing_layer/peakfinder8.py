@@ -693,6 +693,25 @@ def _find_peaks_kernel(data, tables, buffers, settings):
     return num_peaks
 
 
+def _threshold_checks(adc_threshold, minimum_snr, min_pixel_count, max_pixel_count,
+                      max_num_peaks) -> tuple[tuple[str, bool], ...]:
+    """(key, valid) of the parameters that need no new tables."""
+    return (
+        ("adc_threshold", math.isfinite(adc_threshold)),
+        ("minimum_snr", math.isfinite(minimum_snr) and minimum_snr > 0),
+        ("min_pixel_count", int(min_pixel_count) >= 1),
+        ("max_pixel_count", int(max_pixel_count) >= int(min_pixel_count)),
+        ("max_num_peaks", int(max_num_peaks) >= 0),
+    )
+
+
+def _check(checks) -> None:
+    """Raises OmConfigurationError naming the first invalid key of (key, valid) pairs."""
+    for key, ok in checks:
+        if not ok:
+            raise OmConfigurationError(f"peakfinder8: invalid {key}")
+
+
 class Peakfinder8PeakDetection:
     """peakfinder8 with the rules of Cheetah, OM and CrystFEL; see the module docstring.
 
@@ -729,20 +748,14 @@ class Peakfinder8PeakDetection:
         if radius_map.ndim != 2:
             raise OmConfigurationError(f"peakfinder8: radius_map must be 2D, got shape "
                                        f"{radius_map.shape}")
-        checks = (
-            ("adc_threshold", math.isfinite(adc_threshold)),
-            ("minimum_snr", math.isfinite(minimum_snr) and minimum_snr > 0),
-            ("min_pixel_count", int(min_pixel_count) >= 1),
-            ("max_pixel_count", int(max_pixel_count) >= int(min_pixel_count)),
+        _check((
+            *_threshold_checks(adc_threshold, minimum_snr, min_pixel_count, max_pixel_count,
+                               max_num_peaks),
             ("local_bg_radius", 1 <= int(local_bg_radius) <= 1000),
             ("min_res", not math.isnan(min_res)),
             ("max_res", not math.isnan(max_res) and max_res >= min_res),
-            ("max_num_peaks", int(max_num_peaks) >= 0),
             ("radial_stats_iterations", int(radial_stats_iterations) >= 1),
-        )
-        for key, ok in checks:
-            if not ok:
-                raise OmConfigurationError(f"peakfinder8: invalid {key}")
+        ))
         self.shape = radius_map.shape
         self.max_num_peaks = int(max_num_peaks)
         n_ss, n_fs = self.shape
@@ -862,16 +875,8 @@ class Peakfinder8PeakDetection:
         Raises:
             OmConfigurationError: when a parameter is out of range (nothing is changed).
         """
-        checks = (
-            ("adc_threshold", math.isfinite(adc_threshold)),
-            ("minimum_snr", math.isfinite(minimum_snr) and minimum_snr > 0),
-            ("min_pixel_count", int(min_pixel_count) >= 1),
-            ("max_pixel_count", int(max_pixel_count) >= int(min_pixel_count)),
-            ("max_num_peaks", int(max_num_peaks) >= 0),
-        )
-        for key, ok in checks:
-            if not ok:
-                raise OmConfigurationError(f"peakfinder8: invalid {key}")
+        _check(_threshold_checks(adc_threshold, minimum_snr, min_pixel_count, max_pixel_count,
+                                 max_num_peaks))
         self._settings = self._settings._replace(
             adc_threshold=float(adc_threshold), minimum_snr=float(minimum_snr),
             min_pixel_count=int(min_pixel_count), max_pixel_count=int(max_pixel_count))
