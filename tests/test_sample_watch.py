@@ -156,3 +156,22 @@ def test_monitor_on_real_frames_with_injected_saturation(tmp_path, real_module_f
     ring = data["ring_intensity_history"]
     assert len(ring) == frames and np.all(ring > inner) and np.all(ring > outer)
     assert len(data["radial_profile_latest"]) == len(radius)
+
+
+def test_a_profile_of_another_size_is_counted_not_fatal():
+    from om.lib.problems import problems
+    from om.processing_layer.sample_watch import SAMPLE_WATCH_PARAMETERS, WatchAggregates
+
+    values = {p.name: p.default for p in SAMPLE_WATCH_PARAMETERS}
+    values.update(running_average_window_size=10, hit_rate_history_length=10)
+    aggregates = WatchAggregates(get=values.get)
+    result = {"timestamp": 1.0, "frame_is_hit": True, "num_saturated_pixels": 3,
+              "radial_profile": np.ones(5, dtype=np.float32), "ring_intensity": 2.0,
+              "ring_radius": [1.0, 2.0]}
+    aggregates.add(result)
+    before = problems.counts().get("bad_rank_message", 0)
+    aggregates.add(dict(result, radial_profile=np.ones(7, dtype=np.float32)))
+    assert problems.counts().get("bad_rank_message", 0) == before + 1
+    keys = aggregates.omdata_keys()
+    assert keys["radial_profile_num_hits"] == 1 and keys["num_saturated_frames"] == 2
+    assert len(keys["saturation_rate_history"]) == 2

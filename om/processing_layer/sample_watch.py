@@ -14,6 +14,7 @@ from om.lib.exceptions import OmConfigurationError
 from om.lib.geometry import DetectorGeometry
 from om.lib.hit_rate import HitRateHistory
 from om.lib.parameters import Parameter
+from om.lib.problems import problems
 from om.lib.profile_averages import ProfileAverages
 from om.lib.resolution import resolution_ring_radius
 from om.lib.value_history import ValueHistory
@@ -163,9 +164,8 @@ class WatchAggregates:
         ``frame_is_hit``; a result without the keys of :meth:`FrameWatch.measure` counts as
         unsaturated and adds no profile).
 
-        Raises:
-            ValueError: for a profile of another size than the first one (the caller counts
-                it as a processing error).
+        A profile of another size than the first one (a rank with another geometry: a bug)
+        is counted as ``bad_rank_message`` and left out.
         """
         saturated = int(result.get("num_saturated_pixels", 0)) > self._alarm_pixels
         self.num_saturated_frames += int(saturated)
@@ -176,7 +176,11 @@ class WatchAggregates:
         profile = np.asarray(result["radial_profile"], dtype=np.float32)
         if self._profiles is None:
             self._profiles = ProfileAverages(num_bins=profile.size)
-        self._profiles.add(profile, bool(result["frame_is_hit"]))
+        try:
+            self._profiles.add(profile, bool(result["frame_is_hit"]))
+        except ValueError as error:
+            problems.report("bad_rank_message", f"radial profile left out: {error}")
+            return
         ring = float(result["ring_intensity"])
         if math.isfinite(ring):
             self._ring.add(timestamp, ring)
