@@ -9,8 +9,9 @@ peakfinder8 never uses non-finite pixels, so a saturated core leaves a peak made
 around it: a peak's saturated pixels are counted in a box of ``peak_radius`` pixels around its
 position, within its panel.
 
-Cost: one vectorised pass over the frame (0.14 ms per 1M frame, ``benchmarks/bench_kernel.py``)
-and a box per peak.
+Cost (``benchmarks/bench_kernel.py``, docs/performance.md): a box per peak (0.06 ms per 1M
+frame); the pass over the frame (0.16 ms) only when the Data Source did not count the saturated
+pixels (JUNGFRAU's calibration does) or a ``saturation_limit`` is configured.
 """
 
 import math
