@@ -508,3 +508,20 @@ def reported_lines(stderr: str, kinds: Iterable[str]) -> list[str]:
         assert 1 <= len(lines) <= 2, (kind, lines)
         found += lines
     return found
+
+
+@contextlib.contextmanager
+def small_disk(folder: pathlib.Path, size: str) -> Iterator[pathlib.Path]:
+    """Mounts a tmpfs of ``size`` (e.g. ``"8m"``) at ``folder`` (created) for the block: a disk
+    that fills up. Skips the test with the reason when mounting is not permitted (not root)."""
+    import pytest  # here: the benchmarks import this module without pytest
+
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (root needed): {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

@@ -52,6 +52,11 @@ _CASES = {
         rf"share of the kernel alone: {_NUMBER} %; median {_NUMBER} %, \d of 1 runs at "
         r"80 % or more",
     ]),
+    "hit saving": ("bench_hit_saving.py", ["--frames", "2"], [
+        rf"int32   bitshuffle-lz4 +{_NUMBER} ms/frame CPU, +{_NUMBER} MB/frame, +{_NUMBER} MB/s "
+        rf"per core, raw float32 / this: +{_NUMBER}x",
+        rf"int32 photons with bitshuffle-lz4: {_NUMBER}x smaller than raw float32",
+    ]),
     "image read": ("bench_image_read.py", ["--images", "5", "--rounds", "1"], [
         r"one raw 1M image \(2 MB\) from the page cache, median of 5 per round",
         rf"round 1: copied \(preadv\) {_NUMBER} ms, mapped under a lease {_NUMBER} ms; "

@@ -21,6 +21,7 @@ import datetime
 import math
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
@@ -131,7 +132,12 @@ class CrystallographyGui(MonitorWindow):
             self.counter_labels[key] = label
         self.problems_label = QtWidgets.QLabel("monitor problems: —")
         self.problems_label.setWordWrap(True)
-        counters.addWidget(self.problems_label, stretch=1)
+        self.saving_label = QtWidgets.QLabel("")  # hit saving (docs/hit_saving.md), when on
+        self.saving_label.setWordWrap(True)
+        status = QtWidgets.QVBoxLayout()
+        status.addWidget(self.problems_label)
+        status.addWidget(self.saving_label)
+        counters.addLayout(status, stretch=1)
 
         self.rings_checkbox = QtWidgets.QCheckBox("Resolution rings")
         self.rings_checkbox.setChecked(True)
@@ -325,6 +331,7 @@ class CrystallographyGui(MonitorWindow):
             "monitor problems: "
             + (", ".join(f"{kind} {count}" for kind, count in sorted(problems.items())) or "none")
         )
+        self.saving_label.setText(describe_hit_saving(data.get("hit_saving")))
         self.announced_responding_url = data["responding_url"]
 
     def _show_powder(self) -> None:
@@ -398,6 +405,24 @@ def enlarge_spots(image: np.ndarray, size: int = 3) -> np.ndarray:
     if not np.isfinite(image).all():
         image = np.nan_to_num(image, nan=0.0, posinf=0.0, neginf=0.0)
     return scipy.ndimage.maximum_filter(image, size=size, mode="constant", cval=0.0)
+
+
+def describe_hit_saving(status: Any) -> str:
+    """One line for ``omdata``'s ``hit_saving`` map (docs/broadcast.md): frames saved, files,
+    MB, MB/s, and why saving stopped; empty when saving is off (None) or the map is not one."""
+    if not isinstance(status, dict):
+        return ""
+    try:
+        text = (f"saved: {int(status['frames_saved']):,} frames, "
+                f"{int(status['files_written']):,} files, "
+                f"{status['bytes_written'] / 1e6:,.1f} MB, "
+                f"{status['bytes_per_second'] / 1e6:.1f} MB/s")
+        if status.get("frames_not_saved") or status.get("errors"):
+            text += (f" — NOT SAVED: {int(status['frames_not_saved']):,} frames; "
+                     + "; ".join(str(error) for error in status.get("errors") or []))
+    except (KeyError, TypeError, ValueError):
+        return "saved: (malformed status)"
+    return text
 
 
 def _format_time(timestamp: float) -> str:

@@ -43,7 +43,7 @@ from om.lib.parameters import MonitorParameters
 from om.processing_layer.crystallography import (
     CrystallographyProcessing,
     build_peakfinder8,
-    is_hit,
+    hit_decision,
 )
 from om.processing_layer.peakfinder8 import PeakList
 
@@ -196,7 +196,7 @@ class ParameterTweaker(FrameViewer):
 
     def _info_text(self, data: dict) -> str:
         count = len(self.peak_list)
-        hit = is_hit(count, self.values[(CRYSTALLOGRAPHY, "min_num_peaks_for_hit")],
+        hit = hit_decision(count, self.values[(CRYSTALLOGRAPHY, "min_num_peaks_for_hit")],
                      self.values[(CRYSTALLOGRAPHY, "max_num_peaks_for_hit")])
         return (f"event {data['event_id']}   |   {count} peaks: {'HIT' if hit else 'no hit'}"
                 f"   |   monitor: {len(data['peak_list']['fs'])} peaks, "

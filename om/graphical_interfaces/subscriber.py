@@ -34,6 +34,7 @@ import zmq
 from om.lib.exceptions import OmInvalidDataError
 from om.lib.problems import ProblemCounter
 from om.lib.serialization import unpack
+from om.lib.zmq_sockets import SizeLimitedConnection
 
 logger = logging.getLogger("om.gui")
 
@@ -245,6 +246,9 @@ def validate_omdata(payload: Any) -> dict[str, Any]:
     _same_lengths(data, tuple(profiles))
     if "ring_intensity_history" in data:
         _same_lengths(data, ("ring_intensity_timestamp_history", "ring_intensity_history"))
+    # Optional: only while frames are saved; its content is checked where it is shown.
+    saving = payload.get("hit_saving")
+    data["hit_saving"] = saving if isinstance(saving, dict) else None
     return data
 
 
@@ -361,6 +365,10 @@ class ReceivedMessage:
     received_monotonic: float
 
 
+MAX_MESSAGE_BYTES = (1 << 26) * 4 + (1 << 20)
+"""The default largest broadcast message part a :class:`Subscriber` accepts, bytes."""
+
+
 class Subscriber:
     """Receives the monitor's broadcasts in a thread and keeps the newest good message per tag.
 
@@ -378,6 +386,10 @@ class Subscriber:
         poll_timeout_ms: how often the thread looks at its stop flag.
         context: the ZeroMQ context (by default the process's shared one).
         log_interval: the minimum time between two log lines about one kind of malformed message.
+        max_message_bytes: the largest message part accepted (``ZMQ_MAXMSGSIZE``): a larger
+            one ends the connection before it is allocated (the SUB socket then reconnects).
+            The default, :data:`MAX_MESSAGE_BYTES`, holds the largest frame the sources accept
+            (2**26 pixels of float32) plus 1 MiB.
     """
 
     def __init__(
@@ -393,6 +405,7 @@ class Subscriber:
         poll_timeout_ms: int = 100,
         context: zmq.Context | None = None,
         log_interval: float = 5.0,
+        max_message_bytes: int | None = None,
     ) -> None:
         self.url = url
         self._validators = dict(VALIDATORS if validators is None else validators)
@@ -408,6 +421,8 @@ class Subscriber:
             zmq.HEARTBEAT_TTL: heartbeat_timeout_ms,
             zmq.TCP_KEEPALIVE: 1,
         }
+        self._max_message_bytes = (MAX_MESSAGE_BYTES if max_message_bytes is None
+                                   else max_message_bytes)
         self._poll_timeout_ms = poll_timeout_ms
         self._context = context if context is not None else zmq.Context.instance()
         self._problems = ProblemCounter(log_interval=log_interval)
@@ -503,7 +518,9 @@ class Subscriber:
                 socket.setsockopt(option, value)
             for tag in self._validators:
                 socket.setsockopt(zmq.SUBSCRIBE, tag.encode())
-            socket.connect(self.url)
+            connection = SizeLimitedConnection(socket, self.url, what="the monitor's broadcast",
+                                               max_bytes=self._max_message_bytes,
+                                               counter=self._problems)
         except zmq.ZMQError as error:
             self._start_error = zmq.ZMQError(
                 error.errno, f"cannot connect to {self.url!r}: {error.strerror}"
@@ -517,6 +534,7 @@ class Subscriber:
         try:
             while not self._stop.is_set():
                 if not socket.poll(self._poll_timeout_ms, zmq.POLLIN):
+                    connection.check()
                     continue
                 while not self._stop.is_set():
                     try:
@@ -527,6 +545,7 @@ class Subscriber:
         except zmq.ZMQError as error:  # only when the context is terminated under us
             logger.error("subscriber on %s stopped: %s", self.url, error)
         finally:
+            connection.close()
             socket.close(linger=0)
 
     def _handle(self, parts: list[memoryview]) -> None:

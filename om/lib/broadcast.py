@@ -19,6 +19,8 @@ from om.lib.zmq_sockets import bind_socket
 # prefixes) every tag counts as wanted, as if the monitor could not tell. Below ZeroMQ's receive
 # high-water mark (1000 messages), beyond which the socket drops subscription messages.
 _MAX_SUBSCRIPTIONS = 256
+# Subscriptions are tag prefixes of a few bytes: a larger message ends its connection in libzmq.
+_MAX_SUBSCRIPTION_BYTES = 4096
 
 
 class DataBroadcaster:
@@ -34,7 +36,8 @@ class DataBroadcaster:
 
     def __init__(self, *, url: str, send_queue: int = 8) -> None:
         self._socket, self.url = bind_socket(zmq.XPUB, url, what="the data broadcast socket",
-                                             options={zmq.SNDHWM: send_queue})
+                                             options={zmq.SNDHWM: send_queue,
+                                                      zmq.MAXMSGSIZE: _MAX_SUBSCRIPTION_BYTES})
         self._prefixes: set[bytes] = set()
         self._overflowed = False
 

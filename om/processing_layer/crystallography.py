@@ -5,11 +5,13 @@ virtual powder pattern, peakogram and broadcast on the collecting rank.
 A frame is a hit when ``min_num_peaks_for_hit < n_peaks < max_num_peaks_for_hit`` (OM's
 rule). Parameter groups and keys are OM's (``crystallography``, ``peakfinder8_peak_detection``).
 The broadcast messages (tags ``omdata`` and ``omframedata``) are documented in
-``docs/broadcast.md``.
+``docs/broadcast.md``. With ``hit_saving`` on, the processing ranks also save the chosen frames
+with their peaks for CrystFEL (:mod:`om.processing_layer.hit_saving`, ``docs/hit_saving.md``).
 """
 
 import contextlib
 import logging
+import math
 import time
 from typing import Any, Callable, ClassVar, Iterator
 
@@ -17,6 +19,7 @@ import numpy as np
 
 from om.lib.broadcast import DataBroadcaster
 from om.lib.crystfel_feed import CrystfelFrameFeed
+from om.lib.cxi_writer import FrameRecord
 from om.lib.exceptions import OmConfigurationError
 from om.lib.event_rate import EventRateMeter
 from om.lib.frame_demand import FrameDemand, FrameSendingGate
@@ -28,6 +31,13 @@ from om.lib.problems import problems
 from om.lib.responding_socket import RespondingSocket
 from om.lib.stage_times import STAGES, describe_per_event, stage_times
 from om.lib.virtual_powder import VirtualPowderPattern
+from om.processing_layer.hit_saving import (
+    HIT_SAVING_GROUP,
+    HitSaver,
+    HitSavingSettings,
+    HitsList,
+    file_attributes,
+)
 from om.processing_layer.peakfinder8 import Peakfinder8PeakDetection
 from om.processing_layer.sample_watch import SAMPLE_WATCH_PARAMETERS, FrameWatch, WatchAggregates
 
@@ -36,6 +46,7 @@ logger = logging.getLogger("om")
 _CRYSTALLOGRAPHY = "crystallography"
 _PEAKFINDER8 = "peakfinder8_peak_detection"
 _MIN_BROADCAST_PERIOD = 1.0  # s: at low event rates, broadcast at least once a second
+_RESET_LOG_INTERVAL = 5.0  # s between two "plots reset" lines (a flood of requests logs one)
 # s: at high event rates, at most 10 broadcasts a second (the GUIs redraw at 10 Hz); each one
 # packs the virtual powder pattern and maybe a frame, 5-10 MB for a 1M, too much for 40 a second.
 _MIN_BROADCAST_GAP = 0.1
@@ -74,7 +85,7 @@ def build_peakfinder8(geometry: DetectorGeometry, bad_pixel_map: np.ndarray | No
     )
 
 
-def is_hit(num_peaks: int, min_num_peaks: int, max_num_peaks: int) -> bool:
+def hit_decision(num_peaks: int, min_num_peaks: int, max_num_peaks: int) -> bool:
     """OM's rule: a hit has more than ``min_num_peaks`` and fewer than ``max_num_peaks``."""
     return min_num_peaks < num_peaks < max_num_peaks
 
@@ -144,6 +155,7 @@ class CrystallographyProcessing:
             Parameter("bad_pixel_map_hdf5_path", str, default=None, nullable=True,
                       description="dataset of the bad pixel map in that file"),
         )),
+        HIT_SAVING_GROUP,
     )
 
     def __init__(self, *, parameters: MonitorParameters) -> None:
@@ -207,6 +219,11 @@ class CrystallographyProcessing:
         self._hits_seen = 0
         self._non_hits_seen = 0
         self._frame_gate = FrameSendingGate(processing_ranks=node_pool_size - 1)
+        saving = HitSavingSettings.from_parameters(self._parameters)
+        self._saver = None if saving.frames == "none" else HitSaver(
+            saving, rank=node_rank, frame_shape=self._geometry.slab_shape,
+            max_num_peaks=self._get("max_num_peaks", _PEAKFINDER8),
+            attributes=file_attributes(self._parameters, node_rank))
 
     def _warm_up_frame(self) -> np.ndarray:
         """A noisy frame with one bright spot inside the searched radii: peakfinder8 runs every
@@ -247,19 +264,20 @@ class CrystallographyProcessing:
         Returns:
             The result map (peaks as float64 arrays ``peak_fs``, ``peak_ss``,
             ``peak_intensity``, ``peak_max_pixel_intensity``, ``peak_radius``; the frame as
-            ``detector_data`` when due for sending) and this rank.
+            ``detector_data`` when due for sending; ``hit_saving``, the saving status, when
+            frames are saved) and this rank.
         """
         frame = data["detector_data"]
         self._frame_gate.update(data)
         peaks = self._peakfinder.find_peaks(frame)
         num_peaks = len(peaks.fs)
-        hit = is_hit(num_peaks, self._min_peaks, self._max_peaks)
+        is_hit = hit_decision(num_peaks, self._min_peaks, self._max_peaks)
         result: dict[str, Any] = {
             "timestamp": float(data["timestamp"]),
             "event_id": data["event_id"],
             "beam_energy": float(data["beam_energy"]),
             "detector_distance": float(data["detector_distance"]),
-            "frame_is_hit": hit,
+            "frame_is_hit": is_hit,
             "num_peaks": num_peaks,
             "peak_fs": peaks.fs,
             "peak_ss": peaks.ss,
@@ -275,14 +293,24 @@ class CrystallographyProcessing:
         result.update(self._watch.measure(frame, peaks, result["beam_energy"],
                                           result["detector_distance"],
                                           data.get("detector_saturated_pixels")))
-        if self._frame_is_due(hit):
+        if self._frame_is_due(is_hit):
             result["detector_data"] = np.asarray(frame, dtype=np.float32)
+        if self._saver is not None:
+            if self._saver.wants(is_hit):
+                self._saver.save(frame, peaks, FrameRecord(
+                    event_id=str(data["event_id"]), timestamp=result["timestamp"],
+                    frame_is_hit=is_hit, photon_energy_ev=result["beam_energy"],
+                    detector_distance_mm=result["detector_distance"]))
+            result["hit_saving"] = self._saver.status()
         return result, node_rank
 
     def end_processing_on_processing_node(self, *, node_rank: int,
                                           node_pool_size: int) -> dict[str, Any] | None:
-        """Nothing is left to send."""
-        return None
+        """Completes the open file of saved frames and returns the last saving status (or
+        None when nothing is saved): a result that is no event."""
+        if self._saver is None:
+            return None
+        return {"hit_saving": self._saver.close()}
 
     # Collecting rank ----------------------------------------------------------------------
 
@@ -325,6 +353,7 @@ class CrystallographyProcessing:
             self._broadcaster = DataBroadcaster(url=self._get("data_broadcast_url"))
         responding_url = self._get("responding_url")
         self._responder = None
+        self._last_reset_logged, self._resets_unlogged = -math.inf, 0
         if responding_url is not None:
             with self._naming_key("responding_url"):
                 self._responder = RespondingSocket(
@@ -342,6 +371,17 @@ class CrystallographyProcessing:
             max_rate=self._get("crystfel_max_frames_per_second"),
             queue_length=self._get("crystfel_queue_length"),
         )
+        saving = HitSavingSettings.from_parameters(self._parameters)
+        self._hits_list = None
+        if saving.frames != "none":
+            try:
+                self._hits_list = HitsList(saving, self._parameters.resolve_path(
+                    self._get("geometry_file")))
+            except OSError as error:
+                raise OmConfigurationError(f"{self._parameters.filename}: hit_saving/"
+                                           f"output_directory: {error}")
+            logger.info("saving %s frames to %s (listed in %s)", saving.frames,
+                        saving.output_directory, self._hits_list.path)
         logger.info("broadcasting on %s%s", self._broadcaster.url,
                     f", answering requests on {self._responder.url}" if self._responder else "")
 
@@ -350,7 +390,12 @@ class CrystallographyProcessing:
         self._powder.reset()
         self._peakogram.reset()
         self._watch.reset()
-        logger.info("plots reset on request")
+        self._resets_unlogged += 1
+        now = time.monotonic()
+        if now - self._last_reset_logged >= _RESET_LOG_INTERVAL:  # one line per flood
+            logger.info("plots reset on request (%d times since the last line)",
+                        self._resets_unlogged)
+            self._last_reset_logged, self._resets_unlogged = now, 0
         return (b"ok: hit rate history, virtual powder plot, peakogram, saturation rate, "
                 b"radial profiles and ring history reset")
 
@@ -364,6 +409,10 @@ class CrystallographyProcessing:
             want has changed (``frames_wanted_per_second``, om/lib/frame_demand.py), else None.
         """
         result, rank = processed_data
+        if self._hits_list is not None and "hit_saving" in result:
+            self._hits_list.update(rank, result["hit_saving"])
+        if "frame_is_hit" not in result:  # a rank's last status (end_processing_...), no event
+            return None
         self._events_per_rank[str(rank)] = self._events_per_rank.get(str(rank), 0) + 1
         if self._rate.count == 0:  # speed reports measure from the first event, not start-up
             self._last_report_time = time.monotonic()
@@ -462,6 +511,7 @@ class CrystallographyProcessing:
             "problems": problems.counts(),
             "responding_url": self._responder.url if self._responder else None,
             "start_timestamp": self._start,
+            "hit_saving": self._hits_list.status() if self._hits_list is not None else None,
             **self._watch.omdata_keys(),
         })
 
@@ -537,6 +587,8 @@ class CrystallographyProcessing:
                   if kind not in ("frame_dropped_ranks_busy", "incomplete_frame")}
         if others:
             print("om: problems: " + ", ".join(f"{k}={n}" for k, n in others.items()), flush=True)
+        if self._hits_list is not None:
+            print(f"om: {self._hits_list.summary()}", flush=True)
         per_event = describe_per_event((0, dict.fromkeys(STAGES, 0.0)), stage_times.totals())
         if per_event:
             print(f"om: time per event on the processing ranks, whole run: {per_event}",

@@ -631,7 +631,7 @@ class _Buffers(NamedTuple):
     seeds: np.ndarray  # int32 (n,)
     panel_count: np.ndarray  # int64 (num_panels + 1,)
     candidate: np.ndarray  # uint8 (n,): 1 = a candidate not yet in a group; zero between frames
-    slot_fs: np.ndarray  # int64 (n + 1,)
+    slot_fs: np.ndarray  # int32 (n + 1,)
     slot_ss: np.ndarray
     slot_dead: np.ndarray  # int32 (n + 1,): zero between frames
     group: np.ndarray  # int32 (n,)
@@ -860,8 +860,8 @@ class Peakfinder8PeakDetection:
             marked=np.empty(size, dtype=np.int32), seeds=np.empty(size, dtype=np.int32),
             panel_count=np.zeros(rects.shape[0] + 1, dtype=np.int64),
             candidate=np.zeros(size, dtype=np.uint8),
-            slot_fs=np.zeros(size + 1, dtype=np.int64),
-            slot_ss=np.zeros(size + 1, dtype=np.int64),
+            slot_fs=np.zeros(size + 1, dtype=np.int32),
+            slot_ss=np.zeros(size + 1, dtype=np.int32),
             slot_dead=np.zeros(size + 1, dtype=np.int32),
             group=np.empty(size, dtype=np.int32),
             out=np.empty((7, 4096), dtype=np.float64))
