@@ -444,9 +444,21 @@ def run_monitor_on_simulator(tmp_path: pathlib.Path, config: pathlib.Path, broad
     on URL until omdata counts ``frames`` events; checks that both exit with 0 and returns
     (that omdata message, the omframedata messages received by then, the monitor)."""
     url = f"tcp://127.0.0.1:{free_port()}"
-    sender = Process(simulator_mode_command(mode, "--url", url, "--frames", str(frames),
-                                            *arguments), tmp_path, "sender")
-    monitor = Process(monitor_command(url, config), tmp_path, "monitor")
+    return run_monitor_with_sender(
+        tmp_path, config, broadcast,
+        simulator_mode_command(mode, "--url", url, "--frames", str(frames), *arguments), url,
+        frames)
+
+
+def run_monitor_with_sender(tmp_path: pathlib.Path, config: pathlib.Path, broadcast: str,
+                            sender_command: list[str], source: str,
+                            frames: int) -> tuple[dict[str, Any], list[dict[str, Any]], Process]:
+    """Runs ``sender_command`` (which sends ``frames`` frames and ends) and the monitor (3
+    ranks) on ``source`` until omdata counts ``frames`` events; checks that both exit with 0
+    and returns (that omdata message, the omframedata messages received by then, the
+    monitor)."""
+    sender = Process(sender_command, tmp_path, "sender")
+    monitor = Process(monitor_command(source, config), tmp_path, "monitor")
     frames_seen = []
     try:
         with subscriber(broadcast, b"omdata") as omdata, \

@@ -23,6 +23,10 @@ _CASES = {
         rf"total\s+median\s+{_NUMBER} ms/frame, p90 {_NUMBER} ms, \d+ frames/s/core",
         r"peaks per frame \d+-\d+, hits 20/20",
         rf"speed-up over the reference monitor's 47 ms/frame: {_NUMBER}x",
+        rf"saturation\s+median\s+{_NUMBER} ms/frame",
+        rf"radial profile\s+median\s+{_NUMBER} ms/frame \(every 4th row; every row: {_NUMBER} ms\)",
+        rf"saturation\+radial profile median\s+{_NUMBER} ms/frame \(target <= 0.3 ms\); "
+        rf"on a frame not in the caches {_NUMBER} ms",
     ]),
     "contention": ("bench_contention.py", ["--rounds", "1", "--frames", "5",
                                            "--read-rate", "50"], [

@@ -194,12 +194,15 @@ def test_int32_photons_are_the_rounded_frames(tmp_path, real_module_file, real_m
     for event_id, frame in saved.items():
         expected = _calibrated(real_module, event_id)
         assert frame["frame"].dtype == np.int32
-        good = ~np.isnan(expected)
+        good = np.isfinite(expected)
         # Rounded photons; a value within float32 noise of a half may round either way.
         differs = frame["frame"][good] != np.rint(expected[good])
         assert np.all(np.abs(np.abs(expected[good] - np.trunc(expected[good])) - 0.5)[differs]
                       < 1e-4)
-        assert np.all(frame["frame"][~good] == np.iinfo(np.int32).min)
+        assert np.all(frame["frame"][np.isnan(expected)] == np.iinfo(np.int32).min)
+        # Saturated pixels (+inf, issue 21) are the largest int32: above any max_adu.
+        assert np.isposinf(expected).any()
+        assert np.all(frame["frame"][np.isposinf(expected)] == np.iinfo(np.int32).max)
 
 
 def _rank_pids(monitor: Process) -> dict[int, int]:

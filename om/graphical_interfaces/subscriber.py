@@ -41,6 +41,7 @@ logger = logging.getLogger("om.gui")
 
 OMDATA_TAG = "omdata"
 OMFRAMEDATA_TAG = "omframedata"
+ONDAFRAMEDATA_TAG = "ondaframedata"
 
 
 class MalformedMessageError(OmInvalidDataError):
@@ -180,6 +181,35 @@ OMFRAMEDATA_FIELDS: dict[str, Callable[[str, Any], Any]] = {
 """The keys of an ``omframedata`` message and the check (and normalisation) of each value."""
 
 
+OMDATA_OPTIONAL_FIELDS: dict[str, Callable[[str, Any], Any]] = {
+    "saturation_rate_history": _array(1),
+    "saturation_rate": _number,
+    "saturation_rate_alarm": _number,
+    "num_saturated_frames": _integer,
+    "radial_profile_radius": _array(1),
+    "radial_profile_latest": _array(1),
+    "radial_profile_hits": _array(1),
+    "radial_profile_non_hits": _array(1),
+    "radial_profile_num_hits": _integer,
+    "radial_profile_num_non_hits": _integer,
+    "ring_intensity_timestamp_history": _array(1),
+    "ring_intensity_history": _array(1),
+    "ring_radius": _beam_center,
+}
+"""``omdata`` keys of newer monitors (saturation, radial profile): checked when present, so
+that the GUIs still show an older monitor's messages."""
+
+OMFRAMEDATA_OPTIONAL_FIELDS: dict[str, Callable[[str, Any], Any]] = {
+    "peak_list_saturated_pixels": _array(1),
+    "num_saturated_pixels": _integer,
+}
+"""``omframedata`` keys of newer monitors, checked when present."""
+
+
+def _check_optional(payload: dict, fields: Mapping[str, Callable[[str, Any], Any]]) -> dict:
+    return {key: check(key, payload[key]) for key, check in fields.items() if key in payload}
+
+
 def _check_fields(payload: Any, fields: Mapping[str, Callable[[str, Any], Any]]) -> dict:
     if not isinstance(payload, dict):
         raise MalformedMessageError(
@@ -208,7 +238,15 @@ def validate_omdata(payload: Any) -> dict[str, Any]:
         MalformedMessageError: naming the first key that is missing or wrong.
     """
     data = _check_fields(payload, OMDATA_FIELDS)
+    data.update(_check_optional(payload, OMDATA_OPTIONAL_FIELDS))
     _same_lengths(data, ("hit_rate_timestamp_history", "hit_rate_history"))
+    if "saturation_rate_history" in data:
+        _same_lengths(data, ("hit_rate_timestamp_history", "saturation_rate_history"))
+    profiles = [key for key in ("radial_profile_radius", "radial_profile_latest",
+                                "radial_profile_hits", "radial_profile_non_hits") if key in data]
+    _same_lengths(data, tuple(profiles))
+    if "ring_intensity_history" in data:
+        _same_lengths(data, ("ring_intensity_timestamp_history", "ring_intensity_history"))
     # Optional: only while frames are saved; its content is checked where it is shown.
     saving = payload.get("hit_saving")
     data["hit_saving"] = saving if isinstance(saving, dict) else None
@@ -222,13 +260,54 @@ def validate_omframedata(payload: Any) -> dict[str, Any]:
         MalformedMessageError: naming the first key that is missing or wrong.
     """
     data = _check_fields(payload, OMFRAMEDATA_FIELDS)
-    _same_lengths(data, ("peak_list_x_in_frame", "peak_list_y_in_frame", "peak_list_intensity"))
+    data.update(_check_optional(payload, OMFRAMEDATA_OPTIONAL_FIELDS))
+    _same_lengths(data, ("peak_list_x_in_frame", "peak_list_y_in_frame", "peak_list_intensity",
+                         *(("peak_list_saturated_pixels",)
+                           if "peak_list_saturated_pixels" in data else ())))
     return data
+
+
+def _peak_list(key: str, value: Any) -> dict[str, np.ndarray]:
+    if not isinstance(value, dict):
+        raise _bad(key, f"expected a map of fs, ss, intensity lists, got {_type_name(value)}")
+    peaks = {}
+    for name in ("fs", "ss", "intensity"):
+        items = value.get(name)
+        if not isinstance(items, (list, np.ndarray)) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
+            raise _bad(f"{key}/{name}", f"expected a list of numbers, got {_type_name(items)}")
+        peaks[name] = np.asarray(items, dtype=np.float64)
+    _same_lengths(peaks, ("fs", "ss", "intensity"))
+    return peaks
+
+
+ONDAFRAMEDATA_FIELDS: dict[str, Callable[[str, Any], Any]] = {
+    "detector_data": _image,
+    "peak_list": _peak_list,
+    "beam_energy": _number,
+    "detector_distance": _number,
+    "timestamp": _number,
+    "event_id": _string,
+    "frame_is_hit": _boolean,
+}
+"""The keys of an ``ondaframedata`` message (the frames for CrystFEL, docs/crystfel.md: the
+slab frame and the monitor's peaks) and the check of each value."""
+
+
+def validate_ondaframedata(payload: Any) -> dict[str, Any]:
+    """Checks a decoded ``ondaframedata`` payload and returns its known keys, normalised
+    (``peak_list`` becomes a map of float64 arrays).
+
+    Raises:
+        MalformedMessageError: naming the first key that is missing or wrong.
+    """
+    return _check_fields(payload, ONDAFRAMEDATA_FIELDS)
 
 
 VALIDATORS: dict[str, Callable[[Any], dict[str, Any]]] = {
     OMDATA_TAG: validate_omdata,
     OMFRAMEDATA_TAG: validate_omframedata,
+    ONDAFRAMEDATA_TAG: validate_ondaframedata,
 }
 
 

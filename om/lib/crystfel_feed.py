@@ -73,6 +73,9 @@ def crystfel_payload(result: dict[str, Any]) -> bytes:
             "fs": np.asarray(result["peak_fs"], dtype=np.float64).tolist(),
             "ss": np.asarray(result["peak_ss"], dtype=np.float64).tolist(),
             "intensity": np.asarray(result["peak_intensity"], dtype=np.float64).tolist(),
+            # om's addition (indexamajig reads only the keys it knows): saturated pixels
+            # around each peak (om/processing_layer/saturation.py).
+            "saturated_pixels": [int(n) for n in result.get("peak_saturated_pixels", ())],
         },
         "beam_energy": float(result["beam_energy"]),
         "detector_distance": float(result["detector_distance"]),

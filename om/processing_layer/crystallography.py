@@ -13,7 +13,7 @@ import contextlib
 import logging
 import math
 import time
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import numpy as np
 
@@ -40,6 +40,7 @@ from om.processing_layer.hit_saving import (
     file_attributes,
 )
 from om.processing_layer.peakfinder8 import Peakfinder8PeakDetection
+from om.processing_layer.sample_watch import SAMPLE_WATCH_PARAMETERS, FrameWatch, WatchAggregates
 
 logger = logging.getLogger("om")
 
@@ -59,6 +60,35 @@ def _nearest_index(position: np.ndarray, size: int) -> np.ndarray:
     index = np.floor(position + 0.5).astype(np.int64)
     np.maximum(index, 0, out=index)
     return np.minimum(index, size - 1, out=index)
+
+
+def build_peakfinder8(geometry: DetectorGeometry, bad_pixel_map: np.ndarray | None,
+                      get: Callable[[str], Any]) -> Peakfinder8PeakDetection:
+    """peakfinder8 as the monitor runs it: the geometry's radius map and panels, the
+    ``peakfinder8_peak_detection`` values ``get(key)`` returns (the parameter tweaker passes
+    its own, so its peaks are the monitor's).
+
+    Raises:
+        OmConfigurationError: when a value is out of range.
+    """
+    return Peakfinder8PeakDetection(
+        radius_map=geometry.peakfinder8_radius,
+        panels=geometry.panel_rectangles,
+        adc_threshold=get("adc_threshold"),
+        minimum_snr=get("minimum_snr"),
+        min_pixel_count=get("min_pixel_count"),
+        max_pixel_count=get("max_pixel_count"),
+        local_bg_radius=get("local_bg_radius"),
+        min_res=get("min_res"),
+        max_res=get("max_res"),
+        max_num_peaks=get("max_num_peaks"),
+        bad_pixel_map=bad_pixel_map,
+    )
+
+
+def hit_decision(num_peaks: int, min_num_peaks: int, max_num_peaks: int) -> bool:
+    """OM's rule: a hit has more than ``min_num_peaks`` and fewer than ``max_num_peaks``."""
+    return min_num_peaks < num_peaks < max_num_peaks
 
 
 class CrystallographyProcessing:
@@ -112,6 +142,7 @@ class CrystallographyProcessing:
                       description="most frames per second published for indexamajig's SUB mode"),
             Parameter("crystfel_queue_length", int, default=16,
                       description="frames kept for indexamajig's REQ mode (oldest dropped)"),
+            *SAMPLE_WATCH_PARAMETERS,
         )),
         ParameterGroup(_PEAKFINDER8, (
             Parameter("adc_threshold", float, required=True,
@@ -154,6 +185,27 @@ class CrystallographyProcessing:
         with self._naming_key("geometry_file"):
             return load_geometry(self._parameters.resolve_path(self._get("geometry_file")))
 
+    def peakfinder8_inputs(self) -> tuple[DetectorGeometry, np.ndarray | None]:
+        """The geometry and the bad pixel map (uint8-like (ss, fs), 1 good, or None) the
+        processing ranks give peakfinder8 (the parameter tweaker uses them too).
+
+        Raises:
+            OmConfigurationError: naming the file and key when one cannot be read.
+        """
+        self._geometry = self._load_geometry()
+        return self._geometry, self._load_bad_pixel_map()
+
+    def _load_bad_pixel_map(self) -> np.ndarray | None:
+        filename = self._get("bad_pixel_map_filename", _PEAKFINDER8)
+        if filename is None:
+            return None
+        with self._naming_key("bad_pixel_map_filename", _PEAKFINDER8):
+            return load_bad_pixel_map(
+                self._parameters.resolve_path(filename),
+                self._get("bad_pixel_map_hdf5_path", _PEAKFINDER8) or "/data/data",
+                self._geometry.slab_shape,
+            )
+
     # Processing ranks ---------------------------------------------------------------------
 
     def initialize_processing_node(self, *, node_rank: int, node_pool_size: int) -> None:
@@ -162,29 +214,11 @@ class CrystallographyProcessing:
         Raises:
             OmConfigurationError: when the geometry or bad pixel map cannot be read.
         """
-        self._geometry = self._load_geometry()
-        bad_pixel_map = None
-        filename = self._get("bad_pixel_map_filename", _PEAKFINDER8)
-        if filename is not None:
-            with self._naming_key("bad_pixel_map_filename", _PEAKFINDER8):
-                bad_pixel_map = load_bad_pixel_map(
-                    self._parameters.resolve_path(filename),
-                    self._get("bad_pixel_map_hdf5_path", _PEAKFINDER8) or "/data/data",
-                    self._geometry.slab_shape,
-                )
-        self._peakfinder = Peakfinder8PeakDetection(
-            radius_map=self._geometry.peakfinder8_radius,
-            panels=[(p.min_fs, p.max_fs, p.min_ss, p.max_ss) for p in self._geometry.panels],
-            adc_threshold=self._get("adc_threshold", _PEAKFINDER8),
-            minimum_snr=self._get("minimum_snr", _PEAKFINDER8),
-            min_pixel_count=self._get("min_pixel_count", _PEAKFINDER8),
-            max_pixel_count=self._get("max_pixel_count", _PEAKFINDER8),
-            local_bg_radius=self._get("local_bg_radius", _PEAKFINDER8),
-            min_res=self._get("min_res", _PEAKFINDER8),
-            max_res=self._get("max_res", _PEAKFINDER8),
-            max_num_peaks=self._get("max_num_peaks", _PEAKFINDER8),
-            bad_pixel_map=bad_pixel_map,
-        )
+        _, bad_pixel_map = self.peakfinder8_inputs()
+        self._peakfinder = build_peakfinder8(self._geometry, bad_pixel_map,
+                                             lambda key: self._get(key, _PEAKFINDER8))
+        self._watch = FrameWatch(get=self._get, filename=self._parameters.filename,
+                                 geometry=self._geometry, good_pixels=bad_pixel_map)
         self._peakfinder.find_peaks(self._warm_up_frame())
         self._min_peaks = self._get("min_num_peaks_for_hit")
         self._max_peaks = self._get("max_num_peaks_for_hit")
@@ -251,7 +285,9 @@ class CrystallographyProcessing:
         Args:
             data: the event's ``detector_data`` (float32 (ss, fs) calibrated frame),
                 ``timestamp`` (s), ``event_id`` (str), ``beam_energy`` (eV) and
-                ``detector_distance`` (mm); optionally ``detector_spots`` (``fs``, ``ss``,
+                ``detector_distance`` (mm); optionally ``detector_saturated_pixels`` (int,
+                the frame's saturated pixels when the Data Source counted them),
+                ``detector_spots`` (``fs``, ``ss``,
                 ``intensity`` arrays: spots found by the detector's software, passed through)
                 and the collecting rank's feedback ``frames_wanted_per_second``.
 
@@ -265,7 +301,7 @@ class CrystallographyProcessing:
         self._frame_gate.update(data)
         peaks = self._peakfinder.find_peaks(frame)
         num_peaks = len(peaks.fs)
-        is_hit = self._min_peaks < num_peaks < self._max_peaks
+        is_hit = hit_decision(num_peaks, self._min_peaks, self._max_peaks)
         result: dict[str, Any] = {
             "timestamp": float(data["timestamp"]),
             "event_id": data["event_id"],
@@ -284,6 +320,9 @@ class CrystallographyProcessing:
             result["detector_spots"] = {
                 key: np.asarray(spots[key], dtype=np.float64) for key in ("fs", "ss", "intensity")
             }
+        result.update(self._watch.measure(frame, peaks, result["beam_energy"],
+                                          result["detector_distance"],
+                                          data.get("detector_saturated_pixels")))
         if self._frame_is_due(is_hit):
             result["detector_data"] = np.asarray(frame, dtype=np.float32)
         if self._saver is not None:
@@ -323,6 +362,7 @@ class CrystallographyProcessing:
             intensity_bin_size=self._get("peakogram_intensity_bin_size"),
             max_radius=float(np.nanmax(geometry.radius)),
         )
+        self._watch = WatchAggregates(get=self._get)
         self._rate = EventRateMeter()
         self._num_hits = 0
         self._events_per_rank: dict[str, int] = {}
@@ -382,13 +422,15 @@ class CrystallographyProcessing:
         self._hit_rate.reset()
         self._powder.reset()
         self._peakogram.reset()
+        self._watch.reset()
         self._resets_unlogged += 1
         now = time.monotonic()
         if now - self._last_reset_logged >= _RESET_LOG_INTERVAL:  # one line per flood
             logger.info("plots reset on request (%d times since the last line)",
                         self._resets_unlogged)
             self._last_reset_logged, self._resets_unlogged = now, 0
-        return b"ok: hit rate history, virtual powder plot and peakogram reset"
+        return (b"ok: hit rate history, virtual powder plot, peakogram, saturation rate, "
+                b"radial profiles and ring history reset")
 
     def collect_data(self, *, node_rank: int, node_pool_size: int,
                      processed_data: tuple[dict[str, Any], int]
@@ -411,6 +453,7 @@ class CrystallographyProcessing:
         is_hit = bool(result["frame_is_hit"])
         self._num_hits += int(is_hit)
         self._hit_rate.add(result["timestamp"], is_hit)
+        self._watch.add(result)
         fs = np.asarray(result["peak_fs"], dtype=np.float64)
         ss = np.asarray(result["peak_ss"], dtype=np.float64)
         if fs.size:
@@ -502,6 +545,7 @@ class CrystallographyProcessing:
             "responding_url": self._responder.url if self._responder else None,
             "start_timestamp": self._start,
             "hit_saving": self._hits_list.status() if self._hits_list is not None else None,
+            **self._watch.omdata_keys(),
         })
 
     def _broadcast_frame(self, result: dict[str, Any]) -> None:
@@ -517,6 +561,9 @@ class CrystallographyProcessing:
             "event_id": result["event_id"],
             "frame_is_hit": bool(result["frame_is_hit"]),
             "num_peaks": int(rows.size),
+            "peak_list_saturated_pixels": np.asarray(
+                result.get("peak_saturated_pixels", np.zeros(fs.size)), dtype=np.int32)[inside],
+            "num_saturated_pixels": int(result.get("num_saturated_pixels", 0)),
             **self._detector_spots_in_frame(result.get("detector_spots")),
         })
 
