@@ -24,7 +24,7 @@ import psutil
 import zmq
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
-from common import HelpFormatter, GEOMETRY_1M, REAL_MODULE_FILE, need_real_data  # noqa: E402
+from common import HelpFormatter, GEOMETRY_1M, Progress, REAL_MODULE_FILE, need_real_data  # noqa: E402
 from helpers import free_port, monitor_command, simulator_command  # noqa: E402
 
 from om.lib.serialization import unpack  # noqa: E402
@@ -34,7 +34,6 @@ from om.simulation.configuration import write_monitor_configuration  # noqa: E40
 from om.simulation.frame_sources import HDF5FrameSource  # noqa: E402
 
 
-_PROGRESS_EVERY = 30.0  # s between two progress lines of a run
 
 def _rank_processes(mpiexec: psutil.Process) -> dict[int, psutil.Process]:
     ranks = {}
@@ -145,12 +144,9 @@ def run(*, rate: float, duration: float, ranks: int, hit_frame_sending_interval:
     deadline = time.monotonic() + duration + 600
     rss_samples: list[tuple[float, dict[int, float]]] = []  # (s since start, {rank: MB})
     started = next_rss = time.monotonic()
-    next_progress = started + _PROGRESS_EVERY
+    progress = Progress()
     while time.monotonic() < deadline:
-        if time.monotonic() >= next_progress:  # a long run is not silent until its end
-            next_progress += _PROGRESS_EVERY
-            print(f"  ... {time.monotonic() - started:.0f} s: "
-                  f"{last['num_events'] if last else 0} events processed so far", flush=True)
+        progress.report(last["num_events"] if last else 0)
         if len(processes) < ranks:
             processes = _rank_processes(mpiexec)
         if rss_every > 0 and time.monotonic() >= next_rss and len(processes) == ranks:

@@ -35,7 +35,8 @@ import zmq
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
 from bench_end_to_end import _peak_rss_mb, _rank_processes, report_ranks, report_stages
-from common import HelpFormatter, GEOMETRY_1M, REAL_MODULE_FILE, need_real_data, real_raw_1m_frames
+from common import (HelpFormatter, GEOMETRY_1M, Progress, REAL_MODULE_FILE, need_real_data,
+                    real_raw_1m_frames)
 from helpers import free_port, monitor_command
 
 from om.lib.serialization import unpack
@@ -48,7 +49,7 @@ _IMAGES = {False: "images copied", True: "images memory-mapped"}
 
 def run(*, ranks: int, repeats: int, read_ahead: int | None = None,
         memory_map: bool = True, watch_frames: bool = False,
-        hit_frame_interval: int = 10) -> dict:
+        hit_frame_interval: int = 10, save: str = "none") -> dict:
     """Runs the monitor once over the files; returns the figures (see the module doc)."""
     need_real_data()
     folder = pathlib.Path(tempfile.mkdtemp(prefix="om_bench_files_"))
@@ -63,6 +64,7 @@ def run(*, ranks: int, repeats: int, read_ahead: int | None = None,
         "crystallography": {"geometry_file": str(GEOMETRY_1M), "data_broadcast_url": broadcast,
                             "responding_url": None, "speed_report_interval": 1000,
                             "hit_frame_sending_interval": hit_frame_interval},
+        **_hit_saving_group(save, folder),
     }, replace_groups={"data_retrieval_layer": {
         "fallback_beam_energy_in_eV": constants["photon_energy_ev"],
         "fallback_detector_distance_in_mm": 100.0, "files_data_hdf5_path": "/raw",
@@ -89,7 +91,9 @@ def run(*, ranks: int, repeats: int, read_ahead: int | None = None,
     cpu_end: dict[int, float] = {}
     rss: dict[int, float] = {}
     deadline = time.monotonic() + 120 + repeats * _FRAMES_IN_FILE / 20.0
+    progress = Progress()
     while monitor.poll() is None and time.monotonic() < deadline:
+        progress.report(last[1] if last else 0)
         if len(processes) < ranks:
             processes = _rank_processes(mpiexec)
         if not subscriber.poll(200):
@@ -114,6 +118,10 @@ def run(*, ranks: int, repeats: int, read_ahead: int | None = None,
     monitor.wait(30)
     log.close()
     data_file.unlink()  # hundreds of MB per run; the log stays
+    saved = sorted((folder / "saved").glob("*.cxi"))
+    saved_bytes = sum(path.stat().st_size for path in saved)
+    saved_frames = len((folder / "saved" / "hits.lst").read_text().splitlines()) if saved else 0
+    shutil.rmtree(folder / "saved", ignore_errors=True)
     shutil.rmtree(folder / "calibration", ignore_errors=True)
     subscriber.close(0)
     if first is None:
@@ -125,7 +133,19 @@ def run(*, ranks: int, repeats: int, read_ahead: int | None = None,
             "cpu": {rank: (cpu_end[rank] - cpu_start.get(rank, 0.0)) / elapsed
                     for rank in cpu_end},
             "rss_mb": rss, "exit_code": monitor.returncode, "log": str(folder / "monitor.log"),
-            "frames_received": frames_received, "frame_broadcasts": frame_broadcasts}
+            "frames_received": frames_received, "frame_broadcasts": frame_broadcasts,
+            "saved_frames": saved_frames, "saved_bytes": saved_bytes}
+
+
+def _hit_saving_group(save: str, folder: pathlib.Path) -> dict:
+    """The monitor's hit_saving group for ``--save`` (none, or DATA_TYPE:COMPRESSION: every
+    frame saved into folder/saved)."""
+    if save == "none":
+        return {}
+    data_type, compression = save.split(":")
+    return {"hit_saving": {"frames": "all", "output_directory": str(folder / "saved"),
+                           "data_type": data_type, "compression": compression,
+                           "min_free_disk_space_gb": 0.5}}
 
 
 def kernel_ms_per_frame(repeats: int) -> float:
@@ -146,7 +166,7 @@ def measure_once(arguments: argparse.Namespace,
     figures = run(ranks=arguments.ranks, repeats=arguments.repeats,
                   read_ahead=arguments.read_ahead, memory_map=memory_map,
                   watch_frames=arguments.watch_frames,
-                  hit_frame_interval=arguments.hit_frame_interval)
+                  hit_frame_interval=arguments.hit_frame_interval, save=arguments.save)
     if kernel:
         kernel.append(kernel_ms_per_frame(arguments.kernel_repeats))
     print(f"files end to end: mpiexec -n {figures['ranks']} ({figures['ranks'] - 1} processing "
@@ -158,6 +178,10 @@ def measure_once(arguments: argparse.Namespace,
     print(f"  frames sent to the collecting rank: {figures['frames_received']}; omframedata "
           f"broadcasts received: {figures['frame_broadcasts']}"
           f"{'' if arguments.watch_frames else ' (not subscribed)'}")
+    if arguments.save != "none":
+        per_frame = figures["saved_bytes"] / max(figures["saved_frames"], 1) / 1e6
+        print(f"  saved ({arguments.save}): {figures['saved_frames']} frames listed in hits.lst, "
+              f"{per_frame:.3f} MB/frame, {per_frame * figures['events_per_second']:.1f} MB/s")
     report_ranks(figures["cpu"], figures["rss_mb"], figures["events_per_second"])
     if memory_map:
         with open(figures["log"], encoding="utf-8", errors="replace") as log:
@@ -204,6 +228,10 @@ def main() -> None:
     parser.add_argument("--hit-frame-interval", type=int, default=10,
                         help="hit_frame_sending_interval of the monitor (default 10; the "
                         "example monitor.yaml's is 1: every hit)")
+    parser.add_argument("--save", default="none",
+                        help="save every frame (hit_saving, frames: all) as "
+                        "DATA_TYPE:COMPRESSION, e.g. int32:bitshuffle-lz4 or float32:none, into the run's temporary "
+                        "folder (default none: no saving)")
     arguments = parser.parse_args()
     need_real_data()
     modes = {"off": [False], "on": [True], "both": [False, True]}[arguments.memory_map]

@@ -5,6 +5,7 @@ import argparse
 import os
 import pathlib
 import sys
+import time
 
 import h5py
 import numpy as np
@@ -62,3 +63,20 @@ def monitor_kernel():
                                       panels=geometry.panel_rectangles, **pf8)
     return (calibration, finder, parameters.get("crystallography", "min_num_peaks_for_hit"),
             parameters.get("crystallography", "max_num_peaks_for_hit"))
+
+
+class Progress:
+    """Prints ``  ... N s: M events processed so far`` every ``every`` seconds, so that a long
+    benchmark run is not silent until its end."""
+
+    def __init__(self, every: float = 30.0) -> None:
+        self._every = every
+        self._start = time.monotonic()
+        self._next = self._start + every
+
+    def report(self, events: int) -> None:
+        """Prints the line when it is due (call it often, with the events processed so far)."""
+        now = time.monotonic()
+        if now >= self._next:
+            self._next += self._every
+            print(f"  ... {now - self._start:.0f} s: {events} events processed so far", flush=True)

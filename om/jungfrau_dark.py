@@ -32,7 +32,7 @@ import time
 import h5py
 import numpy as np
 
-from om.data_retrieval_layer.frame_distribution import FrameReceiver
+from om.data_retrieval_layer.frame_distribution import MAX_SLOTS, FrameReceiver, new_secret
 from om.data_retrieval_layer.jungfrau_bad_pixels import (
     BAD_PIXEL_MAP_DATASET,
     RULES,
@@ -77,6 +77,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _queue_length(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_SLOTS:  # the frame dealer refuses more
+        raise argparse.ArgumentTypeError(f"{text}: must be at most {MAX_SLOTS}")
+    return value
+
+
 def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     defaults = BadPixelRules()
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
@@ -106,9 +113,9 @@ def _parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         "arrived for S s (default 120)")
     parser.add_argument("--half-modules", action="store_true",
                         help="streams: two URLs per module, 256 rows each (two interfaces)")
-    parser.add_argument("--queue", type=_positive_int, default=64, metavar="N",
+    parser.add_argument("--queue", type=_queue_length, default=64, metavar="N",
                         help="streams: frames buffered while the tool is busy, 2 MB each per "
-                        "1M; frames beyond are skipped (default 64)")
+                        f"1M; frames beyond are skipped (default 64, at most {MAX_SLOTS})")
     parser.add_argument("--pedestal-convention", choices=("word", "adc"), default="word",
                         help="word: OM's whole-word means (G1 + 16384, G2 + 49152); adc: "
                         "ADC units (PSI) (default word)")
@@ -262,13 +269,15 @@ def read_streams(urls: list[str], rows_per_stream: int, stages: tuple[int, ...],
     """
     n_modules = len(urls) * rows_per_stream // MODULE_SHAPE[0]
     collector = StageCollector(n_modules, stages, frames_per_stage)
+    secret = new_secret()
     try:
         assembler = JungfrauFrameAssembler(
             stream_urls=urls, distribution_host="127.0.0.1", rows_per_stream=rows_per_stream,
-            assembly_timeout=2.0, expected_receivers=1)  # dark frames need no haste
+            assembly_timeout=2.0, expected_receivers=1,  # dark frames need no haste
+            secret=secret)
     except OmConfigurationError as error:
         raise DarkToolError(str(error)) from None
-    receiver = FrameReceiver(assembler.endpoint, n_slots=queue,
+    receiver = FrameReceiver(assembler.endpoint, n_slots=queue, secret=secret,
                              slot_bytes=n_modules * MODULE_SHAPE[0] * MODULE_SHAPE[1] * 2)
     assembler.start()
     print(f"{PROG}: waiting for {frames_per_stage} frames of each of "

@@ -2,8 +2,8 @@
 """A straightforward numpy JUNGFRAU calibration: the oracle of the numba kernel.
 
 photons = (ADC - P[g]) / (G[g] * E) per pixel and gain stage g (PSI's convention, pedestals in
-ADC units); 0xFFFF (missing packet), gain code 0b10 and saturated G1/G2 (ADC 0) read NaN; the
-double-size ASIC-border pixels (module columns 255/256/511/512/767/768, rows 255/256) are
+ADC units); 0xFFFF (missing packet) and gain code 0b10 read NaN, saturated G1/G2 (ADC 0) +inf;
+the double-size ASIC-border pixels (module columns 255/256/511/512/767/768, rows 255/256) are
 divided by their area (2, or 4 at the corners).
 """
 
@@ -23,8 +23,9 @@ def calibrate_reference(raw: np.ndarray, pedestals: np.ndarray, gains_adu_per_ke
     pedestal = np.take_along_axis(pedestals.astype(np.float64), safe, axis=1)[:, 0]
     gain = np.take_along_axis(gains_adu_per_kev.astype(np.float64), safe, axis=1)[:, 0]
     photons = (adc - pedestal) / (gain * photon_energy_kev)
-    bad = (modules == 0xFFFF) | (stage < 0) | ((stage > 0) & (adc == 0))
-    photons[bad] = np.nan
+    missing_or_invalid = (modules == 0xFFFF) | (stage < 0)
+    photons[(stage > 0) & (adc == 0) & ~missing_or_invalid] = np.inf
+    photons[missing_or_invalid] = np.nan
     area = np.ones((512, 1024))
     area[:, [255, 256, 511, 512, 767, 768]] *= 2
     area[[255, 256], :] *= 2

@@ -444,9 +444,21 @@ def run_monitor_on_simulator(tmp_path: pathlib.Path, config: pathlib.Path, broad
     on URL until omdata counts ``frames`` events; checks that both exit with 0 and returns
     (that omdata message, the omframedata messages received by then, the monitor)."""
     url = f"tcp://127.0.0.1:{free_port()}"
-    sender = Process(simulator_mode_command(mode, "--url", url, "--frames", str(frames),
-                                            *arguments), tmp_path, "sender")
-    monitor = Process(monitor_command(url, config), tmp_path, "monitor")
+    return run_monitor_with_sender(
+        tmp_path, config, broadcast,
+        simulator_mode_command(mode, "--url", url, "--frames", str(frames), *arguments), url,
+        frames)
+
+
+def run_monitor_with_sender(tmp_path: pathlib.Path, config: pathlib.Path, broadcast: str,
+                            sender_command: list[str], source: str,
+                            frames: int) -> tuple[dict[str, Any], list[dict[str, Any]], Process]:
+    """Runs ``sender_command`` (which sends ``frames`` frames and ends) and the monitor (3
+    ranks) on ``source`` until omdata counts ``frames`` events; checks that both exit with 0
+    and returns (that omdata message, the omframedata messages received by then, the
+    monitor)."""
+    sender = Process(sender_command, tmp_path, "sender")
+    monitor = Process(monitor_command(source, config), tmp_path, "monitor")
     frames_seen = []
     try:
         with subscriber(broadcast, b"omdata") as omdata, \
@@ -496,3 +508,50 @@ def reported_lines(stderr: str, kinds: Iterable[str]) -> list[str]:
         assert 1 <= len(lines) <= 2, (kind, lines)
         found += lines
     return found
+
+
+@contextlib.contextmanager
+def small_disk(folder: pathlib.Path, size: str) -> Iterator[pathlib.Path]:
+    """Mounts a tmpfs of ``size`` (e.g. ``"8m"``) at ``folder`` (created) for the block: a disk
+    that fills up. Skips the test with the reason when mounting is not permitted (not root)."""
+    import pytest  # here: the benchmarks import this module without pytest
+
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (root needed): {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def follow_mode_handler(tmp_path: pathlib.Path, writer_dir: pathlib.Path):
+    """A files source's Data Event Handler in follow mode, as processing rank 1 of 2, watching
+    ``writer_dir`` through notifications from a PUB socket bound on 127.0.0.1.
+
+    Returns:
+        ``(handler, publisher)``: the initialized handler and the bound PUB socket (the caller
+        closes both).
+    """
+    import zmq
+
+    from om.data_retrieval_layer.data_retrieval_files import Hdf5FilesDataRetrieval
+    from om.lib.parameters import MonitorParameters
+
+    config, _, _ = configure_single_panel(
+        tmp_path, "Hdf5FilesDataRetrieval",
+        {"fallback_beam_energy_in_eV": 9000.0, "fallback_detector_distance_in_mm": 250.0,
+         "files_follow_directory": str(writer_dir), "files_read_ahead": 0},
+        {"data_broadcast_interval": 1}, data_path="/entry/data/data")
+    parameters = MonitorParameters(config)
+    parameters.validate(Hdf5FilesDataRetrieval.parameter_groups, complete=False)
+    url = f"tcp://127.0.0.1:{free_port()}"
+    publisher = zmq.Context.instance().socket(zmq.PUB)
+    publisher.setsockopt(zmq.LINGER, 0)
+    publisher.bind(url)
+    handler = Hdf5FilesDataRetrieval(parameters=parameters, source=url).get_data_event_handler()
+    handler.initialize_event_handling_on_processing_node(
+        node_rank=1, node_pool_size=2, collecting_node_info={"files": []})
+    return handler, publisher

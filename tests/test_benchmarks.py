@@ -23,6 +23,10 @@ _CASES = {
         rf"total\s+median\s+{_NUMBER} ms/frame, p90 {_NUMBER} ms, \d+ frames/s/core",
         r"peaks per frame \d+-\d+, hits 20/20",
         rf"speed-up over the reference monitor's 47 ms/frame: {_NUMBER}x",
+        rf"saturation\s+median\s+{_NUMBER} ms/frame",
+        rf"radial profile\s+median\s+{_NUMBER} ms/frame \(every 4th row; every row: {_NUMBER} ms\)",
+        rf"saturation\+radial profile median\s+{_NUMBER} ms/frame \(target <= 0.3 ms\); "
+        rf"on a frame not in the caches {_NUMBER} ms",
     ]),
     "contention": ("bench_contention.py", ["--rounds", "1", "--frames", "5",
                                            "--read-rate", "50"], [
@@ -47,6 +51,11 @@ _CASES = {
         r"1 run, images memory-mapped: events/s .*; median",
         rf"share of the kernel alone: {_NUMBER} %; median {_NUMBER} %, \d of 1 runs at "
         r"80 % or more",
+    ]),
+    "hit saving": ("bench_hit_saving.py", ["--frames", "2"], [
+        rf"int32   bitshuffle-lz4 +{_NUMBER} ms/frame CPU, +{_NUMBER} MB/frame, +{_NUMBER} MB/s "
+        rf"per core, raw float32 / this: +{_NUMBER}x",
+        rf"int32 photons with bitshuffle-lz4: {_NUMBER}x smaller than raw float32",
     ]),
     "image read": ("bench_image_read.py", ["--images", "5", "--rounds", "1"], [
         r"one raw 1M image \(2 MB\) from the page cache, median of 5 per round",

@@ -85,8 +85,10 @@ def test_real_frames_match_jungfraujoch(real_module, real_files, convention):
         counts = calibration.calibrate_module(raw[index], 0, out)
         valid = reference[index] < 30000
         differences.append(np.abs(out[valid] - reference[index][valid]))
-        # Jungfraujoch's invalid marks are exactly our NaN pixels (here: saturated G2 pixels).
-        assert np.array_equal(np.isnan(out), reference[index] == REFERENCE_INVALID)
+        # Jungfraujoch's invalid marks are exactly our non-finite pixels (here: saturated G2
+        # pixels, +inf).
+        assert np.array_equal(~np.isfinite(out), reference[index] == REFERENCE_INVALID)
+        assert np.isposinf(out).sum() == counts.saturated
         assert counts.missing == 0 and counts.invalid_gain == 0
         saturated += counts.saturated
     differences = np.concatenate(differences)
@@ -139,7 +141,7 @@ def test_real_frame_from_readonly_buffer_into_frame_view(real_module, real_files
 # ---------------------------------------------------------------------------- special pixels
 
 
-def test_special_pixels_become_nan_and_are_counted():
+def test_special_pixels_become_nan_or_inf_and_are_counted():
     calibration, _, _ = flat_calibration(double_pixels="keep")
     raw = np.full(MODULE, 1000 + 400, dtype=np.uint16)  # G0, 400 ADU = 1 photon of 10 keV
     raw[0, :3] = 0xFFFF  # missing packet
@@ -153,8 +155,9 @@ def test_special_pixels_become_nan_and_are_counted():
     counts = calibration.calibrate_module(raw, 0, out)
     assert counts == CalibrationCounts(missing=3, invalid_gain=5, saturated=2)
     assert counts.total() == 10
-    assert np.isnan(out[0, :3]).all() and np.isnan(out[1, :5]).all() and np.isnan(out[2, :2]).all()
-    assert np.isnan(out).sum() == 10
+    assert np.isnan(out[0, :3]).all() and np.isnan(out[1, :5]).all()
+    assert np.isposinf(out[2, :2]).all()  # the saturation mark (om/processing_layer/saturation.py)
+    assert np.isnan(out).sum() == 8 and np.isinf(out).sum() == 2
     assert out[3, 0] == pytest.approx(10.0, rel=1e-6)
     assert out[3, 1] == pytest.approx(1000.0, rel=1e-6)
     assert out[3, 2] == pytest.approx((0x3FFE - 13000) / -0.1 / 10.0, rel=1e-6)

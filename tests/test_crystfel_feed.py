@@ -8,17 +8,23 @@ less skipped, a top-level map, the image map's ``type`` ``'<f4'`` or ``'<i4'`` a
 float64 arrays. These clients decode with plain msgpack, not with om's own decoder.
 """
 
+import sys
 import time
 
 import msgpack
 import numpy as np
+import psutil
 import pytest
 import zmq
 
 from om.data_retrieval_layer.jungfrau_calibration import JungfrauCalibration
+from om.lib.broadcast import DataBroadcaster
+from om.lib.crystfel_feed import MAX_WAITING_CLIENTS, CrystfelFrameFeed
+from om.lib.problems import problems
+from om.lib.responding_socket import MAX_REQUESTS_PER_SERVE, RespondingSocket
 
-from helpers import (Process, configure, free_port, monitor_command, receive_until,
-                     simulator_command, subscriber)
+from helpers import (Process, configure, eventually, free_port, monitor_command,
+                     receive_until, simulator_command, subscriber)
 
 pytestmark = pytest.mark.slow
 
@@ -167,3 +173,178 @@ def test_resetplots_request_clears_the_plots(running_monitor):
     assert after["num_events"] > before["num_events"]
     assert after["hit_rate_history"].size <= since_reset
     assert 0 < after["peakogram"].sum() <= 407 * since_reset < 344 * after["num_events"]
+
+
+# Requests from clients that are not indexamajig ------------------------------------------------
+
+def _result(event_id: int) -> dict:
+    """A hit as the processing ranks send it (a small frame: the payload is the same)."""
+    return {"detector_data": np.full((16, 16), event_id, np.float32), "frame_is_hit": True,
+            "peak_fs": [1.0], "peak_ss": [2.0], "peak_intensity": [3.0], "beam_energy": 12400.0,
+            "detector_distance": 100.0, "timestamp": 0.0, "event_id": str(event_id)}
+
+
+@pytest.fixture
+def feed():
+    """A REQ-mode feed on real sockets: (responding socket, feed)."""
+    broadcaster = DataBroadcaster(url="tcp://127.0.0.1:*")
+    responder = RespondingSocket(url="tcp://127.0.0.1:*", handlers={})
+    crystfel = CrystfelFrameFeed(broadcaster=broadcaster, responding_socket=responder,
+                                 frames="hits", interval=1, max_rate=0.0, queue_length=16)
+    yield responder, crystfel
+    responder.close()
+    broadcaster.close()
+
+
+def _client(responder: RespondingSocket, kind: int = zmq.REQ) -> zmq.Socket:
+    client = zmq.Context.instance().socket(kind)
+    client.setsockopt(zmq.LINGER, 0)
+    client.connect(responder.url)
+    return client
+
+
+def _serve(responder: RespondingSocket, requests: int, timeout: float = 20.0) -> None:
+    """Serves until ``requests`` requests were dispatched."""
+    served, deadline = 0, time.monotonic() + timeout
+    while served < requests:
+        assert time.monotonic() < deadline, f"{served} of {requests} requests came"
+        served += responder.serve(100)
+
+
+def _count(kind: str) -> int:
+    return problems.counts().get(kind, 0)
+
+
+def test_a_req_client_gets_its_frame_though_a_dealer_sent_300_next_requests(feed):
+    responder, crystfel = feed
+    indexamajig = _client(responder)
+    flooder = _client(responder, zmq.DEALER)
+    try:
+        indexamajig.send(b"next")
+        _serve(responder, 1)
+        before = _count("request_refused")
+        for _ in range(300):
+            flooder.send_multipart([b"", b"next"])
+        _serve(responder, 300)
+        crystfel.offer(_result(1))
+        assert indexamajig.poll(10000), "indexamajig's request was dropped: no frame"
+        assert read_like_indexamajig(indexamajig.recv())["event_id"] == "1"
+        # The flooder holds one place; its 299 other requests were refused with an error reply
+        # each (as many as fit its reply queue: it does not read them).
+        assert _count("request_refused") - before == 299
+        assert flooder.poll(10000)
+        assert flooder.recv_multipart()[1].startswith(b"error: your previous 'next'")
+    finally:
+        indexamajig.close(0)
+        flooder.close(0)
+
+
+def test_a_client_that_cannot_wait_gets_an_error_at_once(feed):
+    responder, _ = feed
+    clients = [_client(responder) for _ in range(MAX_WAITING_CLIENTS + 1)]
+    try:
+        for client in clients[:-1]:
+            client.send(b"next")
+        _serve(responder, MAX_WAITING_CLIENTS)
+        clients[-1].send(b"next")
+        _serve(responder, 1)
+        assert clients[-1].poll(10000), "refused silently"
+        assert clients[-1].recv().startswith(b"error: too many clients waiting")
+    finally:
+        for client in clients:
+            client.close(0)
+
+
+def test_one_serve_call_handles_a_bounded_number_of_requests(feed):
+    responder, _ = feed
+    flooder = _client(responder, zmq.DEALER)
+    try:
+        for _ in range(3 * MAX_REQUESTS_PER_SERVE):
+            flooder.send_multipart([b"", b"resetplots?"])
+        deadline = time.monotonic() + 20
+        first = 0
+        while first == 0:  # the first requests may still be on their way
+            assert time.monotonic() < deadline
+            first = responder.serve(100)
+        assert first <= MAX_REQUESTS_PER_SERVE
+        _serve(responder, 3 * MAX_REQUESTS_PER_SERVE - first)  # the others wait their turn
+    finally:
+        flooder.close(0)
+
+
+_FLOOD = """
+import sys, zmq
+socket = zmq.Context().socket(zmq.DEALER)
+socket.setsockopt(zmq.RCVHWM, 1)  # it reads no reply: it only takes the monitor's time
+socket.connect(sys.argv[1])
+socket.send_multipart([b"", b"resetplots"])
+assert socket.poll(60000)
+socket.recv_multipart()
+print("flooding", flush=True)
+while True:
+    socket.send_multipart([b"", b"resetplots"])
+"""
+
+
+def test_a_resetplots_flood_does_not_stop_the_broadcasts(running_monitor, tmp_path):
+    monitor, broadcast, responding = running_monitor
+    alive = lambda: monitor.popen.poll() is None  # noqa: E731
+    with subscriber(broadcast, b"omdata") as omdata:
+        receive_until(omdata, lambda m: m["num_events"] >= 5, 120, alive)
+        flooder = Process([sys.executable, "-c", _FLOOD, responding], tmp_path, "flooder")
+        try:
+            assert eventually(lambda: "flooding" in flooder.stdout, 60), flooder.stderr
+            while omdata.poll(0):  # messages from before the flood
+                omdata.recv_multipart()
+            during = receive_until(omdata, lambda m: True, 60, alive)
+            after = receive_until(omdata, lambda m: m["num_events"] >= during["num_events"] + 20,
+                                  60, alive)
+            assert flooder.popen.poll() is None  # still flooding
+        finally:
+            flooder.stop()
+    assert after["num_events"] >= during["num_events"] + 20
+
+
+def test_a_request_whose_handling_fails_gets_an_error_and_serving_goes_on():
+    def deep(identity):
+        raise RecursionError("maximum recursion depth exceeded")
+    responder = RespondingSocket(url="tcp://127.0.0.1:*",
+                                 handlers={b"deep": deep, b"ping": lambda identity: b"pong"})
+    client = _client(responder)
+    try:
+        before = _count("request_error")
+        client.send(b"deep")
+        _serve(responder, 1)
+        assert client.poll(10000) and client.recv().startswith(b"error")
+        assert _count("request_error") == before + 1
+        client.send(b"ping")
+        _serve(responder, 1)
+        assert client.poll(10000) and client.recv() == b"pong"
+    finally:
+        client.close(0)
+        responder.close()
+
+
+RSS_BOUND_MB = 60  # what 300 frames of 1 MB served to a client that reads none may add
+
+
+def test_a_client_that_reads_no_reply_holds_few_frames(feed):
+    """The responding socket's send limit: a client asking for frames without reading them
+    costs the collecting rank a few frames, not 1000 (the default limit: ~4 GB of 1M frames)."""
+    responder, crystfel = feed
+    hoarder = _client(responder, zmq.DEALER)
+    hoarder.setsockopt(zmq.RCVHWM, 1)  # it hurts the monitor, not itself
+    try:
+        frame = np.zeros((512, 512), np.float32)  # 1 MB
+        before = psutil.Process().memory_info().rss / 2**20
+        for number in range(300):
+            hoarder.send_multipart([b"", b"next"])
+            _serve(responder, 1)
+            crystfel.offer(_result(number) | {"detector_data": frame + number})
+        grown = psutil.Process().memory_info().rss / 2**20 - before
+        print(f"RSS {before:.0f} MB before 300 frames of 1 MB to a client reading none, "
+              f"+{grown:.1f} MB after; {crystfel.frames_served} served")
+        assert grown < RSS_BOUND_MB
+        assert crystfel.frames_served < 300 and _count("client_gone") > 0
+    finally:
+        hoarder.close(0)

@@ -21,7 +21,8 @@ def _handler(tmp_path, **data_retrieval):
                                            source="tcp://127.0.0.1:1,tcp://127.0.0.1:2")
     handler = retrieval.get_data_event_handler()
     handler.initialize_event_handling_on_processing_node(
-        node_rank=1, node_pool_size=2, collecting_node_info={"frame_endpoint": "tcp://x:1"})
+        node_rank=1, node_pool_size=2,
+        collecting_node_info={"frame_endpoint": "tcp://x:1", "frame_secret": bytes(32)})
     return handler
 
 

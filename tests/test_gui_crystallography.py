@@ -120,6 +120,18 @@ def test_shows_real_messages_hit_rate_curve_rings_and_counters(qtbot, publisher,
     assert not saved.isNull() and saved.width() == gui.width() and saved.height() == gui.height()
 
 
+def test_status_names_lost_processing_ranks_and_restarts(qtbot, publisher, make_gui):
+    gui = make_gui(publisher.url)
+    content = omdata(processing_ranks_lost={"2": "its process (pid 77) ended"},
+                     monitor_restarts=3)
+    content["problems"] = {"processing_rank_lost": 1}
+    publish_until(qtbot, publisher.socket, synthetic.encode("omdata", content),
+                  lambda: "lost" in gui.problems_label.text())
+    assert gui.problems_label.text() == (
+        "monitor problems: processing_rank_lost 1; processing rank 2 lost (its process (pid 77) "
+        "ended); monitor restarted 3 times")
+
+
 def test_malformed_messages_are_skipped_and_counted(qtbot, publisher, make_gui):
     socket, url = publisher.socket, publisher.url
     gui = make_gui(url)
@@ -262,3 +274,17 @@ def test_main_rejects_a_bad_url(qtbot, capsys):
     assert "cannot connect" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         crystallography_gui.main(["tcp://127.0.0.1:1", "--refresh-rate", "0"])
+
+
+def test_shows_the_hit_saving_status(qtbot, publisher, make_gui):
+    gui = make_gui(publisher.url)
+    status = {"frames_saved": 1234, "files_written": 3, "bytes_written": 5.0e8,
+              "bytes_per_second": 2.5e7, "frames_not_saved": 7, "frames_listed": 1200,
+              "errors": ["rank 2: saving stopped: disk full"], "directory": "/data"}
+    publish_until(qtbot, publisher.socket, synthetic.encode("omdata", omdata(hit_saving=status)),
+                  lambda: "saved:" in gui.saving_label.text())
+    text = gui.saving_label.text()
+    assert "1,234 frames, 3 files, 500.0 MB, 25.0 MB/s" in text
+    assert "NOT SAVED: 7 frames; rank 2: saving stopped: disk full" in text
+    assert crystallography_gui.describe_hit_saving(None) == ""  # saving off: nothing shown
+    assert "malformed" in crystallography_gui.describe_hit_saving({"frames_saved": "x"})

@@ -288,3 +288,29 @@ def test_invalid_parameters(overrides):
     kwargs.update(overrides)
     with pytest.raises(OmConfigurationError):
         Peakfinder8PeakDetection(**kwargs)
+
+
+def test_set_thresholds_gives_the_peaks_of_a_new_instance(real_module):
+    """The parameter tweaker changes thresholds on one instance: its peaks are those of a new
+    instance with the new values, frame after frame (the kept core ranges change nothing)."""
+    frames = real_module["converted_reference"][:3].astype(np.float32)
+    frames[frames > 30000] = np.nan
+    shape = frames.shape[1:]
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    radius = np.hypot(yy - 600.0, xx - 50.0).astype(np.float32)
+    panels = [(0, shape[1] - 1, 0, shape[0] - 1)]
+    kept = Peakfinder8PeakDetection(radius_map=radius, panels=panels, **DEFAULT_PARAMETERS)
+    for snr, threshold in ((5.0, 5.0), (9.0, 3.0), (4.0, 20.0)):
+        changed = dict(DEFAULT_PARAMETERS, minimum_snr=snr, adc_threshold=threshold)
+        kept.set_thresholds(**{key: changed[key] for key in (
+            "adc_threshold", "minimum_snr", "min_pixel_count", "max_pixel_count",
+            "max_num_peaks")})
+        fresh = Peakfinder8PeakDetection(radius_map=radius, panels=panels, **changed)
+        for frame in frames:
+            ours, theirs = kept.find_peaks(frame), fresh.find_peaks(frame)
+            assert len(ours) > 0
+            for field in ("fs", "ss", "intensity", "num_pixels"):
+                np.testing.assert_array_equal(getattr(ours, field), getattr(theirs, field))
+    with pytest.raises(OmConfigurationError, match="max_pixel_count"):
+        kept.set_thresholds(adc_threshold=5.0, minimum_snr=5.0, min_pixel_count=10,
+                            max_pixel_count=2, max_num_peaks=100)

@@ -11,6 +11,7 @@ import pytest
 import zmq
 from ruamel.yaml import YAML
 
+from om.data_retrieval_layer.frame_distribution import new_secret
 from om.data_retrieval_layer.jungfrau_frame_assembler import JungfrauFrameAssembler
 from om.lib.package_data import packaged_file
 from om.simulation.jungfrau_frames import SyntheticJungfrau
@@ -26,7 +27,8 @@ _FRAME = SyntheticJungfrau(n_modules=2, seed=0).raw_frame(0)[0]
 def _assembler(urls):
     assembler = JungfrauFrameAssembler(
         stream_urls=urls, distribution_host="127.0.0.1", rows_per_stream=512,
-        assembly_timeout=0.2, expected_receivers=0, waiting_report_interval=0.3)
+        assembly_timeout=0.2, expected_receivers=0, waiting_report_interval=0.3,
+        secret=new_secret())
     assembler.start()
     return assembler
 

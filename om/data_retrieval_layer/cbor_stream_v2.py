@@ -47,6 +47,7 @@ import numpy as np
 
 from om.lib.bslz4 import HEADER, decompress_bslz4
 from om.lib.exceptions import OmInvalidDataError
+from om.lib.input_limits import MAX_UINT64, is_int_in, number_or_none
 
 BAD_CBOR = "bad_cbor"
 BAD_MESSAGE = "bad_stream_message"
@@ -62,6 +63,9 @@ MAX_SPOTS = 100_000
 """Most detector spots read from one image message (more: the spots are ignored)."""
 
 _MAX_NESTING = 32
+MAX_MAPS = 2 * MAX_SPOTS + 1024
+"""Most CBOR maps one message may hold (spots as maps included): a payload of empty maps
+would otherwise decode to ~60 bytes of Python objects per byte."""
 _BLOCK_SIZE = struct.Struct(">I")
 _TAG_SELF_DESCRIBED = 55799
 _TAG_ROW_MAJOR = 40
@@ -147,8 +151,13 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
+    # A number a float can hold: 10**400 is an int, but float() of it raises OverflowError.
+    return number_or_none(value) is not None
+
+
+def _is_id(value: Any) -> bool:
+    """A series or image number: an integer within 0 to 2**64 - 1."""
+    return is_int_in(value, 0, MAX_UINT64)
 
 
 def _is_sequence(value: Any) -> bool:
@@ -217,7 +226,17 @@ def decode_message(data: bytes) -> Mapping[str, Any]:
             with a text ``type`` or a tag 40/56500/typed array is malformed.
     """
     stream = io.BytesIO(data)
-    decoder = cbor2.CBORDecoder(stream, tag_hook=_tag_hook, **_DECODER_OPTIONS)
+    maps_left = [MAX_MAPS]
+
+    def count_maps(*args: Any) -> Any:
+        # cbor2 5 calls object_hook(decoder, map), cbor2 6 object_hook(map, immutable).
+        maps_left[0] -= 1
+        if maps_left[0] < 0:
+            raise StreamV2Error(BAD_CBOR, f"the message holds more than {MAX_MAPS} maps")
+        return next(arg for arg in args if isinstance(arg, Mapping))
+
+    decoder = cbor2.CBORDecoder(stream, tag_hook=_tag_hook, object_hook=count_maps,
+                                **_DECODER_OPTIONS)
     try:
         message = decoder.decode()
     except StreamV2Error:
@@ -426,9 +445,9 @@ def _series_id(message: Mapping[str, Any], required: bool = True) -> int | None:
     value = message.get("series_id")
     if value is None and not required:
         return None
-    if not (_is_int(value) and value >= 0):
-        raise StreamV2Error(BAD_MESSAGE, f"{message['type']} message: 'series_id' must be a "
-                                         f"non-negative integer, got {value!r}"[:160])
+    if not _is_id(value):
+        raise StreamV2Error(BAD_MESSAGE, f"{message['type']} message: 'series_id' must be an "
+                                         f"integer within 0 to 2**64 - 1, got {value!r}"[:160])
     return value
 
 
@@ -452,7 +471,7 @@ def parse_start(message: Mapping[str, Any]) -> tuple[StartInfo, list[str]]:
             good = _is_number(value) and (key not in _POSITIVE or value > 0)
             value = float(value) if good else value
         elif key in _START_INTEGERS:
-            good = _is_int(value) and (value > 0 or key == "number_of_images" and value == 0)
+            good = is_int_in(value, 0 if key == "number_of_images" else 1, MAX_UINT64)
         elif key == "channels":
             good = _is_sequence(value) and all(isinstance(v, str) for v in value)
             value = tuple(value) if good else value
@@ -530,9 +549,10 @@ def parse_image(message: Mapping[str, Any], channel: str | None = None) -> Image
     """
     series_id = _series_id(message)
     image_id = message.get("image_id")
-    if not (_is_int(image_id) and image_id >= 0):
+    if not _is_id(image_id):
         raise StreamV2Error(BAD_MESSAGE, f"image message of series {series_id}: 'image_id' must "
-                                         f"be a non-negative integer, got {image_id!r}"[:160])
+                                         f"be an integer within 0 to 2**64 - 1, got "
+                                         f"{image_id!r}"[:160])
     where = f"image {series_id}:{image_id}"
     data = message.get("data")
     if not isinstance(data, Mapping) or not data:
@@ -563,7 +583,7 @@ def parse_image(message: Mapping[str, Any], channel: str | None = None) -> Image
     if message.get("spots") is not None:
         try:
             spots = _spot_table(message["spots"])
-        except ValueError as error:
+        except (ValueError, TypeError, OverflowError) as error:
             ignored.append(f"{where}: spots: {error}")
     return ImageInfo(series_id=series_id, image_id=image_id, series_unique_id=unique_id,
                      channel=channel, image=image, timestamp=timestamp, spots=spots,

@@ -51,6 +51,7 @@ from om.data_retrieval_layer.cbor_stream_v2 import (
     parse_start,
 )
 from om.data_retrieval_layer.pull_stream_handler import (
+    STREAM_MAX_MESSAGE_MB,
     STREAM_QUEUE_SIZE,
     PullStreamDataEventHandler,
 )
@@ -200,6 +201,7 @@ class DectrisStreamDataEventHandler(PullStreamDataEventHandler):
                       description="channel of the image messages' data map to use "
                                   "(null: the first one)"),
             STREAM_QUEUE_SIZE,
+            STREAM_MAX_MESSAGE_MB,
         )),
     )
 

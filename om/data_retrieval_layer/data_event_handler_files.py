@@ -30,10 +30,9 @@ An event is ``{"image": array as stored, "event_id": "<file>//<index>", "timesta
 (``image_read_error``) and the next one read.
 """
 
-import json
 import os
 import threading
-from typing import Any, ClassVar, Generator, Iterator, Literal
+from typing import Any, Callable, ClassVar, Generator, Iterator, Literal
 
 import zmq
 
@@ -48,6 +47,13 @@ from om.data_retrieval_layer.nxmx_files import (
     scan_file,
 )
 from om.lib.exceptions import OmConfigurationError, OmDataExtractionError, OmInvalidDataError
+from om.lib.input_limits import (
+    MAX_JSON_HEADER_BYTES,
+    is_int_in,
+    number_or_none,
+    parse_json_object,
+)
+from om.lib.zmq_sockets import SizeLimitedConnection
 from om.lib.parameters import MonitorParameters, Parameter, ParameterGroup
 from om.lib.problems import problems
 from om.lib.read_ahead import read_ahead
@@ -59,6 +65,7 @@ _URL_PREFIXES = ("tcp://", "ipc://", "inproc://")
 _POLL_MS = 100
 
 BAD_NOTIFICATION = "bad_notification"
+NOTIFIED_PATH_OUTSIDE = "notified_path_outside_folder"
 IMAGE_READ_ERROR = "image_read_error"
 
 
@@ -137,6 +144,7 @@ class Hdf5FilesDataEventHandler:
         self._reader = ImageReader(memory_map=memory_map)
         self._single_event_reader = ImageReader(memory_map=memory_map)
         self._sockets: list[zmq.Socket] = []
+        self._connections: list[SizeLimitedConnection] = []
         self._stop = threading.Event()
         self._retrieval_ready = False
 
@@ -213,15 +221,21 @@ class Hdf5FilesDataEventHandler:
             socket.setsockopt(zmq.LINGER, 0)
             socket.setsockopt(zmq.SUBSCRIBE, b"")
             try:
-                socket.connect(url)
+                # A notification is a small JSON object: a larger part ends the connection.
+                connection = SizeLimitedConnection(socket, url, max_bytes=MAX_JSON_HEADER_BYTES,
+                                                   what="the file notifications")
             except zmq.ZMQError as error:
                 socket.close(0)
                 self._close_sockets()
                 raise OmConfigurationError(
                     f"cannot connect to the file notifications {url!r}: {error}")
             self._sockets.append(socket)
+            self._connections.append(connection)
 
     def _close_sockets(self) -> None:
+        for connection in self._connections:
+            connection.close()
+        self._connections = []
         for socket in self._sockets:
             socket.close(0)
         self._sockets = []
@@ -262,34 +276,65 @@ class Hdf5FilesDataEventHandler:
             if reporter:
                 problems.report(kind, text)
 
+        ignored: list[str] = []
         try:
-            notification = json.loads(message)
-        except (UnicodeDecodeError, ValueError) as error:
-            report(BAD_NOTIFICATION, f"not JSON ({one_line(error)}): {message[:80]!r}")
+            notification = parse_json_object(message, "notification", ignored=ignored)
+        except OmInvalidDataError as error:
+            report(BAD_NOTIFICATION, f"{one_line(error)}: {message[:80]!r}")
             return None
-        filename = notification.get("filename") if isinstance(notification, dict) else None
-        if not isinstance(filename, str) or not filename:
+        for line in ignored:
+            report(BAD_NOTIFICATION, f"notification: {line} (ignored)")
+        filename = notification.get("filename")
+        if not isinstance(filename, str) or not filename or "\0" in filename:
             report(BAD_NOTIFICATION, f"no 'filename' string: {message[:80]!r}")
             return None
         file_number = notification.get("file_number", 0)
-        if not isinstance(file_number, int) or isinstance(file_number, bool):
+        if not is_int_in(file_number, 0, 2**63 - 1):
             file_number = 0
-        directory = self._parameters.get(_GROUP, "files_follow_directory")
-        if not os.path.isabs(filename):
-            filename = os.path.join(self._parameters.resolve_path(directory)
-                                    if directory else os.getcwd(), filename)
+        filename = self._inside_follow_directory(filename, report)
+        if filename is None:
+            return None
         found = scan_file(filename, data_path=self._data_path())
         for kind, text in found.problems:
             report(kind, f"notified {text}")
         metadata = found.metadata
-        energy = notification.get("incident_energy_eV")
-        if metadata.beam_energy_eV is None and isinstance(energy, (int, float)) and energy > 0:
-            metadata.beam_energy_eV = float(energy)
-        distance = notification.get("detector_distance_m")
-        if (metadata.detector_distance_mm is None and isinstance(distance, (int, float))
-                and distance > 0):
-            metadata.detector_distance_mm = float(distance) * 1000.0
+        energy = number_or_none(notification.get("incident_energy_eV"), 0.0)
+        if metadata.beam_energy_eV is None and energy:
+            metadata.beam_energy_eV = energy
+        distance = number_or_none(notification.get("detector_distance_m"), 0.0, scale=1000.0)
+        if metadata.detector_distance_mm is None and distance:
+            metadata.detector_distance_mm = distance
         return found, file_number
+
+    def _notified_file_guarded(self, message: bytes, reporter: bool
+                               ) -> tuple[FileImages, int] | None:
+        """:meth:`_notified_file`; whatever else it raises is counted as
+        ``bad_notification``: a notification never ends the rank's events."""
+        try:
+            return self._notified_file(message, reporter)
+        except Exception as error:  # no check foresaw it
+            if reporter:
+                problems.report(BAD_NOTIFICATION, f"{type(error).__name__}: "
+                                                  f"{one_line(error)}"[:200])
+            return None
+
+    def _inside_follow_directory(self, filename: str,
+                                 report: Callable[[str, str], None]) -> str | None:
+        """The notified file's path, symbolic links resolved, when it is inside
+        ``files_follow_directory`` (the current folder when null); else None, counted as
+        ``notified_path_outside_folder``: a notification must not make the monitor read (or
+        lease, or map) any file of the user's."""
+        directory = self._parameters.get(_GROUP, "files_follow_directory")
+        configured = self._parameters.resolve_path(directory) if directory else os.getcwd()
+        folder = os.path.realpath(configured)
+        path = os.path.realpath(os.path.join(folder, filename))
+        if os.path.commonpath((folder, path)) != folder or path == folder:
+            report(NOTIFIED_PATH_OUTSIDE, f"notified file {filename[:120]!r} is not inside the "
+                                          f"followed folder {folder} (symbolic links resolved): "
+                                          "ignored")
+            return None
+        # The name as the writer gave it (event ids stay those of the writer's folder).
+        return os.path.join(configured, filename)
 
     def event_generator(
         self, *, node_rank: int, node_pool_size: int
@@ -339,8 +384,10 @@ class Hdf5FilesDataEventHandler:
             while not self._stop.is_set():
                 if share == 0:
                     waiting.poll()
+                for connection in self._connections:
+                    connection.check()
                 for socket, _ in poller.poll(_POLL_MS):
-                    notified = self._notified_file(socket.recv(), reporter=share == 0)
+                    notified = self._notified_file_guarded(socket.recv(), share == 0)
                     if notified is None or not notified[0].blocks:
                         unusable[0] += 1
                         continue

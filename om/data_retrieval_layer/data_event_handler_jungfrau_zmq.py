@@ -9,6 +9,9 @@ frames from it with a :class:`~om.data_retrieval_layer.frame_distribution.FrameR
 :meth:`Jungfrau1MZmqDataEventHandler.close_event`.
 """
 
+import logging
+import os
+import signal
 import threading
 from collections.abc import Generator
 from typing import Any, ClassVar
@@ -18,19 +21,32 @@ from om.data_retrieval_layer.data_extraction import (
     extract_from_data_sources,
 )
 from om.data_retrieval_layer.frame_assembler_process import FrameAssemblerProcess
-from om.data_retrieval_layer.frame_distribution import FrameReceiver
+from om.data_retrieval_layer.frame_distribution import MAX_SLOTS, FrameReceiver, new_secret
 from om.data_retrieval_layer.jungfrau_frame_assembler import (
     BYTES_PER_PIXEL,
     MODULE_FS,
     JungfrauFrameAssembler,
 )
 from om.lib.exceptions import OmConfigurationError
+from om.lib.monitor_health import health
 from om.lib.parameters import MonitorParameters, Parameter, ParameterGroup
 from om.lib.problems import log_format
 from om.protocols.data_retrieval_layer import OmDataSourceProtocol
 
+logger = logging.getLogger("om")
+
 _GROUP = "data_retrieval_layer"
 _ROWS_PER_FRAME = 1024
+
+
+def _stop_the_monitor(reason: str) -> None:
+    """Stops the monitor as a stop signal would: frame assembly has ended for good, and a
+    monitor without frames must not run on as if it were waiting for the detector. The job
+    then ends with :data:`~om.parallelization_layer.mpi.EXIT_RESTART`: ``om_monitor.py -n N``
+    starts it again."""
+    logger.error("the monitor stops: %s", reason)
+    health.request_restart(reason)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 class Jungfrau1MZmqDataEventHandler(StreamWithoutSingleEvents):
@@ -58,7 +74,7 @@ class Jungfrau1MZmqDataEventHandler(StreamWithoutSingleEvents):
                       "collecting rank (else in a thread of it)"),
             Parameter("frame_distribution_host", str, default="127.0.0.1",
                       description="interface the collecting rank deals frames on"),
-            Parameter("frame_queue_size", int, default=8, minimum=1,
+            Parameter("frame_queue_size", int, default=8, minimum=1, maximum=MAX_SLOTS - 1,
                       description="frames queued per processing rank before frames are dropped"),
             Parameter("frame_shared_memory", bool, default=True,
                       description="hand frames to processing ranks on the same host through "
@@ -81,6 +97,7 @@ class Jungfrau1MZmqDataEventHandler(StreamWithoutSingleEvents):
         self._parameters = parameters
         self._assembler: JungfrauFrameAssembler | FrameAssemblerProcess | None = None
         self._endpoint: str | None = None
+        self._secret = b""
         self._receiver: FrameReceiver | None = None
         self._stop = threading.Event()
 
@@ -88,7 +105,8 @@ class Jungfrau1MZmqDataEventHandler(StreamWithoutSingleEvents):
         self, *, node_rank: int, node_pool_size: int
     ) -> dict[str, Any]:
         """Starts the frame assembler (in a process of its own with ``frame_assembly_process``,
-        else in a thread); returns ``{"frame_endpoint": URL}`` for processing ranks.
+        else in a thread); returns ``{"frame_endpoint": URL, "frame_secret": bytes}`` for the
+        processing ranks (sent to them through MPI only: the secret lets a client take frames).
 
         Raises:
             OmConfigurationError: when a stream URL is malformed or the dealer's socket cannot
@@ -101,13 +119,16 @@ class Jungfrau1MZmqDataEventHandler(StreamWithoutSingleEvents):
             "assembly_timeout": self._parameters.get(_GROUP, "frame_assembly_timeout"),
             "expected_receivers": node_pool_size - 1,
         }
+        secret = new_secret()
         if self._parameters.get(_GROUP, "frame_assembly_process"):
-            self._assembler = FrameAssemblerProcess(assembler=settings,
-                                                    log_format=log_format(node_rank))
+            self._assembler = FrameAssemblerProcess(assembler=settings, secret=secret,
+                                                    log_format=log_format(node_rank),
+                                                    on_unexpected_end=_stop_the_monitor)
         else:
-            self._assembler = JungfrauFrameAssembler(**settings)
+            self._assembler = JungfrauFrameAssembler(**settings, secret=secret,
+                                                     on_failure=_stop_the_monitor)
         self._assembler.start()
-        return {"frame_endpoint": self._assembler.endpoint}
+        return {"frame_endpoint": self._assembler.endpoint, "frame_secret": secret}
 
     def initialize_event_handling_on_processing_node(
         self, *, node_rank: int, node_pool_size: int,
@@ -118,9 +139,11 @@ class Jungfrau1MZmqDataEventHandler(StreamWithoutSingleEvents):
         Raises:
             OmConfigurationError: when a Data Source cannot initialize.
         """
-        if not collecting_node_info or "frame_endpoint" not in collecting_node_info:
-            raise OmConfigurationError("the collecting rank gave no frame endpoint")
+        if not collecting_node_info or not {"frame_endpoint", "frame_secret"} <= set(
+                collecting_node_info):
+            raise OmConfigurationError("the collecting rank gave no frame endpoint and secret")
         self._endpoint = collecting_node_info["frame_endpoint"]
+        self._secret = collecting_node_info["frame_secret"]
         for source in self._data_sources.values():
             source.initialize_data_source()
 
@@ -134,7 +157,7 @@ class Jungfrau1MZmqDataEventHandler(StreamWithoutSingleEvents):
         """
         self._receiver = FrameReceiver(
             self._endpoint, n_slots=self._parameters.get(_GROUP, "frame_queue_size") + 1,
-            slot_bytes=_ROWS_PER_FRAME * MODULE_FS * BYTES_PER_PIXEL,
+            slot_bytes=_ROWS_PER_FRAME * MODULE_FS * BYTES_PER_PIXEL, secret=self._secret,
             shared_memory=self._parameters.get(_GROUP, "frame_shared_memory"))
         try:
             while not self._stop.is_set():

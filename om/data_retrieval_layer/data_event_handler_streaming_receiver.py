@@ -55,7 +55,6 @@ Bad input never stops a rank: every unusable message is counted (kinds in
 :data:`PROBLEM_KINDS`), logged as one line and dropped.
 """
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -65,6 +64,7 @@ import numpy as np
 import zmq
 
 from om.data_retrieval_layer.pull_stream_handler import (
+    STREAM_MAX_MESSAGE_MB,
     STREAM_QUEUE_SIZE,
     PullStreamDataEventHandler,
 )
@@ -73,6 +73,8 @@ from om.lib.bslz4 import decompress_bslz4
 from om.lib.exceptions import (
     OmInvalidDataError,
 )
+from om.lib.input_limits import MAX_UINT64, is_int_in, number_or_none
+from om.lib.input_limits import parse_json_object as checked_json_object
 from om.lib.parameters import Parameter, ParameterGroup
 from om.lib.problems import problems
 
@@ -97,9 +99,10 @@ BAD_COMPRESSED_DATA = "bad_compressed_data"
 BAD_HEADER_METADATA = "bad_header_metadata"
 IMAGE_WITHOUT_HEADER = "image_without_header"
 MSG_NUMBER_GAP = "msg_number_gap"
+BAD_MESSAGE_FIELD = "bad_message_field"
 PROBLEM_KINDS = (BAD_JSON, BAD_MESSAGE, UNKNOWN_HTYPE, BAD_IMAGE_HEADER, UNKNOWN_DTYPE,
                  UNKNOWN_COMPRESSION, WRONG_SIZE, BAD_COMPRESSED_DATA, BAD_HEADER_METADATA,
-                 IMAGE_WITHOUT_HEADER, MSG_NUMBER_GAP)
+                 IMAGE_WITHOUT_HEADER, MSG_NUMBER_GAP, BAD_MESSAGE_FIELD)
 """Every problem kind this source reports (documented in docs/source_streaming_receiver.md)."""
 
 _DTYPE_NAMES = {
@@ -129,30 +132,35 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_number_part(value: Any) -> bool:
+    """A msg_number or frame: an integer within 0 to 2**64 - 1 (the receiver's uint64)."""
+    return is_int_in(value, 0, MAX_UINT64)
+
+
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def parse_json_object(part: bytes | memoryview, what: str) -> dict[str, Any]:
-    """Decodes a JSON object (UTF-8) of at most :data:`MAX_JSON_BYTES`.
+def parse_json_object(part: bytes | memoryview, what: str,
+                      ignored: list[str] | None = None) -> dict[str, Any]:
+    """Decodes a JSON object (UTF-8) of at most :data:`MAX_JSON_BYTES`, nested at most 16
+    levels (:func:`om.lib.input_limits.parse_json_object`).
+
+    Args:
+        part: the message part.
+        what: what it is, for the error message.
+        ignored: when given, integers beyond 64 bits are made None and named here; else they
+            refuse the part.
 
     Raises:
-        StreamingReceiverError: ``bad_json`` when the part is too long, not JSON or not an
-            object.
+        StreamingReceiverError: ``bad_json`` when the part is too long, not JSON, too deep or
+            not an object.
     """
-    if len(part) > MAX_JSON_BYTES:
-        raise StreamingReceiverError(BAD_JSON, f"{what} of {len(part)} bytes is longer than "
-                                               f"the {MAX_JSON_BYTES} bytes a JSON part may be")
     try:
-        content = json.loads(bytes(part))
-    except (ValueError, RecursionError) as error:  # JSONDecodeError, UnicodeDecodeError
-        reason = str(error).splitlines()[0][:80] if str(error) else type(error).__name__
-        raise StreamingReceiverError(BAD_JSON, f"{what} is not JSON: {reason}")
-    if not isinstance(content, dict):
-        raise StreamingReceiverError(BAD_JSON, f"{what} is JSON but not an object "
-                                               f"({type(content).__name__})")
-    return content
+        return checked_json_object(part, what, MAX_JSON_BYTES, ignored)
+    except OmInvalidDataError as error:
+        raise StreamingReceiverError(BAD_JSON, str(error)) from None
 
 
 def parse_dtype(name: Any) -> np.dtype:
@@ -329,7 +337,10 @@ class StreamingReceiverMessages:
         try:
             if not parts:
                 raise StreamingReceiverError(BAD_MESSAGE, "a message without parts")
-            header = parse_json_object(parts[0], "the first part")
+            ignored: list[str] = []
+            header = parse_json_object(parts[0], "the first part", ignored)
+            for line in ignored:
+                problems.report(BAD_MESSAGE_FIELD, f"the first part: {line} (ignored)")
             htype = header.get("htype")
             if htype == "image":
                 return self._image(header, parts[1:], received_time)
@@ -339,7 +350,7 @@ class StreamingReceiverMessages:
                 self._on_series_end(header, parts[1:])
             elif isinstance(htype, str):
                 msg_number = header.get("msg_number")
-                if _is_int(msg_number) and msg_number >= 0:
+                if _is_number_part(msg_number):
                     self._track(msg_number, "message")
                 raise StreamingReceiverError(UNKNOWN_HTYPE, f"htype {_short(htype)} (ignored)")
             else:
@@ -398,13 +409,15 @@ class StreamingReceiverMessages:
                                             f"messages missing{share}: {excess}", count=excess)
 
     def _on_header(self, header: dict[str, Any], extra: Sequence[bytes | memoryview]) -> None:
+        # Every value is read and checked before any state changes: a header that fails
+        # half-way must not leave the previous series' values in place for the new one.
         msg_number = header.get("msg_number", 0)
-        if not _is_int(msg_number) or msg_number < 0:
+        if not _is_number_part(msg_number):
             problems.report(BAD_HEADER_METADATA,
                             f"header msg_number {_short(msg_number)} ignored (0 assumed)")
             msg_number = 0
-        self._track(msg_number, "header")
         if len(extra) > 1:
+            self._track(msg_number, "header")
             self._new_series(None, msg_number)
             raise StreamingReceiverError(
                 BAD_MESSAGE, f"header message of {1 + len(extra)} parts (1 or 2 expected): "
@@ -415,14 +428,19 @@ class StreamingReceiverMessages:
             filename = None
         metadata: dict[str, Any] | None = None
         if extra:
+            ignored: list[str] = []
             try:
-                metadata = parse_json_object(extra[0], "the header's metadata part")
+                metadata = parse_json_object(extra[0], "the header's metadata part", ignored)
             except StreamingReceiverError as error:
                 problems.report(BAD_HEADER_METADATA, f"{error} (ignored)")
+            for line in ignored:
+                problems.report(BAD_HEADER_METADATA, f"the header's metadata part: {line} "
+                                                     "(ignored)")
         energy = self._plausible(metadata, self._energy_key, "beam energy", 1.0,
                                  _BEAM_ENERGY_EV)
         distance = self._plausible(metadata, self._distance_key, "detector distance",
                                    self._distance_scale, _DETECTOR_DISTANCE_MM)
+        self._track(msg_number, "header")
         self._new_series(SeriesHeader(filename, metadata, energy, distance), msg_number)
         self.counts["headers"] += 1
         logger.info("series %s started (its header reached this rank): beam energy %s eV, "
@@ -435,20 +453,20 @@ class StreamingReceiverMessages:
         value = _metadata_value(metadata, path)
         if value is None:
             return None
-        if (not isinstance(value, (int, float)) or isinstance(value, bool)
-                or not math.isfinite(value) or not bounds[0] <= value * scale <= bounds[1]):
+        scaled = number_or_none(value, scale=scale)
+        if scaled is None or not bounds[0] <= scaled <= bounds[1]:
             problems.report(BAD_HEADER_METADATA, f"header {what} '{path}' = {_short(value)} "
                                                  f"ignored (not a number within {bounds[0]:g} "
                                                  f"to {bounds[1]:g} after units; the fallback "
                                                  f"is used)")
             return None
-        return float(value) * scale
+        return scaled
 
     def _on_series_end(self, header: dict[str, Any],
                        extra: Sequence[bytes | memoryview]) -> None:
         self.counts["series_ends"] += 1
         msg_number = header.get("msg_number")
-        if _is_int(msg_number) and msg_number >= 0:
+        if _is_number_part(msg_number):
             self._track(msg_number, "series_end")  # messages lost before the end count too
         self._new_series(None, -1)
         self._numbered = True  # the series is over: what came before does not count
@@ -462,13 +480,15 @@ class StreamingReceiverMessages:
     def _image(self, header: dict[str, Any], blobs: Sequence[bytes | memoryview],
                received_time: float) -> dict[str, Any]:
         msg_number, frame = header.get("msg_number"), header.get("frame")
-        if not _is_int(msg_number) or msg_number < 0:
+        if not _is_number_part(msg_number):
             raise StreamingReceiverError(
-                BAD_IMAGE_HEADER, f"image msg_number {_short(msg_number)} is not an integer >= 0")
+                BAD_IMAGE_HEADER, f"image msg_number {_short(msg_number)} is not an integer "
+                                  "within 0 to 2**64 - 1")
         self._track(msg_number, "image")
-        if not _is_int(frame) or frame < 0:
+        if not _is_number_part(frame):
             raise StreamingReceiverError(
-                BAD_IMAGE_HEADER, f"image frame {_short(frame)} is not an integer >= 0")
+                BAD_IMAGE_HEADER, f"image frame {_short(frame)} is not an integer within 0 to "
+                                  "2**64 - 1")
         image = decode_image(header, blobs)
         series = self._header
         if series is None and not self._without_header_counted:
@@ -512,6 +532,7 @@ class StreamingReceiverDataEventHandler(PullStreamDataEventHandler):
     parameter_groups: ClassVar[tuple[ParameterGroup, ...]] = (
         ParameterGroup(_GROUP, (
             STREAM_QUEUE_SIZE,
+            STREAM_MAX_MESSAGE_MB,
             Parameter("header_beam_energy_key", str, default="photon_energy",
                       description="key of the beam energy (eV) in the header's metadata part "
                                   "('a/b' for nested maps)"),

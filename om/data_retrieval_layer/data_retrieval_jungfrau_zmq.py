@@ -16,6 +16,7 @@ from om.data_retrieval_layer.data_sources_generic import (
 from om.data_retrieval_layer.data_sources_jungfrau_zmq import (
     EventIdJungfrau1MZmq,
     Jungfrau1MZmq,
+    SaturatedPixelsJungfrau1MZmq,
     TimestampJungfrau1MZmq,
 )
 from om.lib.parameters import MonitorParameters, ParameterGroup
@@ -25,7 +26,7 @@ class Jungfrau1MZmqDataRetrieval:
     """JUNGFRAU 1M frames from slsReceiver's module streams.
 
     Data Sources: ``timestamp`` (float64 s), ``event_id`` (str), ``detector_data`` (the
-    (1024, 1024) frame), ``beam_energy`` (eV) and ``detector_distance`` (mm) from the keys
+    (1024, 1024) frame), ``detector_saturated_pixels`` (int, its saturated pixels), ``beam_energy`` (eV) and ``detector_distance`` (mm) from the keys
     ``fallback_beam_energy_in_eV`` and ``fallback_detector_distance_in_mm``.
 
     Args:
@@ -45,6 +46,9 @@ class Jungfrau1MZmqDataRetrieval:
                                                 parameters=parameters),
             "event_id": EventIdJungfrau1MZmq(data_source_name="event_id", parameters=parameters),
             "detector_data": Jungfrau1MZmq(data_source_name="detector", parameters=parameters),
+            # After detector_data: the count its calibration made.
+            "detector_saturated_pixels": SaturatedPixelsJungfrau1MZmq(
+                data_source_name="detector_saturated_pixels", parameters=parameters),
             "beam_energy": FloatValueFromConfiguration(
                 data_source_name="beam_energy", parameters=parameters,
                 key="fallback_beam_energy_in_eV"),

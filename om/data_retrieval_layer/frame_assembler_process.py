@@ -10,7 +10,9 @@ GIL, and deals frames to the processing ranks exactly as in a thread (its
 :class:`~om.data_retrieval_layer.frame_distribution.FrameDealer` binds the endpoint they
 connect to).
 
-The two processes talk over a ZeroMQ PAIR socket on 127.0.0.1, in msgpack maps:
+The two processes talk over a ZeroMQ PAIR socket, in msgpack maps; it is an ``ipc://`` socket
+in a folder only this user can enter (not a TCP port that any user of the host could reach first
+and stop the assembler through):
 
 * child → parent, once: ``{"endpoint": url}`` when the assembler is ready, or ``{"error":
   message}`` when it could not start (a malformed stream URL, a port that cannot be bound);
@@ -19,9 +21,14 @@ The two processes talk over a ZeroMQ PAIR socket on 127.0.0.1, in msgpack maps:
   parent adds the problem counts to its own (the child logs each problem itself, on stderr);
 * parent → child: ``b"stop"``.
 
-A child that ends without being asked to (killed, or crashed) is counted as
-``assembler_process_ended`` and logged: no frame comes after it, so it asks for the monitor to be
-started again (:meth:`om.lib.monitor_health.MonitorHealth.request_restart`).
+A child that ends without being asked to (killed, or crashed, or its assembly thread ended) is
+counted as ``assembler_process_ended``, logged, and reported to the ``on_unexpected_end``
+callback, which stops the monitor: no frame comes after it (``om_monitor.py -n N`` starts
+it again).
+
+The dealing secret (:func:`~om.data_retrieval_layer.frame_distribution.new_secret`) goes to
+the child through a pipe on its standard input, never on its command line (which every user
+of the host can read in ``/proc``) nor over a socket.
 
 The child runs in a session of its own and ignores SIGINT, so a Ctrl-C sent to the monitor's
 process group does not reach it (the collecting rank decides when it stops); it stops on
@@ -33,18 +40,19 @@ import ctypes
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 
 from om.data_retrieval_layer.jungfrau_frame_assembler import JungfrauFrameAssembler
-from om.lib.exceptions import OmConfigurationError, OmException
-from om.lib.monitor_health import health
+from om.lib.exceptions import OmConfigurationError
 from om.lib.problems import log_format as monitor_log_format
 from om.lib.problems import problems
 from om.lib.serialization import pack, unpack
@@ -72,16 +80,23 @@ class FrameAssemblerProcess:
         assembler: the assembler's keyword arguments (JSON-encodable: ``stream_urls``,
             ``distribution_host``, ``rows_per_stream``, ``assembly_timeout``,
             ``expected_receivers``).
+        secret: the dealing secret (bytes), passed to the child on its standard input.
         log_format: the logging format of the child's lines (default: rank 0's,
             :func:`om.lib.problems.log_format`).
+        on_unexpected_end: called with the reason, from a thread of this object, when the
+            child ends without being asked to; it must only set flags or send a signal.
 
     Raises:
         OmConfigurationError: the assembler's own start-up error, or when the child does not
             start within 60 s.
     """
 
-    def __init__(self, *, assembler: dict[str, Any], log_format: str | None = None) -> None:
-        self._control, url = bind_socket(zmq.PAIR, "tcp://127.0.0.1:*",
+    def __init__(self, *, assembler: dict[str, Any], secret: bytes,
+                 log_format: str | None = None,
+                 on_unexpected_end: Callable[[str], None] | None = None) -> None:
+        self._on_unexpected_end = on_unexpected_end
+        self._folder = tempfile.mkdtemp(prefix="om_assembler_")  # mode 0700
+        self._control, url = bind_socket(zmq.PAIR, f"ipc://{self._folder}/control",
                                          what="the frame assembler's control socket")
         environment = {key: value for key, value in os.environ.items()
                        if not key.startswith(_MPI_ENVIRONMENT)}
@@ -91,8 +106,13 @@ class FrameAssemblerProcess:
         # A session of its own: a Ctrl-C sent to the monitor's process group must not reach it
         # (it would die of KeyboardInterrupt while importing); the collecting rank stops it.
         self._child = subprocess.Popen([sys.executable, "-m", __name__, url, json.dumps(settings)],
-                                       env=environment, stdin=subprocess.DEVNULL,
+                                       env=environment, stdin=subprocess.PIPE,
                                        start_new_session=True)
+        try:
+            self._child.stdin.write(secret.hex().encode() + b"\n")
+            self._child.stdin.close()
+        except OSError:  # the child ended at once: _wait_for_start says so
+            pass
         self.frames_forwarded = 0
         self.acquisitions_ended = 0
         self._stop_requested = threading.Event()
@@ -136,10 +156,11 @@ class FrameAssemblerProcess:
                     self._on_status(self._control.recv())
                 elif self._child.poll() is not None:
                     if not self._stop_requested.is_set():
-                        why = (f"the frame assembler process ended by itself (exit code "
-                               f"{self._child.returncode}): no more frames will come")
-                        problems.report(ASSEMBLER_PROCESS_ENDED, why)
-                        health.request_restart(why)
+                        reason = (f"the frame assembler process ended by itself (exit code "
+                                  f"{self._child.returncode}): no more frames will come")
+                        problems.report(ASSEMBLER_PROCESS_ENDED, reason)
+                        if self._on_unexpected_end is not None:
+                            self._on_unexpected_end(reason)
                     return
         except zmq.ZMQError:  # the socket closed under it: stop() gave up waiting
             return
@@ -151,8 +172,9 @@ class FrameAssemblerProcess:
             self.frames_forwarded = int(status.get("frames_forwarded", self.frames_forwarded))
             self.acquisitions_ended = int(status.get("acquisitions_ended",
                                                      self.acquisitions_ended))
-        except (OmException, AttributeError, TypeError, ValueError) as error:
-            problems.report("bad_rank_message", f"frame assembler process: {error}")
+        except Exception as error:  # noqa: BLE001 - the status thread notices the child's end
+            problems.report("bad_rank_message", f"frame assembler process: "
+                            f"{type(error).__name__}: {str(error)[:200]}")
 
     def stop(self, timeout: float = _STOP_TIMEOUT) -> None:
         """Stops the child (its last status is taken first); kills it after ``timeout`` s.
@@ -173,6 +195,7 @@ class FrameAssemblerProcess:
                 self._child.wait()
         if not self._control.closed:
             self._control.close(0)
+        shutil.rmtree(self._folder, ignore_errors=True)
 
     @property
     def pid(self) -> int:
@@ -217,6 +240,7 @@ def main(argv: list[str]) -> int:
     parent = os.getppid()
     _die_with_parent()
     url, settings = argv[0], json.loads(argv[1])
+    secret = bytes.fromhex(sys.stdin.readline().strip())
     logging.basicConfig(level=settings["log_level"], format=settings["log_format"],
                         stream=sys.stderr)
     # A plain flag, no lock: a handler that took a lock (threading.Event.set) deadlocked when
@@ -231,7 +255,7 @@ def main(argv: list[str]) -> int:
     control.setsockopt(zmq.LINGER, 1000)
     control.connect(url)
     try:
-        assembler = JungfrauFrameAssembler(**settings["assembler"])
+        assembler = JungfrauFrameAssembler(**settings["assembler"], secret=secret)
     except OmConfigurationError as error:
         control.send(pack({"error": str(error)}))
         control.close()
@@ -239,10 +263,14 @@ def main(argv: list[str]) -> int:
     control.send(pack({"endpoint": assembler.endpoint}))
     assembler.start()
     last: tuple[int, int] = (0, 0)
+    code = 0
     while not stopping:
         if control.poll(int(_STATUS_PERIOD * 1000)) and control.recv() == _STOP:
             break
         if os.getppid() != parent:  # it died before PR_SET_PDEATHSIG took effect
+            break
+        if not assembler.alive:  # reported by the thread; the parent counts our end
+            code = 1
             break
         counters = (assembler.frames_forwarded, assembler.acquisitions_ended)
         unsent = problems.take_unsent()
@@ -252,7 +280,7 @@ def main(argv: list[str]) -> int:
     assembler.stop()
     _send_status(control, assembler, problems.take_unsent())
     control.close()  # lingers until the last status is sent (at most 1 s)
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ Format (PSI's conventions, as summarised in ``shared/reference/jungfrau_zmq_stre
   of a module) collect twice the area (four times at the ASIC corners where both apply);
   by default their values are divided by 2 (4).
 
-Missing, invalid-gain and saturated pixels become NaN, so that peak finding ignores them, and
-are counted.
+Missing and invalid-gain pixels become NaN and saturated pixels +inf (the mark that
+``om/processing_layer/saturation.py`` counts), so that peak finding ignores them (it uses finite
+values only); all three are counted.
 
 The per-pixel constants are staged at construction as float32 (pedestal and multiplier
 ``1 / (G * E)`` including the double-pixel factor, per gain stage), so the kernel, a
@@ -85,7 +86,8 @@ named ``detector`` (each source adds ``detector_calibration`` and
 
 
 class CalibrationCounts(NamedTuple):
-    """Numbers of pixels of a module (or a frame) set to NaN by the calibration.
+    """Numbers of pixels of a module (or a frame) the calibration could not calibrate (NaN;
+    +inf for the saturated ones).
 
     Attributes:
         missing: pixels with word ``0xFFFF`` (packet missed by the receiver).
@@ -98,7 +100,7 @@ class CalibrationCounts(NamedTuple):
     saturated: int
 
     def total(self) -> int:
-        """Returns the number of pixels set to NaN."""
+        """Returns the number of pixels set to NaN or +inf."""
         return self.missing + self.invalid_gain + self.saturated
 
     def __add__(self, other: "CalibrationCounts") -> "CalibrationCounts":  # type: ignore[override]
@@ -127,6 +129,7 @@ def _calibrate_kernel(raw, pedestal, multiplier, out):  # pragma: no cover - com
     invalid = 0
     saturated = 0
     nan = np.float32(np.nan)
+    inf = np.float32(np.inf)
     n_ss, n_fs = raw.shape
     for i in range(n_ss):
         for j in range(n_fs):
@@ -142,7 +145,7 @@ def _calibrate_kernel(raw, pedestal, multiplier, out):  # pragma: no cover - com
                 out[i, j] = nan
                 invalid += 1
             elif adc == 0:
-                out[i, j] = nan
+                out[i, j] = inf
                 saturated += 1
             else:
                 stage = 1 if code == 1 else 2
@@ -159,6 +162,7 @@ def _calibrate_other_stages(raw, pedestal, multiplier, out, module_start, start,
     invalid = 0
     saturated = 0
     nan = np.float32(np.nan)
+    inf = np.float32(np.inf)
     for pixel in range(start, stop):
         index = module_start + pixel
         word = np.int32(raw[index])
@@ -173,7 +177,7 @@ def _calibrate_other_stages(raw, pedestal, multiplier, out, module_start, start,
             out[index] = nan
             invalid += 1
         elif adc == 0:
-            out[index] = nan
+            out[index] = inf
             saturated += 1
         else:
             stage = 1 if code == 1 else 2
@@ -416,8 +420,8 @@ class JungfrauCalibration:
                 C-contiguous is fastest).
             module_index: the module's position in the calibration (0 = rows 0-511 of a frame).
             out: float32 (512, 1024) writeable array or view to write into, e.g.
-                ``frame[512:1024]``; photons or keV per pixel, NaN for missing, invalid-gain
-                and saturated pixels (and pixels without a valid calibration).
+                ``frame[512:1024]``; photons or keV per pixel, NaN for missing and invalid-gain
+                pixels (and pixels without a valid calibration), +inf for saturated ones.
 
         Returns:
             The numbers of missing, invalid-gain and saturated pixels.
@@ -458,8 +462,8 @@ class JungfrauCalibration:
                 otherwise.
 
         Returns:
-            The calibrated frame (float32, photons or keV, NaN for missing, invalid-gain and
-            saturated pixels) and the counts summed over the modules.
+            The calibrated frame (float32, photons or keV, NaN for missing and invalid-gain
+            pixels, +inf for saturated ones) and the counts summed over the modules.
 
         Raises:
             OmInvalidDataError: wrong dtype or shape of ``raw`` or ``out``.

@@ -13,22 +13,39 @@ exactly one processing rank with room for it, through a
 :class:`~om.data_retrieval_layer.frame_distribution.FrameDealer` (shared memory on one host).
 The metadata of a frame is ``{"frame_number", "timestamp", "headers"}`` and its images are the
 module images in module order.
+
+Hostile or broken input: a header is at most 64 kB of JSON, nested at most 16 levels
+(:func:`om.lib.input_limits.parse_json_object`); an integer beyond 64 bits is ignored (made
+None, counted as ``bad_header_field``); ``frameNumber`` must be an integer within 0 to
+2**64 - 1, and a ``timestamp`` that is not is ignored (``bad_header_field``); a message part
+larger than four module images ends the sender's connection in libzmq (``ZMQ_MAXMSGSIZE``)
+before it is allocated, and the connection is made again
+(:class:`om.lib.zmq_sockets.SizeLimitedConnection`). Whatever else handling a message raises
+is counted (``assembler_error``); a thread that ends anyway is reported
+(``assembler_thread_ended``), sets :attr:`JungfrauFrameAssembler.failed` and calls the
+``on_failure`` callback, which stops the monitor rather than let it run on without frames.
 """
 
 import collections
 import dataclasses
-import json
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import zmq
 
 from om.data_retrieval_layer.frame_distribution import FrameDealer
-from om.lib.exceptions import OmConfigurationError
+from om.lib.exceptions import OmConfigurationError, OmInvalidDataError
+from om.lib.input_limits import (
+    MAX_JSON_HEADER_BYTES,
+    MAX_UINT64,
+    is_int_in,
+    parse_json_object,
+)
 from om.lib.problems import problems
 from om.lib.waiting_report import WAITING_REPORT_INTERVAL, WaitingReport
+from om.lib.zmq_sockets import SizeLimitedConnection
 
 logger = logging.getLogger("om")
 
@@ -42,6 +59,16 @@ _EXPIRED_REMEMBERED = 4096  # frame numbers already counted as incomplete
 _STREAM_QUEUE_IMAGES = 64
 # A frame number this far below the stream's highest is a new acquisition, not a late image.
 _RESTART_GAP = 1000
+_MAX_FAILURES_IN_A_ROW = 100
+# A message part larger than this many module images ends the sender's connection in libzmq:
+# twice the 16-bit image (32-bit mode) still arrives and is counted as wrong_size.
+_MAX_PART_IMAGES = 4
+BAD_HEADER_FIELD = "bad_header_field"
+"""Problem kind: a header value ignored (an integer beyond 64 bits, a bad timestamp)."""
+ASSEMBLER_ERROR = "assembler_error"
+"""Problem kind: handling a message raised an unexpected error; the message is dropped."""
+ASSEMBLER_THREAD_ENDED = "assembler_thread_ended"
+"""Problem kind: the assembly thread ended without being asked to (no more frames)."""
 
 
 @dataclasses.dataclass
@@ -89,14 +116,20 @@ class JungfrauFrameAssembler:
             hello, so no frame is dropped at start-up.
         waiting_report_interval: seconds without a frame between two lines saying what the
             streams sent meanwhile (:mod:`om.lib.waiting_report`).
+        secret: the dealing secret the receivers must show
+            (:func:`~om.data_retrieval_layer.frame_distribution.new_secret`).
+        on_failure: called (from the assembly thread, with the reason) when the thread ends
+            without being asked to and no frame will come; it must only set flags or send a
+            signal.
 
     Raises:
         OmConfigurationError: when a URL is malformed or the dealer's socket cannot bind.
     """
 
     def __init__(self, *, stream_urls: list[str], distribution_host: str, rows_per_stream: int,
-                 assembly_timeout: float, expected_receivers: int = 0,
-                 waiting_report_interval: float = WAITING_REPORT_INTERVAL) -> None:
+                 assembly_timeout: float, secret: bytes, expected_receivers: int = 0,
+                 waiting_report_interval: float = WAITING_REPORT_INTERVAL,
+                 on_failure: Callable[[str], None] | None = None) -> None:
         self._urls = stream_urls
         self._image_bytes = rows_per_stream * MODULE_FS * BYTES_PER_PIXEL
         self._rows = rows_per_stream
@@ -104,6 +137,7 @@ class JungfrauFrameAssembler:
         self._max_pending = 64
         self._context = zmq.Context.instance()
         self._subscribers: list[zmq.Socket] = []
+        self._connections: list[SizeLimitedConnection] = []
         io_threads = max(1, self._context.get(zmq.IO_THREADS))
         for index, url in enumerate(stream_urls):
             socket = self._context.socket(zmq.SUB)
@@ -113,7 +147,9 @@ class JungfrauFrameAssembler:
             # of the collecting rank; one per stream in the frame assembler process).
             socket.setsockopt(zmq.AFFINITY, 1 << (index % io_threads))
             try:
-                socket.connect(url)
+                self._connections.append(SizeLimitedConnection(
+                    socket, url, what="the detector stream",
+                    max_bytes=_MAX_PART_IMAGES * max(self._image_bytes, MAX_JSON_HEADER_BYTES)))
             except zmq.ZMQError as error:
                 socket.close()
                 self.close()
@@ -121,7 +157,7 @@ class JungfrauFrameAssembler:
             self._subscribers.append(socket)
         self._expected_receivers = expected_receivers
         try:
-            self._dealer: FrameDealer | None = FrameDealer(distribution_host)
+            self._dealer: FrameDealer | None = FrameDealer(distribution_host, secret=secret)
         except OmConfigurationError:
             self.close()
             raise
@@ -136,6 +172,9 @@ class JungfrauFrameAssembler:
         self._thread: threading.Thread | None = None
         self.frames_forwarded = 0
         self.acquisitions_ended = 0
+        self._on_failure = on_failure
+        self.failed = False
+        """True once the assembly thread has ended without being asked to."""
         # What came since the last frame, for the waiting report: module images per stream
         # and unusable messages by kind.
         self._images_since_frame = [0] * len(stream_urls)
@@ -145,8 +184,26 @@ class JungfrauFrameAssembler:
 
     def start(self) -> None:
         """Starts the assembly thread."""
-        self._thread = threading.Thread(target=self._run, name="om-frame-assembler", daemon=True)
+        self._thread = threading.Thread(target=self._run_reporting_the_end,
+                                        name="om-frame-assembler", daemon=True)
         self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the assembly thread runs (False before :meth:`start` and after it ended,
+        asked to or not)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run_reporting_the_end(self) -> None:
+        try:
+            self._run()
+        except BaseException as error:  # noqa: BLE001 - reported: no frame comes after it
+            reason = f"{type(error).__name__}: {str(error)[:200]}"
+            problems.report(ASSEMBLER_THREAD_ENDED, f"the frame assembler thread ended by "
+                            f"{reason}; no more frames")
+            self.failed = True
+            if self._on_failure is not None:
+                self._on_failure(reason)
 
     def stop(self, timeout: float = 2.0) -> None:
         """Stops the assembly thread and closes the sockets."""
@@ -157,6 +214,9 @@ class JungfrauFrameAssembler:
 
     def close(self) -> None:
         """Closes every socket (idempotent)."""
+        for connection in self._connections:
+            connection.close()
+        self._connections = []
         for socket in self._subscribers:
             socket.close(0)
         self._subscribers = []
@@ -186,23 +246,45 @@ class JungfrauFrameAssembler:
             poller.register(socket, zmq.POLLIN)
         poller.register(self._dealer.socket, zmq.POLLIN)
         index_of = {socket: index for index, socket in enumerate(self._subscribers)}
+        failures = 0  # in a row: a fault that every turn meets ends the thread (reported)
         while not self._stop.is_set():
-            ready = dict(poller.poll(50))
-            if self._dealer.socket in ready:  # slots given back first: room for these frames
-                self._dealer.handle_messages()
-            for socket, index in index_of.items():
-                if socket not in ready:
-                    continue
-                # Drain what is there, so one busy stream cannot starve the others.
-                for _ in range(16):
-                    try:
-                        parts = socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
+            try:
+                self._poll_once(poller, index_of)
+                failures = 0
+            except Exception as error:  # noqa: BLE001 - counted; assembly goes on
+                if self._stop.is_set():  # e.g. stop() closed the sockets after its wait
+                    return
+                failures += 1
+                if failures > _MAX_FAILURES_IN_A_ROW:
+                    raise
+                problems.report(ASSEMBLER_ERROR, f"frame assembler: {type(error).__name__}: "
+                                f"{str(error)[:200]}")
+
+    def _poll_once(self, poller: zmq.Poller, index_of: dict[zmq.Socket, int]) -> None:
+        """Waits up to 50 ms for messages and handles what came."""
+        ready = dict(poller.poll(50))
+        if self._dealer.socket in ready:  # slots given back first: room for these frames
+            self._dealer.handle_messages()
+        for socket, index in index_of.items():
+            if socket not in ready:
+                continue
+            # Drain what is there, so one busy stream cannot starve the others.
+            for _ in range(16):
+                try:
+                    parts = socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                except zmq.Again:
+                    break
+                try:
                     self._on_message(index, parts)
-            self._expire(time.monotonic())
-            self._dealer.forget_gone_receivers()  # a dead rank's frames counted even when idle
-            self._waiting.poll()
+                except Exception as error:  # noqa: BLE001 - whatever a decoder raised
+                    self._unusable(ASSEMBLER_ERROR, f"stream {self._urls[index]}: "
+                                   f"{type(error).__name__}: {str(error)[:200]} "
+                                   "(message dropped)")
+        self._expire(time.monotonic())
+        self._dealer.forget_gone_receivers()  # a dead rank's frames counted even when idle
+        self._waiting.poll()
+        for connection in self._connections:
+            connection.check()
 
     def _describe_wait(self) -> str:
         """What the streams sent since the last frame, for :class:`WaitingReport`."""
@@ -229,14 +311,14 @@ class JungfrauFrameAssembler:
 
     def _on_message(self, index: int, parts: list[zmq.Frame]) -> None:
         url = self._urls[index]
+        ignored: list[str] = []
         try:
-            header = json.loads(bytes(parts[0].buffer))
-        except (UnicodeDecodeError, ValueError) as error:
-            self._unusable("bad_header", f"stream {url}: header is not JSON ({error})")
+            header = parse_json_object(parts[0].buffer, f"stream {url}: header", ignored=ignored)
+        except OmInvalidDataError as error:
+            self._unusable("bad_header", str(error))
             return
-        if not isinstance(header, dict):
-            self._unusable("bad_header", f"stream {url}: header is not a JSON object")
-            return
+        for line in ignored:  # the value is None now: the frame goes on without it
+            problems.report(BAD_HEADER_FIELD, f"stream {url}: header: {line} (ignored)")
         if len(parts) == 1:
             if header.get("data") == 0:
                 self.acquisitions_ended += 1
@@ -249,9 +331,18 @@ class JungfrauFrameAssembler:
             self._unusable("bad_message", f"stream {url}: {len(parts)} message parts, expected 2")
             return
         frame_number = header.get("frameNumber")
-        if not isinstance(frame_number, int) or isinstance(frame_number, bool):
-            self._unusable("bad_header", f"stream {url}: no integer frameNumber in the header")
+        if not is_int_in(frame_number, 0, MAX_UINT64):
+            self._unusable("bad_header", f"stream {url}: no frameNumber within 0 to 2**64 - 1 "
+                                         "in the header")
             return
+        ticks = header.get("timestamp", 0)
+        if ticks is None:  # absent, null, or made null above (already counted)
+            header["timestamp"] = 0
+        elif not is_int_in(ticks, 0, MAX_UINT64):
+            problems.report(BAD_HEADER_FIELD, f"stream {url}: frame {frame_number}: timestamp "
+                                              f"{str(ticks)[:40]} is not an integer within 0 to "
+                                              "2**64 - 1 (ignored)")
+            header["timestamp"] = 0
         self._count_missed(index, frame_number)
         size = len(parts[1].buffer)
         if size != self._image_bytes or header.get("bitmode", 16) != 16:
@@ -301,10 +392,10 @@ class JungfrauFrameAssembler:
             self._highest[index] = frame_number
 
     def _forward(self, frame_number: int, pending: _PendingFrame) -> None:
-        ticks = pending.headers[0].get("timestamp", 0)
+        ticks = pending.headers[0].get("timestamp", 0)  # checked in _on_message
         metadata = {
             "frame_number": frame_number,
-            "timestamp": self._clock.to_epoch(int(ticks) if isinstance(ticks, int) else 0),
+            "timestamp": self._clock.to_epoch(ticks),
             "headers": pending.headers,
         }
         # A frame dropped because every rank is busy came all the same: no waiting report.

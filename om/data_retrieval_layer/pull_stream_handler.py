@@ -21,6 +21,7 @@ from om.data_retrieval_layer.data_extraction import (
 from om.lib.exceptions import OmConfigurationError
 from om.lib.parameters import MonitorParameters, Parameter
 from om.lib.waiting_report import WaitingReport
+from om.lib.zmq_sockets import SizeLimitedConnection
 from om.protocols.data_retrieval_layer import OmDataSourceProtocol
 
 _GROUP = "data_retrieval_layer"
@@ -30,15 +31,23 @@ STREAM_QUEUE_SIZE = Parameter(
     description="messages queued per processing rank (ZeroMQ receive high-water mark)")
 """The key this handler reads; subclasses declare it in their ``data_retrieval_layer`` group."""
 
+STREAM_MAX_MESSAGE_MB = Parameter(
+    "stream_max_message_mb", int, default=257, minimum=1,
+    description="largest message part accepted, MiB (ZMQ_MAXMSGSIZE): a larger one ends the "
+                "sender's connection before it is allocated; the default holds the largest "
+                "image accepted, 2**26 pixels of 4 bytes, plus 1 MiB")
+"""The size cap of a message part; subclasses declare it beside :data:`STREAM_QUEUE_SIZE`."""
+
 
 class PullStreamDataEventHandler(StreamWithoutSingleEvents):
     """Events from one PUSH URL, pulled by every processing rank.
 
     Subclasses set ``source_name`` (e.g. "a DECTRIS Stream V2 source"), ``url_example``,
     ``connect_what`` (named when the URL cannot be connected) and implement
-    :meth:`make_message_handler` and :meth:`receive`. The configuration key
-    ``stream_queue_size`` (group ``data_retrieval_layer``, :data:`STREAM_QUEUE_SIZE`) sets the
-    receive high-water mark.
+    :meth:`make_message_handler` and :meth:`receive`. The configuration keys
+    ``stream_queue_size`` (group ``data_retrieval_layer``, :data:`STREAM_QUEUE_SIZE`) and
+    ``stream_max_message_mb`` (:data:`STREAM_MAX_MESSAGE_MB`) set the receive high-water mark
+    and the largest message part accepted.
 
     Args:
         source: the PUSH URL.
@@ -65,6 +74,7 @@ class PullStreamDataEventHandler(StreamWithoutSingleEvents):
         self._parameters = parameters
         self._stop = threading.Event()
         self._socket: zmq.Socket | None = None
+        self._connection: SizeLimitedConnection | None = None
         self._messages: Any = None
 
     def make_message_handler(self, *, node_rank: int, node_pool_size: int) -> Any:
@@ -96,7 +106,9 @@ class PullStreamDataEventHandler(StreamWithoutSingleEvents):
         socket.setsockopt(zmq.RCVHWM, max(1, self._parameters.get(_GROUP, "stream_queue_size")))
         socket.setsockopt(zmq.LINGER, 0)
         try:
-            socket.connect(self._url)
+            self._connection = SizeLimitedConnection(
+                socket, self._url, what=self.connect_what,
+                max_bytes=self._parameters.get(_GROUP, "stream_max_message_mb") * 1024 * 1024)
         except zmq.ZMQError as error:
             socket.close(0)
             raise OmConfigurationError(
@@ -132,6 +144,7 @@ class PullStreamDataEventHandler(StreamWithoutSingleEvents):
         try:
             while not self._stop.is_set():
                 if not socket.poll(100):
+                    self._connection.check()
                     if reports:
                         waiting.poll()
                     continue
@@ -144,6 +157,7 @@ class PullStreamDataEventHandler(StreamWithoutSingleEvents):
                 elif reports:
                     waiting.poll()
         finally:
+            self._connection.close()
             socket.close(0)
             self._socket = None
 

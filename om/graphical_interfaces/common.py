@@ -21,7 +21,13 @@ import numpy as np
 import pyqtgraph as pg
 from PyQt5 import QtCore, QtGui, QtWidgets
 
+from om.graphical_interfaces.qt_platform import xcb_problem
 from om.graphical_interfaces.subscriber import VALIDATORS, ReceivedMessage, Subscriber
+from om.lib.resolution import (  # noqa: F401 (re-exported: the GUIs import them from here)
+    HC_EV_ANGSTROM,
+    resolution_at_radius,
+    resolution_ring_radius,
+)
 
 logger = logging.getLogger("om.gui")
 
@@ -41,59 +47,17 @@ HIT_RATE_COLOR = (255, 170, 0)
 CURRENT_HIT_RATE_COLOR = (90, 200, 255)
 RESOLUTION_RING_COLOR = (60, 230, 60)
 PEAK_COLOR = (0, 255, 255)
+SATURATED_PEAK_COLOR = (255, 60, 60)
+SATURATION_RATE_COLOR = (200, 120, 255)
+SATURATION_ALARM_COLOR = (255, 40, 40)
 STALE_STYLE = "color: rgb(230, 40, 40); font-weight: bold;"
 
-HC_EV_ANGSTROM = 12398.42
-"""h * c in eV * Angstrom: wavelength [A] = HC_EV_ANGSTROM / photon energy [eV]."""
+# HC_EV_ANGSTROM and the radius/resolution conversions live in om.lib.resolution (no Qt there).
 
 
 # ----------------------------------------------------------------------------------------------
 # Resolution
 # ----------------------------------------------------------------------------------------------
-
-
-def _usable_geometry(beam_energy: float, detector_distance: float, pixel_size: float) -> bool:
-    values = (beam_energy, detector_distance, pixel_size)
-    return all(math.isfinite(value) and value > 0 for value in values)
-
-
-def resolution_ring_radius(
-    resolution: float, beam_energy: float, detector_distance: float, pixel_size: float
-) -> float | None:
-    """The radius, in pixels, of the ring of a given resolution on a flat detector.
-
-    Args:
-        resolution: d in Angstrom.
-        beam_energy: photon energy in eV.
-        detector_distance: sample-detector distance in mm.
-        pixel_size: pixel size in m.
-
-    Returns:
-        ``r = tan(2 theta) * distance / pixel_size`` with ``sin(theta) = lambda / (2 d)``, or
-        None when the ring does not exist (``lambda > 2 d``, or ``2 theta >= 90 degrees`` where
-        it cannot hit a flat detector) or a parameter is not a positive number.
-    """
-    if not (_usable_geometry(beam_energy, detector_distance, pixel_size) and resolution > 0):
-        return None
-    wavelength = HC_EV_ANGSTROM / beam_energy
-    sin_theta = wavelength / (2.0 * resolution)
-    if sin_theta >= math.sqrt(0.5):  # 2 theta >= 90 degrees
-        return None
-    two_theta = 2.0 * math.asin(sin_theta)
-    return math.tan(two_theta) * (detector_distance / 1000.0) / pixel_size
-
-
-def resolution_at_radius(
-    radius: float, beam_energy: float, detector_distance: float, pixel_size: float
-) -> float | None:
-    """The resolution d in Angstrom at ``radius`` pixels from the beam (None at the beam or
-    with unusable geometry): ``2 theta = atan(r * pixel_size / distance)``, ``d = lambda /
-    (2 sin theta)``."""
-    if not (_usable_geometry(beam_energy, detector_distance, pixel_size) and radius > 0):
-        return None
-    wavelength = HC_EV_ANGSTROM / beam_energy
-    two_theta = math.atan(radius * pixel_size / (detector_distance / 1000.0))
-    return wavelength / (2.0 * math.sin(two_theta / 2.0))
 
 
 def parse_resolution_list(text: str) -> tuple[float, ...]:
@@ -565,7 +529,7 @@ def run_gui(
     logging.basicConfig(
         level=getattr(logging, args.log_level), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
-    reason = missing_display()
+    reason = missing_display() or xcb_problem()
     if reason is not None:  # Qt would abort with a generic message (exit code 134)
         print(f"{application_name}: error: {reason}", file=sys.stderr)
         return 2

@@ -5,7 +5,9 @@ Start it with ``om_crystallography_gui.py tcp://monitor-host:12321``. It shows t
 ``omdata`` message the monitor broadcast, at most ``--refresh-rate`` times a second:
 
 - the hit rate history (the running average over the monitor's window, against the time
-  before the newest event, in s) with a dashed line at the latest hit rate;
+  before the newest event, in s) with a dashed line at the latest hit rate, and the saturation
+  rate (frames with more saturated pixels than the monitor's ``saturated_pixels_for_alarm``),
+  red while above the monitor's ``saturation_rate_alarm``;
 - the virtual powder pattern with resolution rings labelled in Å and its contrast control;
 - the peakogram (peak intensity against distance from the beam, counts in log colour scale);
 - the counters (events, hits, hit rate, events/s), the monitor's problem counts, and, in the
@@ -19,6 +21,7 @@ import datetime
 import math
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
@@ -31,6 +34,8 @@ from om.graphical_interfaces.common import (
     DEFAULT_STALE_AFTER,
     HIT_RATE_COLOR,
     PIXEL_CENTRE_OFFSET,
+    SATURATION_ALARM_COLOR,
+    SATURATION_RATE_COLOR,
     LevelsControl,
     MonitorWindow,
     ResolutionRings,
@@ -109,6 +114,7 @@ class CrystallographyGui(MonitorWindow):
             ("events", "Events"),
             ("hits", "Hits"),
             ("hit_rate", "Hit rate"),
+            ("saturation_rate", "Saturated"),
             ("events_per_second", "Events/s"),
             ("newest_event", "Newest event"),
         ):
@@ -126,7 +132,12 @@ class CrystallographyGui(MonitorWindow):
             self.counter_labels[key] = label
         self.problems_label = QtWidgets.QLabel("monitor problems: —")
         self.problems_label.setWordWrap(True)
-        counters.addWidget(self.problems_label, stretch=1)
+        self.saving_label = QtWidgets.QLabel("")  # hit saving (docs/hit_saving.md), when on
+        self.saving_label.setWordWrap(True)
+        status = QtWidgets.QVBoxLayout()
+        status.addWidget(self.problems_label)
+        status.addWidget(self.saving_label)
+        counters.addLayout(status, stretch=1)
 
         self.rings_checkbox = QtWidgets.QCheckBox("Resolution rings")
         self.rings_checkbox.setChecked(True)
@@ -160,7 +171,14 @@ class CrystallographyGui(MonitorWindow):
         self.hit_rate_plot.showGrid(x=True, y=True, alpha=0.3)
         self.hit_rate_plot.setDownsampling(auto=True, mode="peak")
         self.hit_rate_plot.setClipToView(True)
+        # Named in the title, not a legend: a legend's sample lines would look like data.
+        self.hit_rate_widget.setTitle("Hit rate (orange) and saturation rate (violet; red above "
+                                      "the monitor's alarm)")
         self.hit_rate_curve = self.hit_rate_plot.plot(pen=pg.mkPen(HIT_RATE_COLOR, width=2))
+        self.saturation_curve = self.hit_rate_plot.plot(
+            pen=pg.mkPen(SATURATION_RATE_COLOR, width=2))
+        self.saturation_alarm = False
+        """Whether the latest saturation rate is above the monitor's alarm limit."""
         self.current_hit_rate_line = pg.InfiniteLine(
             angle=0,
             movable=False,
@@ -241,6 +259,24 @@ class CrystallographyGui(MonitorWindow):
 
     # -- showing data ---------------------------------------------------------------------------
 
+    def _show_saturation(self, data: dict, history_times: np.ndarray) -> None:
+        """The saturation rate curve (absent from older monitors' messages), red above the
+        monitor's alarm limit, and its counter."""
+        if "saturation_rate_history" not in data:
+            self.saturation_curve.setData([], [])
+            return
+        rate = data.get("saturation_rate", math.nan)
+        self.saturation_alarm = rate > data.get("saturation_rate_alarm", math.inf)
+        color = SATURATION_ALARM_COLOR if self.saturation_alarm else SATURATION_RATE_COLOR
+        self.saturation_curve.setPen(pg.mkPen(color, width=3 if self.saturation_alarm else 2))
+        self.saturation_curve.setData(history_times - data["timestamp"],
+                                      np.asarray(data["saturation_rate_history"]),
+                                      connect="finite")
+        label = self.counter_labels["saturation_rate"]
+        label.setText(f"{rate:.1f} %")
+        label.setStyleSheet(f"color: rgb{SATURATION_ALARM_COLOR};" if self.saturation_alarm
+                            else "")
+
     def display(self, message: ReceivedMessage) -> None:
         """Shows one ``omdata`` message in every panel."""
         data = message.data
@@ -252,6 +288,7 @@ class CrystallographyGui(MonitorWindow):
         self.current_hit_rate_line.setVisible(math.isfinite(hit_rate))
         if math.isfinite(hit_rate):
             self.current_hit_rate_line.setValue(hit_rate)
+        self._show_saturation(data, history_times)
 
         powder = data["virtual_powder_plot"]
         self._powder = powder
@@ -293,7 +330,9 @@ class CrystallographyGui(MonitorWindow):
         self.problems_label.setText(
             "monitor problems: "
             + (", ".join(f"{kind} {count}" for kind, count in sorted(problems.items())) or "none")
+            + _lost_ranks_and_restarts(data)
         )
+        self.saving_label.setText(describe_hit_saving(data.get("hit_saving")))
         self.announced_responding_url = data["responding_url"]
 
     def _show_powder(self) -> None:
@@ -367,6 +406,32 @@ def enlarge_spots(image: np.ndarray, size: int = 3) -> np.ndarray:
     if not np.isfinite(image).all():
         image = np.nan_to_num(image, nan=0.0, posinf=0.0, neginf=0.0)
     return scipy.ndimage.maximum_filter(image, size=size, mode="constant", cval=0.0)
+
+
+def describe_hit_saving(status: Any) -> str:
+    """One line for ``omdata``'s ``hit_saving`` map (docs/broadcast.md): frames saved, files,
+    MB, MB/s, and why saving stopped; empty when saving is off (None) or the map is not one."""
+    if not isinstance(status, dict):
+        return ""
+    try:
+        text = (f"saved: {int(status['frames_saved']):,} frames, "
+                f"{int(status['files_written']):,} files, "
+                f"{status['bytes_written'] / 1e6:,.1f} MB, "
+                f"{status['bytes_per_second'] / 1e6:.1f} MB/s")
+        if status.get("frames_not_saved") or status.get("errors"):
+            text += (f" — NOT SAVED: {int(status['frames_not_saved']):,} frames; "
+                     + "; ".join(str(error) for error in status.get("errors") or []))
+    except (KeyError, TypeError, ValueError):
+        return "saved: (malformed status)"
+    return text
+
+
+def _lost_ranks_and_restarts(data: dict) -> str:
+    """"; processing rank 2 lost (why); monitor restarted 1 times" for the status, or ""."""
+    lost = data.get("processing_ranks_lost") or {}
+    restarts = data.get("monitor_restarts") or 0
+    text = "".join(f"; processing rank {rank} lost ({why})" for rank, why in sorted(lost.items()))
+    return text + (f"; monitor restarted {restarts} times" if restarts else "")
 
 
 def _format_time(timestamp: float) -> str:

@@ -3,8 +3,9 @@
 
 Start it with ``om_frame_viewer.py tcp://monitor-host:12321``. It shows the newest
 ``omframedata`` frame (geometry-assembled, in photons; gaps and bad pixels are transparent)
-with a hollow circle around every peak the monitor found, a histogram to adjust the contrast,
-and the event id, hit flag and number of peaks above the image.
+with a hollow circle around every peak the monitor found (a larger red one around the peaks
+with saturated pixels), a histogram to adjust the contrast, and the event id, hit flag and
+number of peaks above the image.
 
 The frames shown are kept in a buffer of the last ``--buffer`` frames (20 by default).
 "Back" and "Forward" step through it; stepping back pauses the viewer. While paused, the
@@ -28,6 +29,7 @@ from om.graphical_interfaces.common import (
     DEFAULT_STALE_AFTER,
     PEAK_COLOR,
     PIXEL_CENTRE_OFFSET,
+    SATURATED_PEAK_COLOR,
     LevelsControl,
     MonitorWindow,
     add_common_arguments,
@@ -60,6 +62,8 @@ class FrameViewer(MonitorWindow):
         stale_after: seconds without data after which the status bar says "no data for N s".
         peak_circle_size: the peak circles' diameter, in image pixels.
         subscriber: a subscriber to use instead of a new one.
+        tag: the tag of the frames (``omframedata``; the parameter tweaker subclasses the
+            viewer for ``ondaframedata``).
     """
 
     def __init__(
@@ -72,16 +76,16 @@ class FrameViewer(MonitorWindow):
         peak_circle_size: float = DEFAULT_PEAK_CIRCLE_SIZE,
         subscriber: Subscriber | None = None,
         parent: QtWidgets.QWidget | None = None,
+        tag: str = OMFRAMEDATA_TAG,
     ) -> None:
         if buffer_size < 1:
             raise ValueError("the buffer must hold at least one frame")
         super().__init__(
             url,
-            OMFRAMEDATA_TAG,
+            tag,
             refresh_rate=refresh_rate,
             stale_after=stale_after,
-            subscriber=subscriber
-            or Subscriber(url, {OMFRAMEDATA_TAG: VALIDATORS[OMFRAMEDATA_TAG]}),
+            subscriber=subscriber or Subscriber(url, {tag: VALIDATORS[tag]}),
             parent=parent,
         )
         self.setWindowTitle(f"om frame viewer — {url}")
@@ -147,6 +151,12 @@ class FrameViewer(MonitorWindow):
         )
         self.image_plot.addItem(self.peaks, ignoreBounds=True)
         self.peaks_checkbox.toggled.connect(self.peaks.setVisible)
+        # Peaks with saturated pixels (peak_list_saturated_pixels > 0): red, larger circles.
+        self.saturated_peaks = pg.ScatterPlotItem(
+            pxMode=False, symbol="o", size=peak_circle_size * 1.5,
+            pen=pg.mkPen(SATURATED_PEAK_COLOR, width=2.5), brush=pg.mkBrush(None))
+        self.image_plot.addItem(self.saturated_peaks, ignoreBounds=True)
+        self.peaks_checkbox.toggled.connect(self.saturated_peaks.setVisible)
         self.histogram = pg.HistogramLUTItem()
         self.histogram.setImageItem(self.image)
         self.image_widget.addItem(self.histogram)
@@ -247,21 +257,26 @@ class FrameViewer(MonitorWindow):
         self.peaks.setData(
             x=x[finite] + PIXEL_CENTRE_OFFSET, y=y[finite] + PIXEL_CENTRE_OFFSET
         )
+        saturated = finite & (np.asarray(data.get("peak_list_saturated_pixels",
+                                                  np.zeros(x.size))) > 0)
+        self.saturated_peaks.setData(x=x[saturated] + PIXEL_CENTRE_OFFSET,
+                                     y=y[saturated] + PIXEL_CENTRE_OFFSET)
         self.current = message
         self._update_controls()
+
+    def _info_text(self, data: dict) -> str:
+        """The label above the frame on screen."""
+        try:
+            when = datetime.datetime.fromtimestamp(data["timestamp"]).strftime("%H:%M:%S.%f")[:-3]
+        except (ValueError, OverflowError, OSError):
+            when = "?"
+        return (f"event {data['event_id']}   |   {'HIT' if data['frame_is_hit'] else 'no hit'}"
+                f"   |   {data['num_peaks']} peaks   |   {when}")
 
     def _update_controls(self) -> None:
         message = self.current
         if message is not None:
-            data = message.data
-            try:
-                when = datetime.datetime.fromtimestamp(data["timestamp"]).strftime("%H:%M:%S.%f")[:-3]
-            except (ValueError, OverflowError, OSError):
-                when = "?"
-            self.info_label.setText(
-                f"event {data['event_id']}   |   {'HIT' if data['frame_is_hit'] else 'no hit'}"
-                f"   |   {data['num_peaks']} peaks   |   {when}"
-            )
+            self.info_label.setText(self._info_text(message.data))
         position = self._position()
         state = "paused" if self._paused else "live"
         if self._paused and self.newer_while_paused:

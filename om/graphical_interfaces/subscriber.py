@@ -31,14 +31,17 @@ from typing import Any
 import numpy as np
 import zmq
 
+from om.lib.curve import client_options_from_environment
 from om.lib.exceptions import OmInvalidDataError
 from om.lib.problems import ProblemCounter
 from om.lib.serialization import unpack
+from om.lib.zmq_sockets import SizeLimitedConnection
 
 logger = logging.getLogger("om.gui")
 
 OMDATA_TAG = "omdata"
 OMFRAMEDATA_TAG = "omframedata"
+ONDAFRAMEDATA_TAG = "ondaframedata"
 
 
 class MalformedMessageError(OmInvalidDataError):
@@ -139,6 +142,13 @@ def _problems(key: str, value: Any) -> dict[str, int]:
     return counts
 
 
+def _lost_ranks(key: str, value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(
+            isinstance(rank, str) and isinstance(why, str) for rank, why in value.items()):
+        raise _bad(key, f"expected a map of str to str, got {_type_name(value)}")
+    return dict(value)
+
+
 _GEOMETRY_FIELDS: dict[str, Callable[[str, Any], Any]] = {
     "beam_energy": _number,
     "detector_distance": _number,
@@ -178,6 +188,37 @@ OMFRAMEDATA_FIELDS: dict[str, Callable[[str, Any], Any]] = {
 """The keys of an ``omframedata`` message and the check (and normalisation) of each value."""
 
 
+OMDATA_OPTIONAL_FIELDS: dict[str, Callable[[str, Any], Any]] = {
+    "saturation_rate_history": _array(1),
+    "saturation_rate": _number,
+    "saturation_rate_alarm": _number,
+    "num_saturated_frames": _integer,
+    "radial_profile_radius": _array(1),
+    "radial_profile_latest": _array(1),
+    "radial_profile_hits": _array(1),
+    "radial_profile_non_hits": _array(1),
+    "radial_profile_num_hits": _integer,
+    "radial_profile_num_non_hits": _integer,
+    "ring_intensity_timestamp_history": _array(1),
+    "ring_intensity_history": _array(1),
+    "ring_radius": _beam_center,
+    "processing_ranks_lost": _lost_ranks,
+    "monitor_restarts": _integer,
+}
+"""``omdata`` keys of newer monitors (saturation, radial profile, lost ranks and restarts):
+checked when present, so that the GUIs still show an older monitor's messages."""
+
+OMFRAMEDATA_OPTIONAL_FIELDS: dict[str, Callable[[str, Any], Any]] = {
+    "peak_list_saturated_pixels": _array(1),
+    "num_saturated_pixels": _integer,
+}
+"""``omframedata`` keys of newer monitors, checked when present."""
+
+
+def _check_optional(payload: dict, fields: Mapping[str, Callable[[str, Any], Any]]) -> dict:
+    return {key: check(key, payload[key]) for key, check in fields.items() if key in payload}
+
+
 def _check_fields(payload: Any, fields: Mapping[str, Callable[[str, Any], Any]]) -> dict:
     if not isinstance(payload, dict):
         raise MalformedMessageError(
@@ -206,7 +247,18 @@ def validate_omdata(payload: Any) -> dict[str, Any]:
         MalformedMessageError: naming the first key that is missing or wrong.
     """
     data = _check_fields(payload, OMDATA_FIELDS)
+    data.update(_check_optional(payload, OMDATA_OPTIONAL_FIELDS))
     _same_lengths(data, ("hit_rate_timestamp_history", "hit_rate_history"))
+    if "saturation_rate_history" in data:
+        _same_lengths(data, ("hit_rate_timestamp_history", "saturation_rate_history"))
+    profiles = [key for key in ("radial_profile_radius", "radial_profile_latest",
+                                "radial_profile_hits", "radial_profile_non_hits") if key in data]
+    _same_lengths(data, tuple(profiles))
+    if "ring_intensity_history" in data:
+        _same_lengths(data, ("ring_intensity_timestamp_history", "ring_intensity_history"))
+    # Optional: only while frames are saved; its content is checked where it is shown.
+    saving = payload.get("hit_saving")
+    data["hit_saving"] = saving if isinstance(saving, dict) else None
     return data
 
 
@@ -217,13 +269,54 @@ def validate_omframedata(payload: Any) -> dict[str, Any]:
         MalformedMessageError: naming the first key that is missing or wrong.
     """
     data = _check_fields(payload, OMFRAMEDATA_FIELDS)
-    _same_lengths(data, ("peak_list_x_in_frame", "peak_list_y_in_frame", "peak_list_intensity"))
+    data.update(_check_optional(payload, OMFRAMEDATA_OPTIONAL_FIELDS))
+    _same_lengths(data, ("peak_list_x_in_frame", "peak_list_y_in_frame", "peak_list_intensity",
+                         *(("peak_list_saturated_pixels",)
+                           if "peak_list_saturated_pixels" in data else ())))
     return data
+
+
+def _peak_list(key: str, value: Any) -> dict[str, np.ndarray]:
+    if not isinstance(value, dict):
+        raise _bad(key, f"expected a map of fs, ss, intensity lists, got {_type_name(value)}")
+    peaks = {}
+    for name in ("fs", "ss", "intensity"):
+        items = value.get(name)
+        if not isinstance(items, (list, np.ndarray)) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
+            raise _bad(f"{key}/{name}", f"expected a list of numbers, got {_type_name(items)}")
+        peaks[name] = np.asarray(items, dtype=np.float64)
+    _same_lengths(peaks, ("fs", "ss", "intensity"))
+    return peaks
+
+
+ONDAFRAMEDATA_FIELDS: dict[str, Callable[[str, Any], Any]] = {
+    "detector_data": _image,
+    "peak_list": _peak_list,
+    "beam_energy": _number,
+    "detector_distance": _number,
+    "timestamp": _number,
+    "event_id": _string,
+    "frame_is_hit": _boolean,
+}
+"""The keys of an ``ondaframedata`` message (the frames for CrystFEL, docs/crystfel.md: the
+slab frame and the monitor's peaks) and the check of each value."""
+
+
+def validate_ondaframedata(payload: Any) -> dict[str, Any]:
+    """Checks a decoded ``ondaframedata`` payload and returns its known keys, normalised
+    (``peak_list`` becomes a map of float64 arrays).
+
+    Raises:
+        MalformedMessageError: naming the first key that is missing or wrong.
+    """
+    return _check_fields(payload, ONDAFRAMEDATA_FIELDS)
 
 
 VALIDATORS: dict[str, Callable[[Any], dict[str, Any]]] = {
     OMDATA_TAG: validate_omdata,
     OMFRAMEDATA_TAG: validate_omframedata,
+    ONDAFRAMEDATA_TAG: validate_ondaframedata,
 }
 
 
@@ -282,6 +375,10 @@ class ReceivedMessage:
     received_monotonic: float
 
 
+MAX_MESSAGE_BYTES = (1 << 26) * 4 + (1 << 20)
+"""The default largest broadcast message part a :class:`Subscriber` accepts, bytes."""
+
+
 class Subscriber:
     """Receives the monitor's broadcasts in a thread and keeps the newest good message per tag.
 
@@ -299,6 +396,16 @@ class Subscriber:
         poll_timeout_ms: how often the thread looks at its stop flag.
         context: the ZeroMQ context (by default the process's shared one).
         log_interval: the minimum time between two log lines about one kind of malformed message.
+        max_message_bytes: the largest message part accepted (``ZMQ_MAXMSGSIZE``): a larger
+            one ends the connection before it is allocated (the SUB socket then reconnects).
+            The default, :data:`MAX_MESSAGE_BYTES`, holds the largest frame the sources accept
+            (2**26 pixels of float32) plus 1 MiB.
+        socket_options: more options of the SUB socket, e.g. CurveZMQ client keys
+            (:func:`om.lib.curve.client_options`); None: the CURVE keys named by the
+            environment, if any (:func:`om.lib.curve.client_options_from_environment`).
+
+    Raises:
+        OmConfigurationError: when the environment names unusable CURVE key files.
     """
 
     def __init__(
@@ -314,6 +421,8 @@ class Subscriber:
         poll_timeout_ms: int = 100,
         context: zmq.Context | None = None,
         log_interval: float = 5.0,
+        max_message_bytes: int | None = None,
+        socket_options: Mapping[int, Any] | None = None,
     ) -> None:
         self.url = url
         self._validators = dict(VALIDATORS if validators is None else validators)
@@ -328,7 +437,10 @@ class Subscriber:
             zmq.HEARTBEAT_TIMEOUT: heartbeat_timeout_ms,
             zmq.HEARTBEAT_TTL: heartbeat_timeout_ms,
             zmq.TCP_KEEPALIVE: 1,
+            **(client_options_from_environment() if socket_options is None else socket_options),
         }
+        self._max_message_bytes = (MAX_MESSAGE_BYTES if max_message_bytes is None
+                                   else max_message_bytes)
         self._poll_timeout_ms = poll_timeout_ms
         self._context = context if context is not None else zmq.Context.instance()
         self._problems = ProblemCounter(log_interval=log_interval)
@@ -424,7 +536,9 @@ class Subscriber:
                 socket.setsockopt(option, value)
             for tag in self._validators:
                 socket.setsockopt(zmq.SUBSCRIBE, tag.encode())
-            socket.connect(self.url)
+            connection = SizeLimitedConnection(socket, self.url, what="the monitor's broadcast",
+                                               max_bytes=self._max_message_bytes,
+                                               counter=self._problems)
         except zmq.ZMQError as error:
             self._start_error = zmq.ZMQError(
                 error.errno, f"cannot connect to {self.url!r}: {error.strerror}"
@@ -438,6 +552,7 @@ class Subscriber:
         try:
             while not self._stop.is_set():
                 if not socket.poll(self._poll_timeout_ms, zmq.POLLIN):
+                    connection.check()
                     continue
                 while not self._stop.is_set():
                     try:
@@ -448,6 +563,7 @@ class Subscriber:
         except zmq.ZMQError as error:  # only when the context is terminated under us
             logger.error("subscriber on %s stopped: %s", self.url, error)
         finally:
+            connection.close()
             socket.close(linger=0)
 
     def _handle(self, parts: list[memoryview]) -> None:
@@ -531,11 +647,19 @@ class RequestClient:
     Args:
         timeout: seconds to wait for a reply.
         context: the ZeroMQ context (by default the process's shared one).
+        socket_options: more options of the REQ socket, e.g. CurveZMQ client keys; None: the
+            CURVE keys named by the environment, if any (as :class:`Subscriber`).
+
+    Raises:
+        OmConfigurationError: when the environment names unusable CURVE key files.
     """
 
-    def __init__(self, timeout: float = 2.0, context: zmq.Context | None = None) -> None:
+    def __init__(self, timeout: float = 2.0, context: zmq.Context | None = None,
+                 socket_options: Mapping[int, Any] | None = None) -> None:
         self.timeout = timeout
         self._context = context if context is not None else zmq.Context.instance()
+        self._socket_options = dict(client_options_from_environment() if socket_options is None
+                                    else socket_options)
         self._socket: zmq.Socket | None = None
         self._socket_url: str | None = None
         self._pending: tuple[bytes, str, float] | None = None
@@ -560,6 +684,8 @@ class RequestClient:
             if self._socket is None:
                 socket = self._context.socket(zmq.REQ)
                 socket.setsockopt(zmq.LINGER, 0)
+                for option, value in self._socket_options.items():
+                    socket.setsockopt(option, value)
                 try:
                     socket.connect(url)
                 except zmq.ZMQError:

@@ -10,6 +10,8 @@ A PUB socket drops messages for a subscriber whose queue is full, so a slow or f
 subscriber never slows the monitor; the send high-water mark is small to bound memory.
 """
 
+from typing import Any
+
 import zmq
 
 from om.lib.serialization import pack
@@ -19,6 +21,8 @@ from om.lib.zmq_sockets import bind_socket
 # prefixes) every tag counts as wanted, as if the monitor could not tell. Below ZeroMQ's receive
 # high-water mark (1000 messages), beyond which the socket drops subscription messages.
 _MAX_SUBSCRIPTIONS = 256
+# Subscriptions are tag prefixes of a few bytes: a larger message ends its connection in libzmq.
+_MAX_SUBSCRIPTION_BYTES = 4096
 
 
 class DataBroadcaster:
@@ -27,14 +31,18 @@ class DataBroadcaster:
     Args:
         url: the ZeroMQ URL to bind, e.g. ``tcp://127.0.0.1:12321``.
         send_queue: messages queued per subscriber before the oldest are dropped.
+        options: more socket options, e.g. :meth:`om.lib.curve.CurveServer.options`.
 
     Raises:
         OmConfigurationError: when the URL is malformed or cannot be bound.
     """
 
-    def __init__(self, *, url: str, send_queue: int = 8) -> None:
+    def __init__(self, *, url: str, send_queue: int = 8,
+                 options: dict[int, Any] | None = None) -> None:
         self._socket, self.url = bind_socket(zmq.XPUB, url, what="the data broadcast socket",
-                                             options={zmq.SNDHWM: send_queue})
+                                             options={zmq.SNDHWM: send_queue,
+                                                      zmq.MAXMSGSIZE: _MAX_SUBSCRIPTION_BYTES,
+                                                      **(options or {})})
         self._prefixes: set[bytes] = set()
         self._overflowed = False
 

@@ -10,6 +10,11 @@ LZ4 bytes, then the last ``n % 8`` elements copied raw.
 Handing a malformed blob to the decompressor can crash the process (the header itself makes
 PyPI's ``bitshuffle.decompress_lz4`` segfault), so the header and the whole block chain are
 checked here first; only a blob whose every size adds up reaches bitshuffle.
+
+The check allocates nothing that grows with the declared size: the block count is computed,
+not listed, and a blob shorter than its blocks' smallest possible encoding (4 bytes of size
+and at least 1 byte of LZ4 per block) is refused before the chain is walked, so a 12-byte blob
+declaring a 64 MB image in 8-byte blocks costs no memory.
 """
 
 import struct
@@ -21,6 +26,10 @@ from om.lib.exceptions import OmInvalidDataError
 HEADER = struct.Struct(">QI")
 _BLOCK_SIZE = struct.Struct(">I")
 _BLOCKED_MULTIPLE = 8  # bitshuffle works on multiples of 8 elements
+_MIN_BLOCK_BYTES = _BLOCK_SIZE.size + 1  # a block's size word and at least one LZ4 byte
+MAX_DECOMPRESSED_BYTES = (1 << 26) * 8
+"""Largest image decoded, bytes: 2**26 pixels (4x a 16M detector) of 8 bytes, the sources'
+pixel cap at their widest type."""
 
 
 def _lz4_bound(size: int) -> int:
@@ -34,11 +43,21 @@ def check_bslz4(blob: bytes | memoryview, dtype: np.dtype, shape: tuple[int, ...
     Returns:
         The block size in elements.
 
+    Args:
+        blob: the blob, header included.
+        dtype: the image's element type.
+        shape: the image's shape.
+
     Raises:
-        OmInvalidDataError: one line saying what does not add up.
+        OmInvalidDataError: one line saying what does not add up (the image larger than
+            :data:`MAX_DECOMPRESSED_BYTES`, the header's byte count or block size, a blob too
+            short for its blocks, a block's size, bytes left over).
     """
     dtype = np.dtype(dtype)
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if expected > MAX_DECOMPRESSED_BYTES:
+        raise OmInvalidDataError(f"bslz4 image {list(shape)} {dtype.str} of {expected} bytes is "
+                                 f"larger than the {MAX_DECOMPRESSED_BYTES} bytes accepted")
     if len(blob) < HEADER.size:
         raise OmInvalidDataError(f"bslz4 blob of {len(blob)} bytes has no 12-byte header")
     total, block_bytes = HEADER.unpack_from(blob, 0)
@@ -51,19 +70,25 @@ def check_bslz4(blob: bytes | memoryview, dtype: np.dtype, shape: tuple[int, ...
     block = block_bytes // dtype.itemsize
     elements = total // dtype.itemsize
     last = (elements % block) - (elements % block) % _BLOCKED_MULTIPLE
-    blocks = [block] * (elements // block) + ([last] if last else [])
+    full_blocks = elements // block
+    n_blocks = full_blocks + (1 if last else 0)
+    leftover = (elements % _BLOCKED_MULTIPLE) * dtype.itemsize
+    smallest = HEADER.size + n_blocks * _MIN_BLOCK_BYTES + leftover
+    if len(blob) < smallest:
+        raise OmInvalidDataError(f"bslz4 blob of {len(blob)} bytes cannot hold the {n_blocks} "
+                                 f"blocks it declares (at least {smallest} bytes)")
     offset = HEADER.size
-    for index, size in enumerate(blocks):
+    for index in range(n_blocks):
+        size = block if index < full_blocks else last
         if offset + _BLOCK_SIZE.size > len(blob):
-            raise OmInvalidDataError(f"bslz4 blob truncated at block {index} of {len(blocks)}")
+            raise OmInvalidDataError(f"bslz4 blob truncated at block {index} of {n_blocks}")
         (compressed,) = _BLOCK_SIZE.unpack_from(blob, offset)
         offset += _BLOCK_SIZE.size
         if compressed == 0 or compressed > _lz4_bound(size * dtype.itemsize):
             raise OmInvalidDataError(f"bslz4 block {index} declares {compressed} compressed bytes")
         if offset + compressed > len(blob):
-            raise OmInvalidDataError(f"bslz4 blob truncated in block {index} of {len(blocks)}")
+            raise OmInvalidDataError(f"bslz4 blob truncated in block {index} of {n_blocks}")
         offset += compressed
-    leftover = (elements % _BLOCKED_MULTIPLE) * dtype.itemsize
     if len(blob) - offset != leftover:
         raise OmInvalidDataError(f"bslz4 blob has {len(blob) - offset} bytes after its blocks, "
                                  f"expected {leftover}")

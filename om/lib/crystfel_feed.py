@@ -11,6 +11,10 @@ Two ways, both with the same msgpack payload (``docs/crystfel.md``):
   payload, a single frame with no tag, of the oldest queued frame not yet served: several
   indexamajig workers (``-j N``) get different frames. A request waits while the queue is empty.
   Frames are queued only while a client is there (it asked within ``REQUEST_PATIENCE`` s).
+  Requests wait in arrival order, one per client (ZeroMQ identity): a second ``next`` from a
+  client whose first still waits is refused with an error reply, as is a request that finds
+  :data:`MAX_WAITING_CLIENTS` clients waiting (both counted as ``request_refused``); no waiting
+  client is ever dropped to make room, so one client cannot push indexamajig's workers out.
 
 The feed tells the collecting rank how many frames a second it wants from the processing ranks
 (:meth:`CrystfelFrameFeed.frames_wanted_per_second`, ``om/lib/frame_demand.py``).
@@ -31,6 +35,7 @@ from typing import Any, Literal
 import numpy as np
 
 from om.lib.broadcast import DataBroadcaster
+from om.lib.problems import problems
 from om.lib.responding_socket import RespondingSocket
 from om.lib.serialization import pack
 
@@ -39,6 +44,11 @@ NEXT_REQUEST = b"next"
 # s without a request after which no REQ client counts as connected: its queued frames are
 # dropped (a client that comes later gets live frames) and it no longer asks for frames.
 REQUEST_PATIENCE = 10.0
+MAX_WAITING_CLIENTS = 256
+"""The most clients whose ``next`` request waits for a frame."""
+REQUEST_REFUSED = "request_refused"
+"""Problem kind: a ``next`` request refused (its client's previous one still waits, or
+:data:`MAX_WAITING_CLIENTS` clients wait); the client got an error reply."""
 
 
 def crystfel_payload(result: dict[str, Any]) -> bytes:
@@ -63,6 +73,9 @@ def crystfel_payload(result: dict[str, Any]) -> bytes:
             "fs": np.asarray(result["peak_fs"], dtype=np.float64).tolist(),
             "ss": np.asarray(result["peak_ss"], dtype=np.float64).tolist(),
             "intensity": np.asarray(result["peak_intensity"], dtype=np.float64).tolist(),
+            # om's addition (indexamajig reads only the keys it knows): saturated pixels
+            # around each peak (om/processing_layer/saturation.py).
+            "saturated_pixels": [int(n) for n in result.get("peak_saturated_pixels", ())],
         },
         "beam_energy": float(result["beam_energy"]),
         "detector_distance": float(result["detector_distance"]),
@@ -96,7 +109,8 @@ class CrystfelFrameFeed:
         self._last_sent = -float("inf")
         self._seen = 0
         self._queue: collections.deque[bytes] = collections.deque(maxlen=max(1, queue_length))
-        self._waiting: collections.deque[bytes] = collections.deque(maxlen=256)
+        # Identities whose request waits, oldest first (a dict: one entry per client).
+        self._waiting: dict[bytes, None] = {}
         self._max_rate = max_rate
         self._last_request = -math.inf
         self.frames_published = 0
@@ -148,12 +162,22 @@ class CrystfelFrameFeed:
 
     def _on_next(self, identity: bytes) -> bytes | None:
         self._last_request = time.monotonic()
-        self._waiting.append(identity)
+        if identity in self._waiting:
+            problems.report(REQUEST_REFUSED, "a 'next' request from a client whose previous "
+                            "one still waits (refused)")
+            return b"error: your previous 'next' request still waits"
+        if len(self._waiting) >= MAX_WAITING_CLIENTS:
+            problems.report(REQUEST_REFUSED, f"a 'next' request refused: "
+                            f"{MAX_WAITING_CLIENTS} clients wait already")
+            return b"error: too many clients waiting for frames, ask again later"
+        self._waiting[identity] = None
         self._serve_waiting()
         return None
 
     def _serve_waiting(self) -> None:
         while self._queue and self._waiting:
-            if self._responder.reply(self._waiting.popleft(), self._queue[0]):
+            identity = next(iter(self._waiting))
+            del self._waiting[identity]
+            if self._responder.reply(identity, self._queue[0]):
                 self._queue.popleft()
                 self.frames_served += 1

@@ -36,6 +36,7 @@ class Parameter:
         nullable: whether ``null`` is an allowed value.
         description: one line for the documentation, with units.
         minimum: for numbers, the smallest allowed value, if limited.
+        maximum: for numbers, the largest allowed value, if limited.
     """
 
     name: str
@@ -47,6 +48,7 @@ class Parameter:
     nullable: bool = False
     description: str = ""
     minimum: float | None = None
+    maximum: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +167,9 @@ class MonitorParameters:
         if parameter.minimum is not None and value < parameter.minimum:
             raise self._error(group, parameter.name,
                               f"must be at least {parameter.minimum!r}, got {value!r}")
+        if parameter.maximum is not None and value > parameter.maximum:
+            raise self._error(group, parameter.name,
+                              f"must be at most {parameter.maximum!r}, got {value!r}")
         if parameter.choices is not None and value not in parameter.choices:
             allowed = ", ".join(repr(choice) for choice in parameter.choices)
             raise self._error(group, parameter.name, f"must be one of {allowed}, got {value!r}")

@@ -6,6 +6,11 @@ layout OnDA used and CrystFEL's indexamajig reads (``libcrystfel/src/image-msgpa
 is a numpy dtype string such as ``'<f4'``, ``shape`` is ``[ss, fs]`` for images, ``data`` the
 row-major bytes). Nothing here ever unpickles: decoding only builds numpy arrays from bytes.
 
+:func:`unpack` decodes what came over a socket, so it bounds what a payload can make: at most
+:data:`MAX_CONTAINERS` maps and arrays in all, maps of at most :data:`MAX_MAP_LEN` entries,
+arrays of at most :data:`MAX_ARRAY_LEN` items (a 4 MB payload of empty maps once decoded to
+350 MB of Python objects).
+
 Between MPI ranks, large arrays (calibrated frames, 4 MB for a JUNGFRAU 1M) can travel *out of
 band* (:func:`pack_out_of_band`): the msgpack payload then holds ``{"type", "shape", "buffer":
 index}`` and the array's bytes go as a message of their own, sent from the array's memory and
@@ -21,6 +26,13 @@ import msgpack
 import numpy as np
 
 from om.lib.exceptions import OmInvalidDataError
+
+MAX_CONTAINERS = 1 << 16
+"""Most maps and arrays, in all, one payload decoded by :func:`unpack` may hold."""
+MAX_MAP_LEN = 1 << 16
+"""Most entries of one map decoded by :func:`unpack`."""
+MAX_ARRAY_LEN = 1 << 20
+"""Most items of one array decoded by :func:`unpack` (numbers in bulk travel as array maps)."""
 
 _ARRAY_KEYS = frozenset(("type", "shape", "data"))
 _BUFFER_KEYS = frozenset(("type", "shape", "buffer"))
@@ -104,14 +116,39 @@ def pack(obj: Any) -> bytes:
     return msgpack.packb(obj, default=_default, use_bin_type=True)
 
 
+class _ContainerBudget:
+    """Counts the maps and arrays one payload makes; raises past :data:`MAX_CONTAINERS`."""
+
+    def __init__(self) -> None:
+        self.left = MAX_CONTAINERS
+
+    def _spend(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise OmInvalidDataError(f"msgpack payload holds more than {MAX_CONTAINERS} maps "
+                                     "and arrays")
+
+    def object_hook(self, message_map: dict[Any, Any]) -> Any:
+        self._spend()
+        return _object_hook(message_map)
+
+    def list_hook(self, items: list[Any]) -> list[Any]:
+        self._spend()
+        return items
+
+
 def unpack(payload: bytes | memoryview) -> Any:
     """Decodes a msgpack payload made by :func:`pack`, array maps becoming numpy arrays.
 
     Raises:
-        OmInvalidDataError: when the payload is not valid msgpack or an array map is bad.
+        OmInvalidDataError: when the payload is not valid msgpack, an array map is bad, or the
+            payload holds more maps and arrays, or longer ones, than the limits above.
     """
+    budget = _ContainerBudget()
     try:
-        return msgpack.unpackb(payload, raw=False, object_hook=_object_hook, strict_map_key=False)
+        return msgpack.unpackb(payload, raw=False, object_hook=budget.object_hook,
+                               list_hook=budget.list_hook, strict_map_key=False,
+                               max_map_len=MAX_MAP_LEN, max_array_len=MAX_ARRAY_LEN)
     except OmInvalidDataError:
         raise
     except Exception as error:  # msgpack raises several unrelated types on bad input

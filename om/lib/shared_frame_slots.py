@@ -10,6 +10,12 @@ sending frames over the network). The file is unlinked as soon as the sender has
 nothing is left behind when a process dies; the mappings stay valid until both processes close
 them.
 
+The sender maps and unlinks only a file that is plainly a segment of this program's user: a
+name made by :meth:`SharedFrameSlots.create` (prefix, process id, random part) in the shared
+memory folder, opened without following a symbolic link, a regular file with one link, owned
+by this user, mode 0600 (checked on the opened descriptor, so nothing can be swapped in between).
+Anything else raises :class:`UnsafeSegmentError` and is left alone.
+
 Writing into a slot and handing its index over a ZeroMQ socket (a system call, a full memory
 barrier) makes the slot's bytes visible to the receiver; the receiver hands the index back when
 it no longer reads the slot. That ownership protocol is the caller's (see
@@ -18,7 +24,9 @@ it no longer reads the slot. That ownership protocol is the caller's (see
 
 import mmap
 import os
+import re
 import secrets
+import stat
 import tempfile
 
 import numpy as np
@@ -29,6 +37,34 @@ _TOKEN_BYTES = 16
 
 def _shared_memory_folder() -> str:
     return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+
+
+class UnsafeSegmentError(ValueError):
+    """A path that is not one of this user's segments (see the module doc): never mapped,
+    never unlinked."""
+
+
+def _check_segment_name(path: str, prefix: str) -> None:
+    """Raises UnsafeSegmentError unless ``path`` is a name :meth:`SharedFrameSlots.create`
+    makes with ``prefix`` in the shared memory folder."""
+    folder, name = os.path.split(path)
+    if (folder != _shared_memory_folder()
+            or not re.fullmatch(re.escape(prefix) + r"_[0-9]{1,10}_[0-9a-f]{12}", name)):
+        raise UnsafeSegmentError(f"{path[:200]!r} is not a {prefix} segment in "
+                                 f"{_shared_memory_folder()}")
+
+
+def _check_segment_file(path: str, fd: int) -> os.stat_result:
+    """Raises UnsafeSegmentError unless the open file ``fd`` is a regular file with one link,
+    owned by this user, mode 0600; returns its status."""
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
+        raise UnsafeSegmentError(f"{path}: not a regular file with one link")
+    if status.st_uid != os.geteuid():
+        raise UnsafeSegmentError(f"{path}: owned by uid {status.st_uid}, not {os.geteuid()}")
+    if stat.S_IMODE(status.st_mode) != 0o600:
+        raise UnsafeSegmentError(f"{path}: mode {stat.S_IMODE(status.st_mode):o}, not 600")
+    return status
 
 
 class SharedFrameSlots:
@@ -49,6 +85,8 @@ class SharedFrameSlots:
         self.slot_bytes = slot_bytes
         self.token = token
         try:
+            status = os.fstat(fd)
+            self._file_id = (status.st_dev, status.st_ino)  # unlink() removes only this file
             self._map: mmap.mmap | None = mmap.mmap(fd, _HEADER_BYTES + n_slots * slot_bytes)
         finally:
             os.close(fd)  # the mapping keeps the memory; the descriptor is not needed
@@ -71,8 +109,9 @@ class SharedFrameSlots:
         token = secrets.token_bytes(_TOKEN_BYTES)
         path = os.path.join(_shared_memory_folder(),
                             f"{prefix}_{os.getpid()}_{secrets.token_hex(6)}")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
+            os.fchmod(fd, 0o600)  # whatever the umask: attach() requires exactly 0600
             size = _HEADER_BYTES + n_slots * slot_bytes
             if hasattr(os, "posix_fallocate"):
                 os.posix_fallocate(fd, 0, size)
@@ -86,16 +125,34 @@ class SharedFrameSlots:
         return cls(path, fd, n_slots, slot_bytes, token)
 
     @classmethod
-    def attach(cls, path: str, n_slots: int, slot_bytes: int, token: bytes) -> "SharedFrameSlots":
-        """Maps an existing segment after checking its size and token.
+    def attach(cls, path: str, n_slots: int, slot_bytes: int, token: bytes,
+               prefix: str = "om_frames") -> "SharedFrameSlots":
+        """Maps an existing segment after checking that it is one (module doc), its size and
+        its token.
+
+        Args:
+            path: the segment's path, as its creator announced it.
+            n_slots: number of slots announced.
+            slot_bytes: bytes per slot announced.
+            token: the token announced.
+            prefix: the prefix the creator used.
 
         Raises:
-            OSError: when the file is absent (e.g. the creator runs on another host).
+            FileNotFoundError: when the file is absent (e.g. the creator runs on another host).
+            UnsafeSegmentError: when the path or the file is not one of this user's segments
+                (another name or folder, a symbolic link, another owner or mode, hard links,
+                or a file that cannot be opened).
             ValueError: when its size or token is not the creator's.
         """
-        fd = os.open(path, os.O_RDWR)
+        _check_segment_name(path, prefix)
         try:
-            size = os.fstat(fd).st_size
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise
+        except OSError as error:  # ELOOP: a symbolic link; EACCES: another user's file
+            raise UnsafeSegmentError(f"{path}: cannot be opened as a segment ({error.strerror})")
+        try:
+            size = _check_segment_file(path, fd).st_size
             if size != _HEADER_BYTES + n_slots * slot_bytes:
                 raise ValueError(f"shared memory {path}: {size} bytes, expected "
                                  f"{_HEADER_BYTES + n_slots * slot_bytes}")
@@ -118,9 +175,12 @@ class SharedFrameSlots:
         return self._bytes[start:start + self.slot_bytes]
 
     def unlink(self) -> None:
-        """Removes the file; the mappings stay valid (idempotent)."""
+        """Removes the file, unless another file has taken its name; the mappings stay valid
+        (idempotent)."""
         try:
-            os.unlink(self.path)
+            status = os.stat(self.path, follow_symlinks=False)
+            if (status.st_dev, status.st_ino) == self._file_id:
+                os.unlink(self.path)
         except FileNotFoundError:
             pass
 

@@ -116,7 +116,8 @@ class SharedBufferReceiver:
         segment = self._segments.get((source, path))
         if segment is None:
             try:
-                segment = SharedFrameSlots.attach(path, n_slots, slot_bytes, token)
+                segment = SharedFrameSlots.attach(path, n_slots, slot_bytes, token,
+                                                  prefix="om_results")
             except (OSError, ValueError) as error:
                 raise OmInvalidDataError(f"shared memory of rank {source} not visible here: "
                                          f"{error}")

@@ -5,18 +5,22 @@ virtual powder pattern, peakogram and broadcast on the collecting rank.
 A frame is a hit when ``min_num_peaks_for_hit < n_peaks < max_num_peaks_for_hit`` (OM's
 rule). Parameter groups and keys are OM's (``crystallography``, ``peakfinder8_peak_detection``).
 The broadcast messages (tags ``omdata`` and ``omframedata``) are documented in
-``docs/broadcast.md``.
+``docs/broadcast.md``. With ``hit_saving`` on, the processing ranks also save the chosen frames
+with their peaks for CrystFEL (:mod:`om.processing_layer.hit_saving`, ``docs/hit_saving.md``).
 """
 
 import contextlib
 import logging
+import math
 import time
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import numpy as np
 
 from om.lib.broadcast import DataBroadcaster
+from om.lib.curve import CurveServer
 from om.lib.crystfel_feed import CrystfelFrameFeed
+from om.lib.cxi_writer import FrameRecord
 from om.lib.exceptions import OmConfigurationError
 from om.lib.event_rate import EventRateMeter
 from om.lib.frame_demand import FrameDemand, FrameSendingGate
@@ -29,13 +33,22 @@ from om.lib.problems import problems
 from om.lib.responding_socket import RespondingSocket
 from om.lib.stage_times import STAGES, describe_per_event, stage_times
 from om.lib.virtual_powder import VirtualPowderPattern
+from om.processing_layer.hit_saving import (
+    HIT_SAVING_GROUP,
+    HitSaver,
+    HitSavingSettings,
+    HitsList,
+    file_attributes,
+)
 from om.processing_layer.peakfinder8 import Peakfinder8PeakDetection
+from om.processing_layer.sample_watch import SAMPLE_WATCH_PARAMETERS, FrameWatch, WatchAggregates
 
 logger = logging.getLogger("om")
 
 _CRYSTALLOGRAPHY = "crystallography"
 _PEAKFINDER8 = "peakfinder8_peak_detection"
 _MIN_BROADCAST_PERIOD = 1.0  # s: at low event rates, broadcast at least once a second
+_RESET_LOG_INTERVAL = 5.0  # s between two "plots reset" lines (a flood of requests logs one)
 # s: at high event rates, at most 10 broadcasts a second (the GUIs redraw at 10 Hz); each one
 # packs the virtual powder pattern and maybe a frame, 5-10 MB for a 1M, too much for 40 a second.
 _MIN_BROADCAST_GAP = 0.1
@@ -48,6 +61,35 @@ def _nearest_index(position: np.ndarray, size: int) -> np.ndarray:
     index = np.floor(position + 0.5).astype(np.int64)
     np.maximum(index, 0, out=index)
     return np.minimum(index, size - 1, out=index)
+
+
+def build_peakfinder8(geometry: DetectorGeometry, bad_pixel_map: np.ndarray | None,
+                      get: Callable[[str], Any]) -> Peakfinder8PeakDetection:
+    """peakfinder8 as the monitor runs it: the geometry's radius map and panels, the
+    ``peakfinder8_peak_detection`` values ``get(key)`` returns (the parameter tweaker passes
+    its own, so its peaks are the monitor's).
+
+    Raises:
+        OmConfigurationError: when a value is out of range.
+    """
+    return Peakfinder8PeakDetection(
+        radius_map=geometry.peakfinder8_radius,
+        panels=geometry.panel_rectangles,
+        adc_threshold=get("adc_threshold"),
+        minimum_snr=get("minimum_snr"),
+        min_pixel_count=get("min_pixel_count"),
+        max_pixel_count=get("max_pixel_count"),
+        local_bg_radius=get("local_bg_radius"),
+        min_res=get("min_res"),
+        max_res=get("max_res"),
+        max_num_peaks=get("max_num_peaks"),
+        bad_pixel_map=bad_pixel_map,
+    )
+
+
+def hit_decision(num_peaks: int, min_num_peaks: int, max_num_peaks: int) -> bool:
+    """OM's rule: a hit has more than ``min_num_peaks`` and fewer than ``max_num_peaks``."""
+    return min_num_peaks < num_peaks < max_num_peaks
 
 
 class CrystallographyProcessing:
@@ -75,6 +117,12 @@ class CrystallographyProcessing:
                       description="events between two broadcasts (and at least one a second)"),
             Parameter("responding_url", str, default=None, nullable=True,
                       description="ZeroMQ URL of the responding (ROUTER) socket, or null"),
+            Parameter("curve_secret_key_file", str, default=None, nullable=True,
+                      description="CurveZMQ: the monitor's .key_secret file (mode 600), or null "
+                                  "for plain sockets (docs/security.md)"),
+            Parameter("curve_authorized_keys_directory", str, default=None, nullable=True,
+                      description="CurveZMQ: folder of the clients' public .key files that may "
+                                  "connect to the broadcast and responding sockets"),
             Parameter("hit_frame_sending_interval", int, default=1,
                       description="send every Nth hit frame of each rank (0: none), while "
                       "subscribers want frames"),
@@ -95,6 +143,7 @@ class CrystallographyProcessing:
                       description="most frames per second published for indexamajig's SUB mode"),
             Parameter("crystfel_queue_length", int, default=16,
                       description="frames kept for indexamajig's REQ mode (oldest dropped)"),
+            *SAMPLE_WATCH_PARAMETERS,
         )),
         ParameterGroup(_PEAKFINDER8, (
             Parameter("adc_threshold", float, required=True,
@@ -114,11 +163,13 @@ class CrystallographyProcessing:
             Parameter("bad_pixel_map_hdf5_path", str, default=None, nullable=True,
                       description="dataset of the bad pixel map in that file"),
         )),
+        HIT_SAVING_GROUP,
     )
 
     def __init__(self, *, parameters: MonitorParameters) -> None:
         self._parameters = parameters
         self._geometry: DetectorGeometry | None = None
+        self._curve: CurveServer | None = None
 
     def _get(self, key: str, group: str = _CRYSTALLOGRAPHY) -> Any:
         return self._parameters.get(group, key)
@@ -135,6 +186,27 @@ class CrystallographyProcessing:
         with self._naming_key("geometry_file"):
             return load_geometry(self._parameters.resolve_path(self._get("geometry_file")))
 
+    def peakfinder8_inputs(self) -> tuple[DetectorGeometry, np.ndarray | None]:
+        """The geometry and the bad pixel map (uint8-like (ss, fs), 1 good, or None) the
+        processing ranks give peakfinder8 (the parameter tweaker uses them too).
+
+        Raises:
+            OmConfigurationError: naming the file and key when one cannot be read.
+        """
+        self._geometry = self._load_geometry()
+        return self._geometry, self._load_bad_pixel_map()
+
+    def _load_bad_pixel_map(self) -> np.ndarray | None:
+        filename = self._get("bad_pixel_map_filename", _PEAKFINDER8)
+        if filename is None:
+            return None
+        with self._naming_key("bad_pixel_map_filename", _PEAKFINDER8):
+            return load_bad_pixel_map(
+                self._parameters.resolve_path(filename),
+                self._get("bad_pixel_map_hdf5_path", _PEAKFINDER8) or "/data/data",
+                self._geometry.slab_shape,
+            )
+
     # Processing ranks ---------------------------------------------------------------------
 
     def initialize_processing_node(self, *, node_rank: int, node_pool_size: int) -> None:
@@ -143,29 +215,11 @@ class CrystallographyProcessing:
         Raises:
             OmConfigurationError: when the geometry or bad pixel map cannot be read.
         """
-        self._geometry = self._load_geometry()
-        bad_pixel_map = None
-        filename = self._get("bad_pixel_map_filename", _PEAKFINDER8)
-        if filename is not None:
-            with self._naming_key("bad_pixel_map_filename", _PEAKFINDER8):
-                bad_pixel_map = load_bad_pixel_map(
-                    self._parameters.resolve_path(filename),
-                    self._get("bad_pixel_map_hdf5_path", _PEAKFINDER8) or "/data/data",
-                    self._geometry.slab_shape,
-                )
-        self._peakfinder = Peakfinder8PeakDetection(
-            radius_map=self._geometry.peakfinder8_radius,
-            panels=[(p.min_fs, p.max_fs, p.min_ss, p.max_ss) for p in self._geometry.panels],
-            adc_threshold=self._get("adc_threshold", _PEAKFINDER8),
-            minimum_snr=self._get("minimum_snr", _PEAKFINDER8),
-            min_pixel_count=self._get("min_pixel_count", _PEAKFINDER8),
-            max_pixel_count=self._get("max_pixel_count", _PEAKFINDER8),
-            local_bg_radius=self._get("local_bg_radius", _PEAKFINDER8),
-            min_res=self._get("min_res", _PEAKFINDER8),
-            max_res=self._get("max_res", _PEAKFINDER8),
-            max_num_peaks=self._get("max_num_peaks", _PEAKFINDER8),
-            bad_pixel_map=bad_pixel_map,
-        )
+        _, bad_pixel_map = self.peakfinder8_inputs()
+        self._peakfinder = build_peakfinder8(self._geometry, bad_pixel_map,
+                                             lambda key: self._get(key, _PEAKFINDER8))
+        self._watch = FrameWatch(get=self._get, filename=self._parameters.filename,
+                                 geometry=self._geometry, good_pixels=bad_pixel_map)
         self._peakfinder.find_peaks(self._warm_up_frame())
         self._min_peaks = self._get("min_num_peaks_for_hit")
         self._max_peaks = self._get("max_num_peaks_for_hit")
@@ -174,6 +228,33 @@ class CrystallographyProcessing:
         self._hits_seen = 0
         self._non_hits_seen = 0
         self._frame_gate = FrameSendingGate(processing_ranks=node_pool_size - 1)
+        saving = HitSavingSettings.from_parameters(self._parameters)
+        self._saver = None if saving.frames == "none" else HitSaver(
+            saving, rank=node_rank, frame_shape=self._geometry.slab_shape,
+            max_num_peaks=self._get("max_num_peaks", _PEAKFINDER8),
+            attributes=file_attributes(self._parameters, node_rank))
+
+    def _curve_options(self) -> dict[int, Any]:
+        """CurveZMQ server options of the bound sockets ({} when not configured).
+
+        Raises:
+            OmConfigurationError: when only one of the two keys is set, or a file or folder
+                cannot be used (naming the key and the file).
+        """
+        secret = self._get("curve_secret_key_file")
+        folder = self._get("curve_authorized_keys_directory")
+        if secret is None and folder is None:
+            return {}
+        key = "curve_authorized_keys_directory" if secret is not None else "curve_secret_key_file"
+        with self._naming_key(key):
+            if secret is None or folder is None:
+                raise OmConfigurationError("both curve_secret_key_file and "
+                                           "curve_authorized_keys_directory are needed")
+        with self._naming_key("curve_secret_key_file"):
+            self._curve = CurveServer(
+                secret_key_file=self._parameters.resolve_path(secret),
+                authorized_keys_directory=self._parameters.resolve_path(folder))
+        return self._curve.options()
 
     def _warm_up_frame(self) -> np.ndarray:
         """A noisy frame with one bright spot inside the searched radii: peakfinder8 runs every
@@ -205,20 +286,23 @@ class CrystallographyProcessing:
         Args:
             data: the event's ``detector_data`` (float32 (ss, fs) calibrated frame),
                 ``timestamp`` (s), ``event_id`` (str), ``beam_energy`` (eV) and
-                ``detector_distance`` (mm); optionally ``detector_spots`` (``fs``, ``ss``,
+                ``detector_distance`` (mm); optionally ``detector_saturated_pixels`` (int,
+                the frame's saturated pixels when the Data Source counted them),
+                ``detector_spots`` (``fs``, ``ss``,
                 ``intensity`` arrays: spots found by the detector's software, passed through)
                 and the collecting rank's feedback ``frames_wanted_per_second``.
 
         Returns:
             The result map (peaks as float64 arrays ``peak_fs``, ``peak_ss``,
             ``peak_intensity``, ``peak_max_pixel_intensity``, ``peak_radius``; the frame as
-            ``detector_data`` when due for sending) and this rank.
+            ``detector_data`` when due for sending; ``hit_saving``, the saving status, when
+            frames are saved) and this rank.
         """
         frame = data["detector_data"]
         self._frame_gate.update(data)
         peaks = self._peakfinder.find_peaks(frame)
         num_peaks = len(peaks.fs)
-        is_hit = self._min_peaks < num_peaks < self._max_peaks
+        is_hit = hit_decision(num_peaks, self._min_peaks, self._max_peaks)
         result: dict[str, Any] = {
             "timestamp": float(data["timestamp"]),
             "event_id": data["event_id"],
@@ -237,14 +321,27 @@ class CrystallographyProcessing:
             result["detector_spots"] = {
                 key: np.asarray(spots[key], dtype=np.float64) for key in ("fs", "ss", "intensity")
             }
+        result.update(self._watch.measure(frame, peaks, result["beam_energy"],
+                                          result["detector_distance"],
+                                          data.get("detector_saturated_pixels")))
         if self._frame_is_due(is_hit):
             result["detector_data"] = np.asarray(frame, dtype=np.float32)
+        if self._saver is not None:
+            if self._saver.wants(is_hit):
+                self._saver.save(frame, peaks, FrameRecord(
+                    event_id=str(data["event_id"]), timestamp=result["timestamp"],
+                    frame_is_hit=is_hit, photon_energy_ev=result["beam_energy"],
+                    detector_distance_mm=result["detector_distance"]))
+            result["hit_saving"] = self._saver.status()
         return result, node_rank
 
     def end_processing_on_processing_node(self, *, node_rank: int,
                                           node_pool_size: int) -> dict[str, Any] | None:
-        """Nothing is left to send."""
-        return None
+        """Completes the open file of saved frames and returns the last saving status (or
+        None when nothing is saved): a result that is no event."""
+        if self._saver is None:
+            return None
+        return {"hit_saving": self._saver.close()}
 
     # Collecting rank ----------------------------------------------------------------------
 
@@ -266,6 +363,7 @@ class CrystallographyProcessing:
             intensity_bin_size=self._get("peakogram_intensity_bin_size"),
             max_radius=float(np.nanmax(geometry.radius)),
         )
+        self._watch = WatchAggregates(get=self._get)
         self._rate = EventRateMeter()
         self._num_hits = 0
         self._events_per_rank: dict[str, int] = {}
@@ -282,14 +380,18 @@ class CrystallographyProcessing:
         self._last_report_stage_times = stage_times.totals()
         self._broadcast_interval = self._get("data_broadcast_interval")
         self._report_interval = self._get("speed_report_interval")
+        curve = self._curve_options()
         with self._naming_key("data_broadcast_url"):
-            self._broadcaster = DataBroadcaster(url=self._get("data_broadcast_url"))
+            self._broadcaster = DataBroadcaster(url=self._get("data_broadcast_url"),
+                                                options=curve)
         responding_url = self._get("responding_url")
         self._responder = None
+        self._last_reset_logged, self._resets_unlogged = -math.inf, 0
         if responding_url is not None:
             with self._naming_key("responding_url"):
                 self._responder = RespondingSocket(
-                    url=responding_url, handlers={b"resetplots": self._reset_plots}
+                    url=responding_url, handlers={b"resetplots": self._reset_plots},
+                    options=curve,
                 )
         crystfel_frames = self._get("crystfel_frames")
         if crystfel_frames == "all" and self._get("non_hit_frame_sending_interval") < 1:
@@ -303,6 +405,17 @@ class CrystallographyProcessing:
             max_rate=self._get("crystfel_max_frames_per_second"),
             queue_length=self._get("crystfel_queue_length"),
         )
+        saving = HitSavingSettings.from_parameters(self._parameters)
+        self._hits_list = None
+        if saving.frames != "none":
+            try:
+                self._hits_list = HitsList(saving, self._parameters.resolve_path(
+                    self._get("geometry_file")))
+            except OSError as error:
+                raise OmConfigurationError(f"{self._parameters.filename}: hit_saving/"
+                                           f"output_directory: {error}")
+            logger.info("saving %s frames to %s (listed in %s)", saving.frames,
+                        saving.output_directory, self._hits_list.path)
         logger.info("broadcasting on %s%s", self._broadcaster.url,
                     f", answering requests on {self._responder.url}" if self._responder else "")
 
@@ -310,8 +423,15 @@ class CrystallographyProcessing:
         self._hit_rate.reset()
         self._powder.reset()
         self._peakogram.reset()
-        logger.info("plots reset on request")
-        return b"ok: hit rate history, virtual powder plot and peakogram reset"
+        self._watch.reset()
+        self._resets_unlogged += 1
+        now = time.monotonic()
+        if now - self._last_reset_logged >= _RESET_LOG_INTERVAL:  # one line per flood
+            logger.info("plots reset on request (%d times since the last line)",
+                        self._resets_unlogged)
+            self._last_reset_logged, self._resets_unlogged = now, 0
+        return (b"ok: hit rate history, virtual powder plot, peakogram, saturation rate, "
+                b"radial profiles and ring history reset")
 
     def collect_data(self, *, node_rank: int, node_pool_size: int,
                      processed_data: tuple[dict[str, Any], int]
@@ -323,6 +443,10 @@ class CrystallographyProcessing:
             want has changed (``frames_wanted_per_second``, om/lib/frame_demand.py), else None.
         """
         result, rank = processed_data
+        if self._hits_list is not None and "hit_saving" in result:
+            self._hits_list.update(rank, result["hit_saving"])
+        if "frame_is_hit" not in result:  # a rank's last status (end_processing_...), no event
+            return None
         self._events_per_rank[str(rank)] = self._events_per_rank.get(str(rank), 0) + 1
         if self._rate.count == 0:  # speed reports measure from the first event, not start-up
             self._last_report_time = time.monotonic()
@@ -330,6 +454,7 @@ class CrystallographyProcessing:
         is_hit = bool(result["frame_is_hit"])
         self._num_hits += int(is_hit)
         self._hit_rate.add(result["timestamp"], is_hit)
+        self._watch.add(result)
         fs = np.asarray(result["peak_fs"], dtype=np.float64)
         ss = np.asarray(result["peak_ss"], dtype=np.float64)
         if fs.size:
@@ -421,6 +546,8 @@ class CrystallographyProcessing:
             **health.as_data(),
             "responding_url": self._responder.url if self._responder else None,
             "start_timestamp": self._start,
+            "hit_saving": self._hits_list.status() if self._hits_list is not None else None,
+            **self._watch.omdata_keys(),
         })
 
     def _broadcast_frame(self, result: dict[str, Any]) -> None:
@@ -436,6 +563,9 @@ class CrystallographyProcessing:
             "event_id": result["event_id"],
             "frame_is_hit": bool(result["frame_is_hit"]),
             "num_peaks": int(rows.size),
+            "peak_list_saturated_pixels": np.asarray(
+                result.get("peak_saturated_pixels", np.zeros(fs.size)), dtype=np.int32)[inside],
+            "num_saturated_pixels": int(result.get("num_saturated_pixels", 0)),
             **self._detector_spots_in_frame(result.get("detector_spots")),
         })
 
@@ -492,6 +622,8 @@ class CrystallographyProcessing:
                   if kind not in ("frame_dropped_ranks_busy", "incomplete_frame")}
         if others:
             print("om: problems: " + ", ".join(f"{k}={n}" for k, n in others.items()), flush=True)
+        if self._hits_list is not None:
+            print(f"om: {self._hits_list.summary()}", flush=True)
         per_event = describe_per_event((0, dict.fromkeys(STAGES, 0.0)), stage_times.totals())
         if per_event:
             print(f"om: time per event on the processing ranks, whole run: {per_event}",
@@ -499,3 +631,5 @@ class CrystallographyProcessing:
         self._broadcaster.close()
         if self._responder is not None:
             self._responder.close()
+        if self._curve is not None:
+            self._curve.stop()

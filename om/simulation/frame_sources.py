@@ -102,3 +102,67 @@ class SyntheticFrameSource:
     def write_calibration(self, directory: pathlib.Path) -> tuple[list[str], list[str]]:
         """Writes the simulated detector's calibration files (OM layout, one per module)."""
         return self.detector.write_calibration_files(directory)
+
+
+SATURATED_WORD = 0b11 << 14
+"""G2 with ADC 0: the JUNGFRAU's mark of a saturated pixel (om's calibration makes it +inf)."""
+
+
+class SaturatingFrameSource:
+    """Another source's raw frames with saturated pixels injected: in every ``interval``-th
+    frame (index 0, interval, 2 interval, ...), the ``pixels`` brightest G0 pixels at least
+    ``spacing`` pixels apart read G2 with ADC 0: brightest above the median of the source's
+    frames (a pedestal estimate), so these are the centres of the brightest spots and the peaks
+    around them are flagged. Frames already saturated keep their own saturated pixels.
+
+    Args:
+        source: the frame source (``frame(index)``, ``len``, ``write_calibration``).
+        pixels: pixels saturated per chosen frame (>= 0).
+        interval: saturate every this-th frame (>= 1).
+        spacing: the smallest distance between two injected pixels, pixels.
+    """
+
+    def __init__(self, source, pixels: int, interval: int = 1, spacing: int = 10) -> None:
+        self._source = source
+        self._pixels = max(0, int(pixels))
+        self._interval = max(1, int(interval))
+        self._spacing = spacing
+        self._cache: dict[int, np.ndarray] = {}
+        self._baseline: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def injected(self, index: int) -> np.ndarray:
+        """int64 (k, 2): the (row, col) of the pixels saturated in frame ``index``."""
+        if index % self._interval:
+            return np.zeros((0, 2), dtype=np.int64)
+        if self._baseline is None:
+            frames = np.stack([self._source.frame(i) for i in range(min(len(self), 50))])
+            self._baseline = np.median(frames & 0x3FFF, axis=0)
+        raw = self._source.frame(index)
+        adc = np.where(raw >> 14 == 0, (raw & 0x3FFF) - self._baseline, -np.inf)
+        chosen: list[tuple[int, int]] = []
+        for flat in np.argsort(adc, axis=None)[::-1][:200_000]:
+            row, col = divmod(int(flat), raw.shape[1])
+            if all(max(abs(row - r), abs(col - c)) >= self._spacing for r, c in chosen):
+                chosen.append((row, col))
+                if len(chosen) == self._pixels:
+                    break
+        return np.array(chosen, dtype=np.int64).reshape(-1, 2)
+
+    def frame(self, index: int) -> np.ndarray:
+        """Returns raw frame ``index`` (uint16 (1024, 1024)) with the saturated pixels."""
+        key = index % max(len(self), 1)
+        if index % self._interval:
+            return self._source.frame(index)
+        if key not in self._cache:
+            raw = self._source.frame(index).copy()
+            where = self.injected(index)
+            raw[where[:, 0], where[:, 1]] = SATURATED_WORD
+            self._cache[key] = raw
+        return self._cache[key]
+
+    def write_calibration(self, directory: pathlib.Path):
+        """The source's calibration files (see its ``write_calibration``)."""
+        return self._source.write_calibration(directory)

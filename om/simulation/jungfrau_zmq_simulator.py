@@ -7,6 +7,8 @@ file (``--file``, e.g. the real module frames of ``jungfrau_module_real.h5`` as 
 or, by default, from the simulated detector of :mod:`om.simulation.jungfrau_frames`.
 ``--write-calibration DIR`` writes the matching calibration files (OM's layout) and exits.
 ``--dark-stage G0|G1|G2`` sends a dark run of the simulated detector (for ``om_jungfrau_dark.py``).
+``--saturated-pixels N`` saturates the N brightest spots' centres (G2, ADC 0) of every
+``--saturated-frame-interval``-th frame (default 1: every frame), to watch saturation.
 ``--write-frames FILE`` writes the frames to an HDF5 file instead of sending them (e.g. dark
 runs for ``om_jungfrau_dark.py --file``).
 """
@@ -19,7 +21,12 @@ import time
 from typing import Any
 
 from om.lib.stop_signals import on_stop_signals
-from om.simulation.frame_sources import FRAME_SHAPE, HDF5FrameSource, SyntheticFrameSource
+from om.simulation.frame_sources import (
+    FRAME_SHAPE,
+    HDF5FrameSource,
+    SaturatingFrameSource,
+    SyntheticFrameSource,
+)
 from om.simulation.jungfrau_stream import JungfrauStreamSender
 from om.simulation.pacing import paced_indices
 
@@ -54,6 +61,12 @@ def _parse_arguments(argv: list[str] | None, prog: str) -> argparse.Namespace:
     parser.add_argument("--wait-for-subscribers", type=float, default=60.0, metavar="S",
                         help="wait up to S s for a subscriber on every stream before sending "
                         "(0: send at once, like a detector; default 60)")
+    parser.add_argument("--saturated-pixels", type=int, default=0, metavar="N",
+                        help="saturate (G2, ADC 0) the centres of the N brightest spots of the "
+                        "chosen frames (default 0: none)")
+    parser.add_argument("--saturated-frame-interval", type=int, default=1, metavar="K",
+                        help="with --saturated-pixels: saturate every K-th frame, the first "
+                        "one included (default 1)")
     parser.add_argument("--write-calibration", metavar="DIR",
                         help="write the calibration files of the frames' detector to DIR and exit")
     return parser.parse_args(argv)
@@ -76,6 +89,9 @@ def run(arguments: argparse.Namespace) -> int:
         source = SyntheticFrameSource(pool_size=arguments.pool,
                                       hit_fraction=arguments.hit_fraction, seed=arguments.seed,
                                       dark_stage=dark_stage)
+    if arguments.saturated_pixels > 0:
+        source = SaturatingFrameSource(source, arguments.saturated_pixels,
+                                       arguments.saturated_frame_interval)
     if arguments.write_frames:
         return _write_frames(source, arguments.write_frames, arguments.frames or 100)
     if arguments.write_calibration:
