@@ -28,6 +28,16 @@ def supervised_command(source: str, config, ranks: int) -> list[str]:
     return [str(BIN / "om_monitor.py"), "-n", str(ranks), source, "-c", str(config)]
 
 
+def start_supervised(tmp_path, real_module_file, config, ranks: int,
+                     frames: int) -> tuple[Process, Process]:
+    """The simulator (the real frames, 10 frames/s, ``frames`` of them) and ``om_monitor.py -n
+    ranks`` on its streams; returns (simulator, monitor)."""
+    urls = f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}"
+    simulator = Process(simulator_command(urls, "--file", str(real_module_file), "--rate", "10",
+                                          "--frames", str(frames)), tmp_path, "simulator")
+    return simulator, Process(supervised_command(urls, config, ranks), tmp_path, "monitor")
+
+
 def rank_processes(monitor: Process) -> dict[int, psutil.Process]:
     """The processes of the monitor's ranks (each its guard's child), by rank."""
     found = {}
@@ -44,11 +54,8 @@ def rank_processes(monitor: Process) -> dict[int, psutil.Process]:
 def test_a_processing_rank_killed_mid_run_is_lost_and_the_others_go_on(
         tmp_path, real_module_file, geometry_1m, real_calibration):
     config, broadcast = configure(tmp_path, geometry_1m, *real_calibration, frame_queue_size=4)
-    urls = f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}"
     frames = 400
-    simulator = Process(simulator_command(urls, "--file", str(real_module_file), "--rate", "10",
-                                          "--frames", str(frames)), tmp_path, "simulator")
-    monitor = Process(supervised_command(urls, config, ranks=4), tmp_path, "monitor")
+    simulator, monitor = start_supervised(tmp_path, real_module_file, config, 4, frames)
     alive = lambda: monitor.popen.poll() is None  # noqa: E731
     try:
         with subscriber(broadcast, b"omdata") as omdata:
@@ -111,10 +118,7 @@ def test_a_collecting_rank_or_frame_assembler_that_dies_brings_the_monitor_back(
     the monitor broadcasts again within 10 s (kill to the first omdata message of the new job
     with processed frames). Then SIGTERM stops the supervisor and every rank for good."""
     config, broadcast = configure(tmp_path, geometry_1m, *real_calibration)
-    urls = f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}"
-    simulator = Process(simulator_command(urls, "--file", str(real_module_file), "--rate", "10",
-                                          "--frames", "100000"), tmp_path, "simulator")
-    monitor = Process(supervised_command(urls, config, ranks=3), tmp_path, "monitor")
+    simulator, monitor = start_supervised(tmp_path, real_module_file, config, 3, 100000)
     alive = lambda: monitor.popen.poll() is None  # noqa: E731
     try:
         with subscriber(broadcast, b"omdata") as omdata:
@@ -156,10 +160,7 @@ def test_lost_ranks_are_brought_back_when_no_frame_comes(tmp_path, real_module_f
     content["om"]["restart_when_idle_after_rank_loss"] = 2.0
     with open(config, "w") as stream:
         yaml.dump(content, stream)
-    urls = f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}"
-    simulator = Process(simulator_command(urls, "--file", str(real_module_file), "--rate", "10",
-                                          "--frames", "100"), tmp_path, "simulator")
-    monitor = Process(supervised_command(urls, config, ranks=3), tmp_path, "monitor")
+    simulator, monitor = start_supervised(tmp_path, real_module_file, config, 3, 100)
     alive = lambda: monitor.popen.poll() is None  # noqa: E731
     try:
         with subscriber(broadcast, b"omdata") as omdata:
@@ -189,10 +190,7 @@ def test_a_rank_killed_during_the_start_up_ends_the_job_which_is_started_again(
     the start-up's collective calls forever; its guard ends the job instead, and the supervisor
     starts it again."""
     config, broadcast = configure(tmp_path, geometry_1m, *real_calibration)
-    urls = f"tcp://127.0.0.1:{free_port()},tcp://127.0.0.1:{free_port()}"
-    simulator = Process(simulator_command(urls, "--file", str(real_module_file), "--rate", "10",
-                                          "--frames", "100000"), tmp_path, "simulator")
-    monitor = Process(supervised_command(urls, config, ranks=3), tmp_path, "monitor")
+    simulator, monitor = start_supervised(tmp_path, real_module_file, config, 3, 100000)
     alive = lambda: monitor.popen.poll() is None  # noqa: E731
     try:
         assert eventually(lambda: 0 in rank_processes(monitor), 60)
