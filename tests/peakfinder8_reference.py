@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Reference peakfinder8: the rules of ``om.processing_layer.peakfinder8``, plainly.
 
-Written for clarity, not speed (numpy and scipy.ndimage, Python loops over peaks), as the
+Written for clarity, not speed (numpy, Python loops over groups), as the
 oracle the fast numba implementation is tested against. It encodes the semantics of the
 peakfinder8 that Cheetah, OM and CrystFEL share (read from OM's ``src/cython/peakfinder8.cpp``
 and CrystFEL's ``libcrystfel/src/peakfinder8.c``; no code taken), step by step as numbered in
@@ -10,7 +10,6 @@ code. ``tests/test_peakfinder8_agreement.py`` checks both against peak lists OM 
 """
 
 import numpy as np
-from scipy import ndimage
 
 from om.processing_layer.peakfinder8 import PeakList
 
